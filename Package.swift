@@ -1,0 +1,50 @@
+// swift-tools-version: 6.1
+import PackageDescription
+
+// The soft CPU and the run loop are hot paths: build them without runtime
+// exclusivity checks (see ../shared/ORACLES.md for the measured cost).
+let hotPathSettings: [SwiftSetting] = [
+    .unsafeFlags(["-enforce-exclusivity=unchecked"]),
+]
+
+let package = Package(
+    name: "SwiftKVM",
+    platforms: [.macOS(.v15)],
+    products: [
+        .library(name: "KVM", targets: ["KVM"]),
+        .executable(name: "swiftkvm", targets: ["swiftkvm"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-system", from: "1.4.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+    ],
+    targets: [
+        .target(name: "CLinuxKVM"),
+        .target(
+            name: "KVMPlatform",
+            dependencies: ["CLinuxKVM", .product(name: "SystemPackage", package: "swift-system")]
+        ),
+        .target(name: "GuestMemory", dependencies: ["KVMPlatform"]),
+        .target(
+            name: "KVM",
+            dependencies: [
+                "CLinuxKVM", "KVMPlatform", "GuestMemory",
+                .product(name: "SystemPackage", package: "swift-system"),
+            ],
+            swiftSettings: hotPathSettings
+        ),
+        .target(name: "VMM", dependencies: ["KVM", "GuestMemory"]),
+        .target(name: "CKVMBench", dependencies: ["CLinuxKVM"]),
+        .executableTarget(
+            name: "swiftkvm",
+            dependencies: [
+                "KVM", "VMM", "CKVMBench",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .testTarget(name: "KVMTests", dependencies: ["KVM", "GuestMemory", "KVMPlatform"]),
+        .testTarget(name: "VMMTests", dependencies: ["VMM", "KVM"]),
+    ]
+)

@@ -1,0 +1,26 @@
+#ifndef CLINUXKVM_H
+#define CLINUXKVM_H
+
+#include <linux/kvm.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/eventfd.h>
+#include "kvm_requests.h"
+
+/// ioctl(2) with a pointer argument. Swift cannot call the variadic libc
+/// ioctl, so the C target gives it fixed arities. Returns -1 and sets errno
+/// on failure, like the libc call.
+int swiftkvm_ioctl_pointer(int fd, unsigned long request, void *argument);
+
+/// ioctl(2) with an integer argument (KVM_CREATE_VCPU's id, KVM_CHECK_EXTENSION's capability...).
+int swiftkvm_ioctl_value(int fd, unsigned long request, unsigned long argument);
+
+/// Installs a handler that does nothing for `signal`, without SA_RESTART, so
+/// that the signal interrupts a blocking KVM_RUN with EINTR instead of killing
+/// the process. Returns 0, or -1 with errno set.
+int swiftkvm_install_kick_handler(int signal);
+
+/// The signal number SwiftKVM uses to kick a vCPU thread out of KVM_RUN.
+int swiftkvm_kick_signal(void);
+
+#endif

@@ -1,0 +1,26 @@
+#include "CLinuxKVM.h"
+
+#include <signal.h>
+#include <string.h>
+#include <sys/ioctl.h>
+
+int swiftkvm_ioctl_pointer(int fd, unsigned long request, void *argument) {
+    return ioctl(fd, request, argument);
+}
+
+int swiftkvm_ioctl_value(int fd, unsigned long request, unsigned long argument) {
+    return ioctl(fd, request, argument);
+}
+
+static void swiftkvm_ignore_kick(int signal) { (void)signal; }
+
+int swiftkvm_install_kick_handler(int signal) {
+    struct sigaction action;
+    memset(&action, 0, sizeof action);
+    action.sa_handler = swiftkvm_ignore_kick;
+    sigemptyset(&action.sa_mask);
+    action.sa_flags = 0; /* no SA_RESTART: KVM_RUN must return EINTR */
+    return sigaction(signal, &action, NULL);
+}
+
+int swiftkvm_kick_signal(void) { return SIGRTMIN + 2; }

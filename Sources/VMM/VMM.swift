@@ -1,0 +1,1 @@
+// The VMM layer: machines built on the KVM API.

@@ -23,14 +23,14 @@ for m in re.finditer(r"^#define\s+(KVM_[A-Z0-9_]+)\s+(\\\n\s*)?(_IO(R|W|WR)?\(|_
 
 ACRONYMS = {"api", "vm", "vcpu", "msr", "cpuid", "cpuid2", "irq", "gsi", "pit", "pit2",
             "tsc", "fpu", "mp", "nmi", "tpr", "msi", "mce", "smi", "tlb", "hv", "pmu", "fd",
-            "tss", "mmu", "pci", "lapic", "mmio", "vapic", "intx", "msix", "hvm"}
+            "tss", "mmu", "pci", "lapic", "mmio", "vapic", "intx", "msix", "hvm", "id", "cpu"}
 
 def camel(name):
     """KVM_GET_MSR_INDEX_LIST -> getMSRIndexList, as Swift names acronyms."""
     parts = name[len("KVM_"):].lower().split("_")
     def word(p):
-        if p == "msrs":
-            return "MSRs"
+        if p in ("msrs", "vcpus"):
+            return p[:-1].upper() + "s"
         return p.upper() if p in ACRONYMS else p.capitalize()
     first = parts[0]
     return first + "".join(word(p) for p in parts[1:])

@@ -18,7 +18,7 @@ extension Capability {
     /// `KVM_CAP_CLOCKSOURCE`.
     public static let clocksource = Capability(rawValue: 8)
     /// `KVM_CAP_NR_VCPUS`.
-    public static let nrVcpus = Capability(rawValue: 9)
+    public static let nrVCPUs = Capability(rawValue: 9)
     /// `KVM_CAP_NR_MEMSLOTS`.
     public static let nrMemslots = Capability(rawValue: 10)
     /// `KVM_CAP_PIT`.
@@ -58,7 +58,7 @@ extension Capability {
     /// `KVM_CAP_PIT2`.
     public static let pit2 = Capability(rawValue: 33)
     /// `KVM_CAP_SET_BOOT_CPU_ID`.
-    public static let setBootCpuId = Capability(rawValue: 34)
+    public static let setBootCPUID = Capability(rawValue: 34)
     /// `KVM_CAP_PIT_STATE2`.
     public static let pitState2 = Capability(rawValue: 35)
     /// `KVM_CAP_IOEVENTFD`.
@@ -122,7 +122,7 @@ extension Capability {
     /// `KVM_CAP_PPC_RMA`.
     public static let ppcRma = Capability(rawValue: 65)
     /// `KVM_CAP_MAX_VCPUS`.
-    public static let maxVcpus = Capability(rawValue: 66)
+    public static let maxVCPUs = Capability(rawValue: 66)
     /// `KVM_CAP_PPC_HIOR`.
     public static let ppcHior = Capability(rawValue: 67)
     /// `KVM_CAP_PPC_PAPR`.
@@ -246,7 +246,7 @@ extension Capability {
     /// `KVM_CAP_VCPU_ATTRIBUTES`.
     public static let vcpuAttributes = Capability(rawValue: 127)
     /// `KVM_CAP_MAX_VCPU_ID`.
-    public static let maxVCPUId = Capability(rawValue: 128)
+    public static let maxVCPUID = Capability(rawValue: 128)
     /// `KVM_CAP_X2APIC_API`.
     public static let x2apicAPI = Capability(rawValue: 129)
     /// `KVM_CAP_S390_USER_INSTR0`.
@@ -292,7 +292,7 @@ extension Capability {
     /// `KVM_CAP_S390_AIS_MIGRATION`.
     public static let s390AisMigration = Capability(rawValue: 150)
     /// `KVM_CAP_PPC_GET_CPU_CHAR`.
-    public static let ppcGetCpuChar = Capability(rawValue: 151)
+    public static let ppcGetCPUChar = Capability(rawValue: 151)
     /// `KVM_CAP_S390_BPB`.
     public static let s390Bpb = Capability(rawValue: 152)
     /// `KVM_CAP_GET_MSR_FEATURES`.
@@ -358,7 +358,7 @@ extension Capability {
     /// `KVM_CAP_ASYNC_PF_INT`.
     public static let asyncPfInt = Capability(rawValue: 183)
     /// `KVM_CAP_LAST_CPU`.
-    public static let lastCpu = Capability(rawValue: 184)
+    public static let lastCPU = Capability(rawValue: 184)
     /// `KVM_CAP_SMALLER_MAXPHYADDR`.
     public static let smallerMaxphyaddr = Capability(rawValue: 185)
     /// `KVM_CAP_S390_DIAG318`.
@@ -434,7 +434,7 @@ extension Capability {
     /// `KVM_CAP_S390_ZPCI_OP`.
     public static let s390ZpciOp = Capability(rawValue: 221)
     /// `KVM_CAP_S390_CPU_TOPOLOGY`.
-    public static let s390CpuTopology = Capability(rawValue: 222)
+    public static let s390CPUTopology = Capability(rawValue: 222)
     /// `KVM_CAP_DIRTY_LOG_RING_ACQ_REL`.
     public static let dirtyLogRingAcqRel = Capability(rawValue: 223)
 
@@ -448,7 +448,7 @@ extension Capability {
         ("KVM_CAP_VAPIC", .vapic),
         ("KVM_CAP_EXT_CPUID", .extCPUID),
         ("KVM_CAP_CLOCKSOURCE", .clocksource),
-        ("KVM_CAP_NR_VCPUS", .nrVcpus),
+        ("KVM_CAP_NR_VCPUS", .nrVCPUs),
         ("KVM_CAP_NR_MEMSLOTS", .nrMemslots),
         ("KVM_CAP_PIT", .pit),
         ("KVM_CAP_NOP_IO_DELAY", .nopIoDelay),
@@ -468,7 +468,7 @@ extension Capability {
         ("KVM_CAP_MCE", .mce),
         ("KVM_CAP_IRQFD", .irqfd),
         ("KVM_CAP_PIT2", .pit2),
-        ("KVM_CAP_SET_BOOT_CPU_ID", .setBootCpuId),
+        ("KVM_CAP_SET_BOOT_CPU_ID", .setBootCPUID),
         ("KVM_CAP_PIT_STATE2", .pitState2),
         ("KVM_CAP_IOEVENTFD", .ioeventfd),
         ("KVM_CAP_SET_IDENTITY_MAP_ADDR", .setIdentityMapAddr),
@@ -500,7 +500,7 @@ extension Capability {
         ("KVM_CAP_SPAPR_TCE", .spaprTce),
         ("KVM_CAP_PPC_SMT", .ppcSmt),
         ("KVM_CAP_PPC_RMA", .ppcRma),
-        ("KVM_CAP_MAX_VCPUS", .maxVcpus),
+        ("KVM_CAP_MAX_VCPUS", .maxVCPUs),
         ("KVM_CAP_PPC_HIOR", .ppcHior),
         ("KVM_CAP_PPC_PAPR", .ppcPapr),
         ("KVM_CAP_SW_TLB", .swTLB),
@@ -562,7 +562,7 @@ extension Capability {
         ("KVM_CAP_SPAPR_TCE_64", .spaprTce64),
         ("KVM_CAP_ARM_PMU_V3", .armPMUV3),
         ("KVM_CAP_VCPU_ATTRIBUTES", .vcpuAttributes),
-        ("KVM_CAP_MAX_VCPU_ID", .maxVCPUId),
+        ("KVM_CAP_MAX_VCPU_ID", .maxVCPUID),
         ("KVM_CAP_X2APIC_API", .x2apicAPI),
         ("KVM_CAP_S390_USER_INSTR0", .s390UserInstr0),
         ("KVM_CAP_MSI_DEVID", .msiDevid),
@@ -585,7 +585,7 @@ extension Capability {
         ("KVM_CAP_HYPERV_SYNIC2", .hypervSynic2),
         ("KVM_CAP_HYPERV_VP_INDEX", .hypervVpIndex),
         ("KVM_CAP_S390_AIS_MIGRATION", .s390AisMigration),
-        ("KVM_CAP_PPC_GET_CPU_CHAR", .ppcGetCpuChar),
+        ("KVM_CAP_PPC_GET_CPU_CHAR", .ppcGetCPUChar),
         ("KVM_CAP_S390_BPB", .s390Bpb),
         ("KVM_CAP_GET_MSR_FEATURES", .getMSRFeatures),
         ("KVM_CAP_HYPERV_EVENTFD", .hypervEventfd),
@@ -618,7 +618,7 @@ extension Capability {
         ("KVM_CAP_PPC_SECURE_GUEST", .ppcSecureGuest),
         ("KVM_CAP_HALT_POLL", .haltPoll),
         ("KVM_CAP_ASYNC_PF_INT", .asyncPfInt),
-        ("KVM_CAP_LAST_CPU", .lastCpu),
+        ("KVM_CAP_LAST_CPU", .lastCPU),
         ("KVM_CAP_SMALLER_MAXPHYADDR", .smallerMaxphyaddr),
         ("KVM_CAP_S390_DIAG318", .s390Diag318),
         ("KVM_CAP_STEAL_TIME", .stealTime),
@@ -656,7 +656,7 @@ extension Capability {
         ("KVM_CAP_X86_NOTIFY_VMEXIT", .x86NotifyVmexit),
         ("KVM_CAP_VM_DISABLE_NX_HUGE_PAGES", .vmDisableNxHugePages),
         ("KVM_CAP_S390_ZPCI_OP", .s390ZpciOp),
-        ("KVM_CAP_S390_CPU_TOPOLOGY", .s390CpuTopology),
+        ("KVM_CAP_S390_CPU_TOPOLOGY", .s390CPUTopology),
         ("KVM_CAP_DIRTY_LOG_RING_ACQ_REL", .dirtyLogRingAcqRel),
     ]
 }

@@ -6,6 +6,10 @@ import SystemPackage
 public final class Hypervisor: Sendable {
     let handle: KVMHandle
 
+    /// The system descriptor, for requests this API does not wrap. It stays
+    /// open while the hypervisor lives; do not close it.
+    public var rawDescriptor: Int32 { handle.descriptor }
+
     /// The accelerator serving this hypervisor (never `.automatic`).
     public var accelerator: Accelerator { handle.backend.accelerator }
 

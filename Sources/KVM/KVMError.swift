@@ -57,7 +57,7 @@ public struct KVMError: Error, Equatable, Sendable, CustomStringConvertible {
         case (.createVCPU, .invalidArgument):
             return "the vCPU id is at or beyond KVM_CAP_MAX_VCPU_ID, or the VM has KVM_CAP_MAX_VCPUS vCPUs already"
         case (.setUserMemoryRegion, .invalidArgument):
-            return "the region is misaligned (guest address, size or host address not page-aligned), has bad flags, an out-of-range slot, or changes a slot in a way the kernel forbids (moving or resizing it)"
+            return "the region is misaligned (guest address, size or host address not page-aligned), has bad flags, an out-of-range slot, or changes a slot in a way the kernel forbids (resizing it, or toggling KVM_MEM_READONLY)"
         case (.setUserMemoryRegion, .fileExists):
             return "the region overlaps another memory slot"
         case (.setUserMemoryRegion, .badAddress):

@@ -85,7 +85,7 @@ extension KVMRequest {
     /// `KVM_CREATE_PIT2`.
     public static let createPIT2 = KVMRequest(name: "KVM_CREATE_PIT2", number: UInt(SWIFTKVM_KVM_CREATE_PIT2))
     /// `KVM_SET_BOOT_CPU_ID`.
-    public static let setBootCpuId = KVMRequest(name: "KVM_SET_BOOT_CPU_ID", number: UInt(SWIFTKVM_KVM_SET_BOOT_CPU_ID))
+    public static let setBootCPUID = KVMRequest(name: "KVM_SET_BOOT_CPU_ID", number: UInt(SWIFTKVM_KVM_SET_BOOT_CPU_ID))
     /// `KVM_IOEVENTFD`.
     public static let ioeventfd = KVMRequest(name: "KVM_IOEVENTFD", number: UInt(SWIFTKVM_KVM_IOEVENTFD))
     /// `KVM_XEN_HVM_CONFIG`.
@@ -282,7 +282,7 @@ extension KVMRequest {
         .deassignDevIRQ,
         .irqfd,
         .createPIT2,
-        .setBootCpuId,
+        .setBootCPUID,
         .ioeventfd,
         .xenHVMConfig,
         .setClock,

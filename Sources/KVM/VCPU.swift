@@ -27,7 +27,7 @@ final class RunPage: @unchecked Sendable {
     /// `runningThread`'s lock, and `run()` takes that lock before KVM_RUN, so
     /// the lock orders the write before the next KVM_RUN.
     var immediateExit: UnsafeMutablePointer<UInt8> {
-        (base + MemoryLayout<kvm_run>.offset(of: \kvm_run.immediate_exit)!).assumingMemoryBound(to: UInt8.self)
+        (base + swiftkvm_run_immediate_exit_offset()).assumingMemoryBound(to: UInt8.self)
     }
 
     deinit { backend.unmapVCPU(base, size: size) }
@@ -60,6 +60,8 @@ public final class VCPU: @unchecked Sendable {
     let page: RunPage
     /// Where in the mapping the answer to the last exit's read goes, and how many bytes it takes.
     private var pendingRead: (offset: Int, length: Int)?
+    /// The last thread `run()` unblocked the kick signal in, so that it is done once per thread, not per run.
+    private var unblockedThread: UInt = 0
 
     init(vm: VirtualMachine, id: UInt32, handle: KVMHandle) throws(KVMError) {
         self.vm = vm
@@ -81,6 +83,10 @@ public final class VCPU: @unchecked Sendable {
         // outlives every kernel object that can touch it.
         handle.close()
     }
+
+    /// The vCPU descriptor, for requests this API does not wrap. It stays
+    /// open while the vCPU lives; do not close it.
+    public var rawDescriptor: Int32 { handle.descriptor }
 
     /// A kicker for ending `run()` from another thread.
     public var kicker: VCPUKicker { VCPUKicker(page: page) }
@@ -121,6 +127,10 @@ public final class VCPU: @unchecked Sendable {
     public func run() throws(KVMError) -> VCPUExit {
         pendingRead = nil
         let thread = ThreadKick.currentThread
+        if thread != unblockedThread {
+            ThreadKick.unblockInCurrentThread()
+            unblockedThread = thread
+        }
         page.runningThread.withLock { $0 = thread }
         let result = handle.backend.ioctl(handle.descriptor, KVMRequest.run.number, nil)
         page.runningThread.withLock { $0 = 0 }
@@ -182,7 +192,7 @@ public final class VCPU: @unchecked Sendable {
             let length = min(Int(mmio.len), 8)
             let access = MMIOAccess(address: mmio.phys_addr, length: UInt32(length), isWrite: mmio.is_write != 0, data: mmio.data)
             if !access.isWrite {
-                pendingRead = (MemoryLayout<kvm_run>.offset(of: \kvm_run.mmio.data)!, length)
+                pendingRead = (swiftkvm_run_mmio_data_offset(), length)
             }
             return .mmio(access)
         case .hlt:

@@ -13,6 +13,16 @@ public enum ThreadKick {
     @discardableResult
     public static func install() -> Int32 { installation }
 
+    /// Unblocks the kick signal in the calling thread, which may have
+    /// inherited a mask that blocks it; a blocked signal would leave KVM_RUN
+    /// running.
+    public static func unblockInCurrentThread() {
+        var set = sigset_t()
+        sigemptyset(&set)
+        sigaddset(&set, swiftkvm_kick_signal())
+        pthread_sigmask(SIG_UNBLOCK, &set, nil)
+    }
+
     /// The calling thread, as a value another thread can kick.
     public static var currentThread: UInt { UInt(pthread_self()) }
 

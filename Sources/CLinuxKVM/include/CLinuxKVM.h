@@ -7,6 +7,11 @@
 #include <sys/eventfd.h>
 #include "kvm_requests.h"
 
+/// Offsets into `struct kvm_run` of fields inside its anonymous union,
+/// which Swift key paths cannot reach.
+static inline size_t swiftkvm_run_mmio_data_offset(void) { return offsetof(struct kvm_run, mmio.data); }
+static inline size_t swiftkvm_run_immediate_exit_offset(void) { return offsetof(struct kvm_run, immediate_exit); }
+
 /// ioctl(2) with a pointer argument. Swift cannot call the variadic libc
 /// ioctl, so the C target gives it fixed arities. Returns -1 and sets errno
 /// on failure, like the libc call.

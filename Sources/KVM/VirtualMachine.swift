@@ -40,6 +40,9 @@ public final class VirtualMachine: Sendable {
     public let hypervisor: Hypervisor
     let handle: KVMHandle
     private let state = Mutex(State())
+    /// The eventfds registered with irqfd and ioeventfd, and the coalesced
+    /// MMIO ring's place (VirtualMachine+Interrupts.swift).
+    let interrupts = Mutex(InterruptState())
     /// The size of a vCPU's mapping, asked once.
     let vcpuMmapSize: Int
 
@@ -60,6 +63,10 @@ public final class VirtualMachine: Sendable {
         handle.close()
     }
 
+    /// The VM descriptor, for requests this API does not wrap. It stays open
+    /// while the VM lives; do not close it.
+    public var rawDescriptor: Int32 { handle.descriptor }
+
     /// Whether, and how far, this VM supports `capability` (KVM_CAP_CHECK_EXTENSION_VM).
     /// The ioctl is KVM_CHECK_EXTENSION on the VM descriptor.
     public func checkExtension(_ capability: Capability) throws(KVMError) -> Int32 {
@@ -70,9 +77,9 @@ public final class VirtualMachine: Sendable {
 
     /// Maps `region` into guest-physical memory at `guestAddress` as slot
     /// `slot`. The VM keeps the region until the slot is removed and the VM
-    /// is gone. `size` defaults to the whole region. Changing an existing
-    /// slot's flags is allowed; moving or resizing it is not (EINVAL), as in
-    /// the kernel. The ioctl is KVM_SET_USER_MEMORY_REGION.
+    /// is gone. The slot is the whole region. An existing slot may be moved
+    /// (a new `guestAddress`) or have dirty logging turned on or off;
+    /// resizing it or toggling `.readOnly` gives EINVAL, as in the kernel. The ioctl is KVM_SET_USER_MEMORY_REGION.
     public func setMemoryRegion(
         slot: UInt32, guestAddress: UInt64, region: GuestMemoryRegion, flags: MemoryRegionFlags = []
     ) throws(KVMError) {

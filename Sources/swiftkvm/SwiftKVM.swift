@@ -1,9 +1,18 @@
 import ArgumentParser
+import KVM
 
 @main
 struct SwiftKVMCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "swiftkvm",
         abstract: "Run virtual machines on Linux KVM or on SoftKVM, KVM in Swift.",
-        subcommands: [])
+        subcommands: [Run.self, Info.self, Bench.self])
 }
+
+/// The accelerator choice every subcommand that opens a hypervisor takes.
+struct AcceleratorOptions: ParsableArguments {
+    @Option(name: .long, help: "The accelerator: host (/dev/kvm), soft (SoftKVM), or auto (host where usable).")
+    var accel: Accelerator = .automatic
+}
+
+extension Accelerator: ExpressibleByArgument {}

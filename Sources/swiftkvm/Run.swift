@@ -1,0 +1,44 @@
+import ArgumentParser
+import Glibc
+import KVM
+import VMM
+
+/// `swiftkvm run`: boots a guest and prints its serial console. With no
+/// guest given, it boots the built-in guest; options for a kernel and an
+/// initrd come here later.
+struct Run: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Boot a guest and print its serial console.",
+        discussion: """
+            With no guest given, boots SwiftKVM's built-in guest, which walks from real mode \
+            to long mode and prints a checksum of itself. Exits with the status the guest \
+            writes to the debug-exit port (0x501).
+            """)
+
+    @OptionGroup var acceleratorOptions: AcceleratorOptions
+
+    func run() throws {
+        let result: BuiltinGuest.RunResult
+        do {
+            let hypervisor = try Hypervisor(accelerator: acceleratorOptions.accel)
+            let guest = try BuiltinGuest(hypervisor: hypervisor)
+            result = try guest.run { byte in
+                var byte = byte
+                _ = write(STDOUT_FILENO, &byte, 1)
+            }
+        } catch {
+            printError("\(error)")
+            throw ExitCode.failure
+        }
+        if result.status != 0 {
+            throw ExitCode(Int32(result.status))
+        }
+    }
+}
+
+/// Writes `message`, and a newline, to standard error.
+func printError(_ message: String) {
+    let text = "swiftkvm: \(message)\n"
+    var bytes = Array(text.utf8)
+    _ = write(STDERR_FILENO, &bytes, bytes.count)
+}

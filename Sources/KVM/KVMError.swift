@@ -68,15 +68,26 @@ public struct KVMError: Error, Equatable, Sendable, CustomStringConvertible {
             return "the VM has this device already"
         case (.createIrqchip, .invalidArgument):
             return "the irqchip must be created before any vCPU"
-        case (.irqLine, .noSuchAddressOrDevice), (.irqfd, .noSuchAddressOrDevice):
+        case (.irqLine, .noSuchAddressOrDevice), (.getIrqchip, .noSuchAddressOrDevice),
+             (.setIrqchip, .noSuchAddressOrDevice):
             return "the VM has no in-kernel irqchip (create it first)"
-        case (.signalMSI, .invalidArgument):
-            return "the MSI flags or padding are invalid"
-        case (.setGSIRouting, .invalidArgument):
-            return "a routing entry is invalid (GSI too large, duplicate or unknown type)"
+        case (.irqfd, .invalidArgument), (.signalMSI, .invalidArgument), (.setGSIRouting, .invalidArgument):
+            return "the VM has no in-kernel irqchip, or an entry, flag or padding field is invalid"
+        case (.irqfd, .resourceBusy):
+            return "this eventfd is already registered as an irqfd"
+        case (.createPIT2, .noSuchFileOrDirectory):
+            return "the PIT needs the in-kernel irqchip: create it first"
+        case (.getPIT2, .noSuchAddressOrDevice), (.setPIT2, .noSuchAddressOrDevice):
+            return "the VM has no in-kernel PIT (create it first)"
+        case (.getLAPIC, .invalidArgument), (.setLAPIC, .invalidArgument):
+            return "the vCPU has no in-kernel local APIC (create the irqchip before the vCPU)"
+        case (.interrupt, .noSuchAddressOrDevice):
+            return "KVM_INTERRUPT is for a user-space interrupt controller; this VM has an in-kernel irqchip"
+        case (.setCPUID2, .invalidArgument):
+            return "CPUID cannot change once the vCPU has run, or the table is malformed"
         case (.ioeventfd, .fileExists):
             return "an ioeventfd is already registered for this address, length and datamatch"
-        case (.ioeventfd, .noSuchFileOrDirectory), (.irqfd, .noSuchFileOrDirectory):
+        case (.ioeventfd, .noSuchFileOrDirectory):
             return "no such registration to remove"
         case (.run, .invalidArgument):
             return "the vCPU cannot run in its present state"

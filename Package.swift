@@ -34,6 +34,14 @@ let package = Package(
             ],
             swiftSettings: hotPathSettings
         ),
+        .target(
+            name: "SoftKVM",
+            dependencies: [
+                "KVM", "KVMPlatform", "GuestMemory", "CLinuxKVM",
+                .product(name: "SystemPackage", package: "swift-system"),
+            ],
+            swiftSettings: hotPathSettings
+        ),
         .target(name: "VMM", dependencies: ["KVM", "GuestMemory"]),
         .target(name: "CKVMBench", dependencies: ["CLinuxKVM"]),
         .executableTarget(
@@ -45,6 +53,7 @@ let package = Package(
             ]
         ),
         .testTarget(name: "KVMTests", dependencies: ["KVM", "GuestMemory", "KVMPlatform"]),
+        .testTarget(name: "SoftKVMTests", dependencies: ["SoftKVM", "KVM", "GuestMemory", "KVMPlatform", "CLinuxKVM"]),
         .testTarget(name: "VMMTests", dependencies: ["VMM", "KVM"]),
     ]
 )

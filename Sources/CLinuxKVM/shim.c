@@ -1,8 +1,10 @@
+#define _GNU_SOURCE
 #include "CLinuxKVM.h"
 
 #include <signal.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 
 int swiftkvm_ioctl_pointer(int fd, unsigned long request, void *argument) {
     return ioctl(fd, request, argument);
@@ -24,3 +26,5 @@ int swiftkvm_install_kick_handler(int signal) {
 }
 
 int swiftkvm_kick_signal(void) { return SIGRTMIN + 2; }
+
+int swiftkvm_memfd_create(const char *name) { return memfd_create(name, MFD_CLOEXEC); }

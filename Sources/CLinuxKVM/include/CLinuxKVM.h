@@ -25,6 +25,10 @@ int swiftkvm_ioctl_value(int fd, unsigned long request, unsigned long argument);
 /// the process. Returns 0, or -1 with errno set.
 int swiftkvm_install_kick_handler(int signal);
 
+/// memfd_create(2) with MFD_CLOEXEC: an anonymous file, for the memory
+/// behind a SoftKVM vCPU descriptor. Returns the descriptor, or -1 with errno set.
+int swiftkvm_memfd_create(const char *name);
+
 /// The signal number SwiftKVM uses to kick a vCPU thread out of KVM_RUN.
 int swiftkvm_kick_signal(void);
 

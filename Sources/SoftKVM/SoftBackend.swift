@@ -1,0 +1,121 @@
+import CLinuxKVM
+import Glibc
+import KVM
+import Synchronization
+import SystemPackage
+
+/// SoftKVM: the kernel side of KVM in Swift, behind the same ABI as the
+/// host's /dev/kvm (request numbers, `struct kvm_*` bytes, -errno results).
+///
+/// Every object it hands out is a real descriptor of this process (an
+/// eventfd for the system and VM objects, a memfd holding the `kvm_run`
+/// mapping for a vCPU), so descriptor numbers never collide with the
+/// process's other files and `mmap` of a vCPU descriptor works as on the host.
+/// The objects are found by descriptor in a table, as the kernel finds them
+/// through `struct file`.
+public final class SoftBackend: KVMBackend {
+    public var accelerator: Accelerator { .soft }
+
+    /// What a descriptor refers to: the kernel's `file->private_data`.
+    enum Object {
+        case system
+        case vm(SoftVM)
+        case vcpu(SoftVCPU)
+    }
+
+    private let files = Mutex<[Int32: Object]>([:])
+
+    /// The process a request comes from. The kernel compares `kvm->mm` with
+    /// `current->mm`; a test can make this change to see that rule.
+    let currentProcess: @Sendable () -> pid_t
+
+    public convenience init() {
+        self.init(currentProcess: { getpid() })
+    }
+
+    init(currentProcess: @escaping @Sendable () -> pid_t) {
+        self.currentProcess = currentProcess
+    }
+
+    public func openSystem() -> Int32 {
+        let descriptor = eventfd(0, Int32(EFD_CLOEXEC))
+        guard descriptor >= 0 else { return -errno }
+        install(descriptor, .system)
+        return descriptor
+    }
+
+    public func ioctl(_ descriptor: Int32, _ request: UInt, _ argument: UnsafeMutableRawPointer?) -> Int32 {
+        dispatch(descriptor, request, UInt(bitPattern: argument))
+    }
+
+    public func ioctl(_ descriptor: Int32, _ request: UInt, value: UInt) -> Int32 {
+        dispatch(descriptor, request, value)
+    }
+
+    /// The kernel's `vfs_ioctl`: the file's own `unlocked_ioctl`. The
+    /// argument is an integer or a user pointer, as the request says.
+    private func dispatch(_ descriptor: Int32, _ request: UInt, _ argument: UInt) -> Int32 {
+        guard let object = lookup(descriptor) else {
+            // A descriptor of another kind gets ENOTTY from the kernel; one that is not open, EBADF.
+            return fcntl(descriptor, F_GETFD) < 0 ? -Errno.badFileDescriptor.rawValue : -Errno.inappropriateIOCTLForDevice.rawValue
+        }
+        switch object {
+        case .system: return kvm_dev_ioctl(request, argument)
+        case .vm(let vm): return kvm_vm_ioctl(vm, request, argument)
+        case .vcpu(let vcpu): return kvm_vcpu_ioctl(vcpu, request, argument)
+        }
+    }
+
+    public func mapVCPU(_ descriptor: Int32, size: Int) -> Result<UnsafeMutableRawPointer, Errno> {
+        guard case .vcpu = lookup(descriptor) else { return .failure(.noSuchAddressOrDevice) }
+        // The vCPU descriptor is the memfd that holds the run page, so this
+        // mapping shares it with SoftKVM's own, as the kernel's vcpu fault handler shares its pages.
+        let address = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED, descriptor, 0)
+        guard let address, address != MAP_FAILED else { return .failure(Errno(rawValue: errno)) }
+        return .success(address)
+    }
+
+    public func unmapVCPU(_ address: UnsafeMutableRawPointer, size: Int) {
+        munmap(address, size)
+    }
+
+    /// The kernel's release of the file: the object loses the descriptor's
+    /// reference; a VM lives on while a vCPU holds it (kvm_put_kvm).
+    public func close(_ descriptor: Int32) {
+        let removed = files.withLock { $0.removeValue(forKey: descriptor) }
+        if removed != nil { _ = Glibc.close(descriptor) }
+    }
+
+    func lookup(_ descriptor: Int32) -> Object? {
+        files.withLock { $0[descriptor] }
+    }
+
+    func install(_ descriptor: Int32, _ object: Object) {
+        files.withLock { $0[descriptor] = object }
+    }
+
+    /// A fresh eventfd for a new object: a descriptor number the process owns.
+    static func anonymousDescriptor() -> Int32 {
+        let descriptor = eventfd(0, Int32(EFD_CLOEXEC))
+        return descriptor >= 0 ? descriptor : -errno
+    }
+}
+
+/// Helpers for reading and writing the user memory a request points at,
+/// as the kernel's copy_from_user and copy_to_user (EFAULT on a null pointer).
+enum UserMemory {
+    static func read<T>(_ type: T.Type, from address: UInt) -> T? {
+        guard let pointer = UnsafeRawPointer(bitPattern: address) else { return nil }
+        return pointer.loadUnaligned(as: T.self)
+    }
+
+    static func write<T>(_ value: T, to address: UInt) -> Bool {
+        guard let pointer = UnsafeMutableRawPointer(bitPattern: address) else { return false }
+        withUnsafeBytes(of: value) { bytes in
+            if let base = bytes.baseAddress { pointer.copyMemory(from: base, byteCount: bytes.count) }
+        }
+        return true
+    }
+}
+
+@inline(__always) func fail(_ errno: Errno) -> Int32 { -errno.rawValue }

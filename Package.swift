@@ -34,6 +34,7 @@ let package = Package(
             ],
             swiftSettings: hotPathSettings
         ),
+        .target(name: "X86", swiftSettings: hotPathSettings),
         .target(name: "VMM", dependencies: ["KVM", "GuestMemory"]),
         .target(name: "CKVMBench", dependencies: ["CLinuxKVM"]),
         .executableTarget(
@@ -46,5 +47,6 @@ let package = Package(
         ),
         .testTarget(name: "KVMTests", dependencies: ["KVM", "GuestMemory", "KVMPlatform"]),
         .testTarget(name: "VMMTests", dependencies: ["VMM", "KVM"]),
+        .testTarget(name: "X86Tests", dependencies: ["X86", "KVM", "GuestMemory"]),
     ]
 )

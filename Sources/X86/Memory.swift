@@ -1,0 +1,165 @@
+// Segmentation, paging and guest-physical access. Every access is checked
+// against the RAM size: what is outside becomes an MMIO exit, never a host
+// access outside the buffer.
+
+enum Access: UInt8 {
+    case read, write, fetch
+}
+
+extension X86CPU {
+    // MARK: Segmentation
+
+    /// The linear address of `segment:offset`. Segment limits are not
+    /// checked yet.
+    @inline(__always)
+    func linear(_ segment: Int, _ offset: UInt64) -> UInt64 {
+        if state.efer & ControlBits.eferLMA != 0 && state.segments[SegmentRegisterName.cs.rawValue].isLong {
+            // 64-bit mode: only FS and GS have a base.
+            return segment >= SegmentRegisterName.fs.rawValue ? state.segments[segment].base &+ offset : offset
+        }
+        return (state.segments[segment].base &+ offset) & 0xFFFF_FFFF
+    }
+
+    // MARK: Paging
+
+    /// Translates a linear address, or stores the fault and returns nil.
+    mutating func translate(_ address: UInt64, _ access: Access) -> UInt64? {
+        if state.cr0 & ControlBits.cr0PG == 0 { return address }
+        guard state.efer & ControlBits.eferLMA != 0 else {
+            // 32-bit and PAE paging outside long mode come later.
+            pending = .emulationFailure(address: address)
+            return nil
+        }
+        let top = Int64(bitPattern: address) >> 47
+        guard top == 0 || top == -1 else {
+            pending = .exception(vector: Vector.gp.rawValue, errorCode: 0)
+            return nil
+        }
+        let user = state.cpl == 3
+        let nxe = state.efer & ControlBits.eferNXE != 0
+        var table = state.cr3 & 0x000F_FFFF_FFFF_F000
+        var writable = true, userOK = true, executable = true
+        var shift: UInt64 = 39
+        var entryAddress: UInt64 = 0
+        var entry: UInt64 = 0
+        while true {
+            entryAddress = table + ((address >> shift) & 0x1FF) * 8
+            guard entryAddress + 8 <= memory.size else {
+                pending = .emulationFailure(address: entryAddress)
+                return nil
+            }
+            entry = memory.base.loadUnaligned(fromByteOffset: Int(entryAddress), as: UInt64.self)
+            if entry & 1 == 0 { return pageFault(address, access, present: false) }
+            writable = writable && entry & 2 != 0
+            userOK = userOK && entry & 4 != 0
+            if nxe && entry & (1 << 63) != 0 { executable = false }
+            if entry & 0x20 == 0 {
+                memory.base.storeBytes(of: entry | 0x20, toByteOffset: Int(entryAddress), as: UInt64.self)
+            }
+            // PS in a PDPTE (1 GiB) or PDE (2 MiB) ends the walk.
+            if shift == 12 || ((shift == 30 || shift == 21) && entry & 0x80 != 0) { break }
+            table = entry & 0x000F_FFFF_FFFF_F000
+            shift -= 9
+        }
+        if user && !userOK { return pageFault(address, access, present: true) }
+        if access == .write && !writable && (user || state.cr0 & ControlBits.cr0WP != 0) {
+            return pageFault(address, access, present: true)
+        }
+        if access == .fetch && !executable { return pageFault(address, access, present: true) }
+        if access == .write && entry & 0x40 == 0 {
+            memory.base.storeBytes(of: entry | 0x40, toByteOffset: Int(entryAddress), as: UInt64.self)
+        }
+        let pageMask: UInt64 = (1 << shift) - 1
+        return (entry & 0x000F_FFFF_FFFF_F000 & ~pageMask) | (address & pageMask)
+    }
+
+    mutating func pageFault(_ address: UInt64, _ access: Access, present: Bool) -> UInt64? {
+        var code: UInt32 = present ? 1 : 0
+        if access == .write { code |= 2 }
+        if state.cpl == 3 { code |= 4 }
+        if access == .fetch && state.efer & ControlBits.eferNXE != 0 { code |= 0x10 }
+        state.cr2 = address
+        pending = .exception(vector: Vector.pf.rawValue, errorCode: code)
+        return nil
+    }
+
+    // MARK: Physical access
+
+    @inline(__always)
+    mutating func readPhysical(_ address: UInt64, size: Int) -> UInt64? {
+        if address < memory.size && memory.size - address >= UInt64(size) {
+            let offset = Int(address)
+            switch size {
+            case 1: return UInt64(memory.base.load(fromByteOffset: offset, as: UInt8.self))
+            case 2: return UInt64(memory.base.loadUnaligned(fromByteOffset: offset, as: UInt16.self))
+            case 4: return UInt64(memory.base.loadUnaligned(fromByteOffset: offset, as: UInt32.self))
+            default: return memory.base.loadUnaligned(fromByteOffset: offset, as: UInt64.self)
+            }
+        }
+        if let answer = mmioReadAnswer, answer.address == address {
+            mmioReadAnswer = nil
+            return answer.value & sizeMask(size)
+        }
+        pending = .mmio(MMIOExit(address: address, size: size, isWrite: false, data: 0))
+        return nil
+    }
+
+    @inline(__always)
+    mutating func writePhysical(_ address: UInt64, _ value: UInt64, size: Int) {
+        if address < memory.size && memory.size - address >= UInt64(size) {
+            let offset = Int(address)
+            switch size {
+            case 1: memory.base.storeBytes(of: UInt8(truncatingIfNeeded: value), toByteOffset: offset, as: UInt8.self)
+            case 2: memory.base.storeBytes(of: UInt16(truncatingIfNeeded: value), toByteOffset: offset, as: UInt16.self)
+            case 4: memory.base.storeBytes(of: UInt32(truncatingIfNeeded: value), toByteOffset: offset, as: UInt32.self)
+            default: memory.base.storeBytes(of: value, toByteOffset: offset, as: UInt64.self)
+            }
+            return
+        }
+        pending = .mmio(MMIOExit(address: address, size: size, isWrite: true, data: value & sizeMask(size)))
+        mmioWritePending = true
+    }
+
+    // MARK: Linear and logical access
+
+    mutating func readLinear(_ address: UInt64, size: Int, _ access: Access = .read) -> UInt64? {
+        if (address & 0xFFF) + UInt64(size) <= 0x1000 {
+            guard let physical = translate(address, access) else { return nil }
+            return readPhysical(physical, size: size)
+        }
+        // Crosses a page: byte by byte, each translated.
+        var value: UInt64 = 0
+        for i in 0..<size {
+            guard let physical = translate(address &+ UInt64(i), access),
+                  let byte = readPhysical(physical, size: 1) else { return nil }
+            value |= byte << UInt64(i * 8)
+        }
+        return value
+    }
+
+    mutating func writeLinear(_ address: UInt64, _ value: UInt64, size: Int) -> Bool {
+        if (address & 0xFFF) + UInt64(size) <= 0x1000 {
+            guard let physical = translate(address, .write) else { return false }
+            writePhysical(physical, value, size: size)
+            return true
+        }
+        // Translate every byte before writing any, so a fault writes nothing.
+        for i in 0..<size where translate(address &+ UInt64(i), .write) == nil { return false }
+        for i in 0..<size {
+            if let physical = translate(address &+ UInt64(i), .write) {
+                writePhysical(physical, value >> UInt64(i * 8), size: 1)
+            }
+        }
+        return true
+    }
+
+    @inline(__always)
+    mutating func read(_ segment: Int, _ offset: UInt64, size: Int) -> UInt64? {
+        readLinear(linear(segment, offset), size: size)
+    }
+
+    @inline(__always)
+    mutating func write(_ segment: Int, _ offset: UInt64, _ value: UInt64, size: Int) -> Bool {
+        writeLinear(linear(segment, offset), value, size: size)
+    }
+}

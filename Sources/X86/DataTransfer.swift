@@ -209,8 +209,13 @@ extension X86CPU {
         let index = UInt64(selector & 0xFFF8)
         guard index + 7 <= UInt64(state.gdtr.limit) else { return fault(.gp, errorCode: errorCode) }
         guard let descriptor = readLinear(state.gdtr.base &+ index, size: 8) else { return false }
-        let attributes = UInt16(truncatingIfNeeded: (descriptor >> 40) & 0xF0FF)
+        var attributes = UInt16(truncatingIfNeeded: (descriptor >> 40) & 0xF0FF)
         guard attributes & 0x80 != 0 else { return fault(isStack ? .ss : .np, errorCode: errorCode) }
+        if attributes & 1 == 0 {
+            // The CPU marks the descriptor accessed in the table, as it loads it.
+            attributes |= 1
+            guard writeLinear(state.gdtr.base &+ index &+ 5, UInt64(attributes & 0xFF), size: 1) else { return false }
+        }
         var limit = UInt32(truncatingIfNeeded: (descriptor & 0xFFFF) | ((descriptor >> 32) & 0xF_0000))
         if attributes & 0x8000 != 0 { limit = (limit << 12) | 0xFFF }
         let base = ((descriptor >> 16) & 0xFF_FFFF) | ((descriptor >> 32) & 0xFF00_0000)

@@ -54,7 +54,8 @@ extension X86CPU {
             userOK = userOK && entry & 4 != 0
             if nxe && entry & (1 << 63) != 0 { executable = false }
             if entry & 0x20 == 0 {
-                memory.base.storeBytes(of: entry | 0x20, toByteOffset: Int(entryAddress), as: UInt64.self)
+                entry |= 0x20
+                memory.base.storeBytes(of: entry, toByteOffset: Int(entryAddress), as: UInt64.self)
             }
             // PS in a PDPTE (1 GiB) or PDE (2 MiB) ends the walk.
             if shift == 12 || ((shift == 30 || shift == 21) && entry & 0x80 != 0) { break }
@@ -93,7 +94,13 @@ extension X86CPU {
             case 1: return UInt64(memory.base.load(fromByteOffset: offset, as: UInt8.self))
             case 2: return UInt64(memory.base.loadUnaligned(fromByteOffset: offset, as: UInt16.self))
             case 4: return UInt64(memory.base.loadUnaligned(fromByteOffset: offset, as: UInt32.self))
-            default: return memory.base.loadUnaligned(fromByteOffset: offset, as: UInt64.self)
+            case 8: return memory.base.loadUnaligned(fromByteOffset: offset, as: UInt64.self)
+            default:  // the piece of an access split at a page boundary
+                var value: UInt64 = 0
+                for i in 0..<size {
+                    value |= UInt64(memory.base.load(fromByteOffset: offset + i, as: UInt8.self)) << UInt64(i * 8)
+                }
+                return value
             }
         }
         if let answer = mmioReadAnswer, answer.address == address {
@@ -112,7 +119,11 @@ extension X86CPU {
             case 1: memory.base.storeBytes(of: UInt8(truncatingIfNeeded: value), toByteOffset: offset, as: UInt8.self)
             case 2: memory.base.storeBytes(of: UInt16(truncatingIfNeeded: value), toByteOffset: offset, as: UInt16.self)
             case 4: memory.base.storeBytes(of: UInt32(truncatingIfNeeded: value), toByteOffset: offset, as: UInt32.self)
-            default: memory.base.storeBytes(of: value, toByteOffset: offset, as: UInt64.self)
+            case 8: memory.base.storeBytes(of: value, toByteOffset: offset, as: UInt64.self)
+            default:
+                for i in 0..<size {
+                    memory.base.storeBytes(of: UInt8(truncatingIfNeeded: value >> UInt64(i * 8)), toByteOffset: offset + i, as: UInt8.self)
+                }
             }
             return
         }
@@ -127,14 +138,14 @@ extension X86CPU {
             guard let physical = translate(address, access) else { return nil }
             return readPhysical(physical, size: size)
         }
-        // Crosses a page: byte by byte, each translated.
-        var value: UInt64 = 0
-        for i in 0..<size {
-            guard let physical = translate(address &+ UInt64(i), access),
-                  let byte = readPhysical(physical, size: 1) else { return nil }
-            value |= byte << UInt64(i * 8)
-        }
-        return value
+        // Crosses a page: two pieces, split where the kernel's emulator splits
+        // them, so that RAM and MMIO halves are each reported as such.
+        let first = Int(0x1000 - (address & 0xFFF))
+        guard let low = translate(address, access),
+              let high = translate(address &+ UInt64(first), access),
+              let lowValue = readPhysical(low, size: first),
+              let highValue = readPhysical(high, size: size - first) else { return nil }
+        return lowValue | (highValue << UInt64(first * 8))
     }
 
     mutating func writeLinear(_ address: UInt64, _ value: UInt64, size: Int) -> Bool {
@@ -143,13 +154,13 @@ extension X86CPU {
             writePhysical(physical, value, size: size)
             return true
         }
-        // Translate every byte before writing any, so a fault writes nothing.
-        for i in 0..<size where translate(address &+ UInt64(i), .write) == nil { return false }
-        for i in 0..<size {
-            if let physical = translate(address &+ UInt64(i), .write) {
-                writePhysical(physical, value >> UInt64(i * 8), size: 1)
-            }
+        // Translate both pages before writing, so that a fault writes nothing.
+        let first = Int(0x1000 - (address & 0xFFF))
+        guard let low = translate(address, .write), let high = translate(address &+ UInt64(first), .write) else {
+            return false
         }
+        writePhysical(low, value, size: first)
+        writePhysical(high, value >> UInt64(first * 8), size: size - first)
         return true
     }
 

@@ -238,7 +238,9 @@ extension X86CPU {
         }
         let count = Int(raw & (size == 8 ? 0x3F : 0x1F))
         guard let value = readOperand(insn, size: size) else { return false }
-        guard count != 0 else { return writeOperand(insn, value, size: size) }
+        // A zero count changes nothing; a 32-bit register is still written
+        // (and so zero-extended), as the instruction names it as destination.
+        guard count != 0 else { return insn.isMemory || writeOperand(insn, value, size: size) }
         let bits = size * 8
         let mask = sizeMask(size)
         let sign = signBit(size)

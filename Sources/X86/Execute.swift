@@ -5,6 +5,7 @@
 extension X86CPU {
     mutating func execute(_ insn: inout Instruction) -> Bool {
         let op = insn.opcode
+        if insn.lock && !isLockable(insn) { return undefined() }
         switch op {
         case 0x00...0x3F where op & 7 < 6:
             guard executeALU(&insn) else { return false }
@@ -75,6 +76,20 @@ extension X86CPU {
         }
         state.rip = insn.nextRIP
         return true
+    }
+
+    /// LOCK is allowed only on read-modify-write instructions with a memory destination.
+    func isLockable(_ insn: Instruction) -> Bool {
+        guard insn.hasModRM && insn.isMemory else { return false }
+        let op = insn.opcode
+        switch op {
+        case 0x00...0x3F: return op & 7 < 2 && op >> 3 != 7
+        case 0x80...0x83: return insn.reg & 7 != 7
+        case 0x86, 0x87: return true
+        case 0xF6, 0xF7: return insn.reg & 7 == 2 || insn.reg & 7 == 3
+        case 0xFE, 0xFF: return insn.reg & 7 < 2
+        default: return false
+        }
     }
 
     // MARK: Operands

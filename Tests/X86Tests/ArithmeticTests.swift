@@ -221,6 +221,14 @@ struct ShiftTests {
         #expect(n.flags == flags("C"))
     }
 
+    @Test func shiftOfMemoryByZeroDoesNotWrite() {
+        // At an MMIO address a write would be an exit; the read is answered up front.
+        let m = Machine(.protected32, code: [0xD3, 0x25, 0x00, 0x00, 0x00, 0x10, hlt])  // shl dword [0x10000000], cl
+        m[.rcx] = 32
+        m.cpu.completeMMIORead(address: 0x1000_0000, value: 7)
+        #expect(m.run() == .halt)
+    }
+
     @Test func shrAndSar() {
         let m = run([0xC1, 0xE8, 0x04], a: 0x8018)  // shr ax, 4
         #expect(m[.rax] == 0x0801)

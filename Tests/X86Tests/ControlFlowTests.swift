@@ -108,6 +108,18 @@ struct ControlFlowTests {
         }
     }
 
+    @Test func lockIsUndefinedOnRegistersAndNonLockableInstructions() {
+        for code: [UInt8] in [[0xF0, 0x01, 0xD8], [0xF0, 0x39, 0x07], [0xF0, 0x8B, 0x07]] {
+            let m = Machine(code: code + [hlt])
+            #expect(m.run() == .exception(vector: 6, errorCode: nil), "\(code)")
+        }
+        let m = Machine(code: [0xF0, 0x01, 0x07, hlt])  // lock add [bx], ax
+        m[.rbx] = 0x2000
+        m[.rax] = 5
+        #expect(m.run() == .halt)
+        #expect(m.load8(0x2000) == 5)
+    }
+
     @Test func instructionLongerThanFifteenBytesFaults() {
         let m = Machine(code: [UInt8](repeating: 0x66, count: 15) + [0x90])
         #expect(m.run() == .exception(vector: 13, errorCode: 0))

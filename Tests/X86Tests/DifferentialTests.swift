@@ -140,11 +140,25 @@ enum DifferentialProgram {
 struct DifferentialTests {
     static let stubAddress = 0xF00
     static let codeAddress = 0x1000
+    /// Memory compared after every checkpoint: the data area and the stack.
+    static let comparedRanges = [0x2000..<0x2200, 0x7F00..<0x8000]
 
-    @Test(arguments: [UInt64(1), 2, 3, 4])
+    @Test(arguments: [UInt64(1), 2, 3, 4, 5, 6])
     func realModeArithmeticMatchesHost(seed: UInt64) throws {
-        let points = DifferentialProgram.generate(seed: seed, count: 60)
+        try compare(DifferentialProgram.generate(seed: seed, count: 80), seed: seed)
+    }
+
+    @Test(arguments: [UInt64(11), 12, 13, 14, 15, 16])
+    func realModeMemoryStackStringAndBranchCodeMatchesHost(seed: UInt64) throws {
+        try compare(MixedProgram.generate(seed: seed, count: 80), seed: seed)
+    }
+
+    /// Runs the checkpoints on the host and on the software CPU in lock
+    /// step, comparing GPRs, RIP, flags and memory at every `out`.
+    func compare(_ points: [Checkpoint], seed: UInt64) throws {
         let program = points.flatMap(\.code) + [0xF4]
+        var rng = SplitMix64(state: seed ^ 0xDA7A)
+        let data = (0..<0x200).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
 
         // The host: warm up through a stub `out`, since state set before the
         // first KVM_RUN can be lost on kvm_pvm; then start the program.
@@ -152,6 +166,7 @@ struct DifferentialTests {
         let memory = try GuestMemoryRegion(size: 0x10000)
         try memory.write(DifferentialProgram.out, at: Self.stubAddress)
         try memory.write(program, at: Self.codeAddress)
+        try memory.write(data, at: 0x2000)
         try vm.setMemoryRegion(slot: 0, guestAddress: 0, region: memory)
         let vcpu = try vm.createVCPU(id: 0)
         var sregs = try vcpu.specialRegisters()
@@ -167,6 +182,7 @@ struct DifferentialTests {
         try vcpu.setRegisters(registers)
 
         let machine = Machine(code: program)
+        machine.write(data, at: 0x2000)
         machine[.rsp] = 0x8000
 
         for (index, point) in points.enumerated() {
@@ -175,7 +191,7 @@ struct DifferentialTests {
                 Issue.record("host exit \(hostExit) at checkpoint \(index) (\(point.label))")
                 return
             }
-            let softExit = machine.cpu.run(maxInstructions: 100)
+            let softExit = machine.cpu.run(maxInstructions: 100_000)
             guard case .io(let softIO) = softExit, softIO.port == 0xF0 else {
                 Issue.record("soft exit \(softExit) at checkpoint \(index) (\(point.label))")
                 return
@@ -186,11 +202,18 @@ struct DifferentialTests {
             let softGPRs = (0..<8).map { soft.gpr[$0] }
             #expect(softGPRs == hostGPRs, "GPRs after checkpoint \(index): \(point.label)")
             #expect(soft.rip == host.rip, "RIP after checkpoint \(index): \(point.label)")
-            let compared = RFLAGS.arithmetic & ~point.undefined
+            let compared = (RFLAGS.arithmetic | RFLAGS.df) & ~point.undefined
             #expect(soft.rflags & compared == host.rflags & compared,
                     "flags after checkpoint \(index): \(point.label): soft \(String(soft.rflags & compared, radix: 16)) host \(String(host.rflags & compared, radix: 16))")
-            // Undefined flags would otherwise carry a difference into the
-            // next checkpoints, whose instructions keep or read them.
+            for range in Self.comparedRanges {
+                let hostBytes = try memory.read(at: range.lowerBound, count: range.count)
+                let softBytes = range.map { machine.load8(UInt64($0)) }
+                let firstDifference = softBytes.indices.first { softBytes[$0] != hostBytes[$0] }
+                #expect(firstDifference == nil,
+                        "memory at \(range.lowerBound + (firstDifference ?? 0)) after checkpoint \(index): \(point.label)")
+            }
+            // Undefined flags (and bytes) would otherwise carry a difference
+            // into the next checkpoints, whose instructions keep or read them.
             machine.cpu.state.rflags = (soft.rflags & ~RFLAGS.arithmetic) | (host.rflags & RFLAGS.arithmetic)
         }
     }

@@ -59,38 +59,44 @@ struct SplitMix64 {
     }
 }
 
-/// Real-mode code for the host's KVM emulator and the software CPU.
-enum DifferentialProgram {
+/// Code for the host's KVM emulator and the software CPU, in 16-bit (real
+/// mode) or 32-bit (flat protected mode) code: `code32` decides which
+/// widths need the 66 and 67 prefixes.
+struct DifferentialProgram {
     static let out: [UInt8] = [0xE6, 0xF0]
+    let code32: Bool
 
-    static func movAX(_ v: UInt64) -> [UInt8] { [0x66, 0xB8] + le32(v) }
-    static func movBX(_ v: UInt64) -> [UInt8] { [0x66, 0xBB] + le32(v) }
-    static func movCX(_ v: UInt64) -> [UInt8] { [0x66, 0xB9] + le32(v) }
-    static func movDX(_ v: UInt64) -> [UInt8] { [0x66, 0xBA] + le32(v) }
+    func operandPrefix(_ width: Int) -> [UInt8] {
+        (width == 16 && code32) || (width == 32 && !code32) ? [0x66] : []
+    }
+    var addressPrefix32: [UInt8] { code32 ? [] : [0x67] }
+    /// mov r32, imm32 (B8+r).
+    func mov32(_ register: UInt8, _ v: UInt64) -> [UInt8] { operandPrefix(32) + [0xB8 + register] + Self.le32(v) }
     static func le32(_ v: UInt64) -> [UInt8] { (0..<4).map { UInt8(truncatingIfNeeded: v >> UInt64($0 * 8)) } }
 
-    /// ALU checkpoints with edge-biased operands at 8, 16 and 32 bits.
-    static func generate(seed: UInt64, count: Int) -> [Checkpoint] {
+    /// ALU checkpoints with edge-biased operands at 8, 16 and 32 bits,
+    /// on registers and on SIB-addressed memory in the data area.
+    func generate(seed: UInt64, count: Int) -> [Checkpoint] {
         var rng = SplitMix64(state: seed)
         var points: [Checkpoint] = []
         let aluNames = ["add", "or", "adc", "sbb", "and", "sub", "xor", "cmp"]
         for _ in 0..<count {
             let width = [8, 16, 32][Int(rng.next() % 3)]
-            let prefix: [UInt8] = width == 32 ? [0x66] : []
+            let prefix = operandPrefix(width)
             let a = rng.operand(width), b = rng.operand(width)
             let carry: [UInt8] = rng.next() & 1 == 0 ? [0xF8] : [0xF9]
-            var code = movAX(a) + movBX(b) + carry
-            let kind = Int(rng.next() % 8)
+            var code = mov32(0, a) + mov32(3, b) + carry
+            let kind = Int(rng.next() % 9)
             var undefined = UndefinedFlags.none
             var label = ""
             switch kind {
-            case 0, 1, 2:  // ALU r/m, reg (01 D8 = op ax, bx)
+            case 0, 1, 2:  // ALU r/m, reg (01 D8 = op eAX, eBX)
                 let op = Int(rng.next() % 8)
                 let opcode = UInt8(op << 3) | (width == 8 ? 0 : 1)
                 code += prefix + [opcode, 0xD8]
                 if op == 1 || op == 4 || op == 6 { undefined = UndefinedFlags.logic }
                 label = "\(aluNames[op])\(width)"
-            case 3:  // INC/DEC/NEG/NOT via FE/FF/F6/F7 on ax
+            case 3:  // INC/DEC/NEG/NOT via FE/FF/F6/F7 on eAX
                 let which = Int(rng.next() % 4)
                 let byteOp = width == 8
                 switch which {
@@ -102,23 +108,29 @@ enum DifferentialProgram {
             case 4:  // shifts and rotates by CL
                 let op = Int(rng.next() % 8)
                 let count = Int(rng.next() % 40)
-                code += movCX(UInt64(count)) + prefix + [width == 8 ? 0xD2 : 0xD3, UInt8(0xC0 | (op << 3))]
+                code += mov32(1, UInt64(count)) + prefix + [width == 8 ? 0xD2 : 0xD3, UInt8(0xC0 | (op << 3))]
                 let masked = count & 31
                 undefined = op < 4 ? UndefinedFlags.rotate(count: masked) : UndefinedFlags.shift(count: masked, width: width)
-                if op == 6 { undefined |= 0 }  // SAL = SHL
                 label = "shift/\(op) \(width) by \(count)"
             case 5:  // MUL/IMUL one operand
                 let signed = rng.next() & 1 == 0
-                code += movDX(rng.operand(32)) + prefix + [width == 8 ? 0xF6 : 0xF7, signed ? 0xEB : 0xE3]
+                code += mov32(2, rng.operand(32)) + prefix + [width == 8 ? 0xF6 : 0xF7, signed ? 0xEB : 0xE3]
                 undefined = UndefinedFlags.multiply
                 label = signed ? "imul\(width)" : "mul\(width)"
-            case 6:  // DIV with a divisor that cannot overflow: DX = 0 and divisor != 0
+            case 6:  // DIV with a divisor that cannot overflow: eDX = 0 (AH = 0) and divisor != 0
                 let divisor = b == 0 ? 3 : b
-                code = movAX(a) + movBX(divisor) + movDX(0) + carry
-                if width == 8 { code += movAX(a & 0xFF) }
+                code = mov32(0, width == 8 ? a & 0xFF : a) + mov32(3, divisor) + mov32(2, 0) + carry
                 code += prefix + [width == 8 ? 0xF6 : 0xF7, 0xF3]
                 undefined = UndefinedFlags.divide
                 label = "div\(width)"
+            case 7:  // op [ebx + esi*2 + d8], eAX with EBX in the data area
+                let op = Int(rng.next() % 8)
+                let base = 0x2000 + rng.next() % 0x100, index = rng.next() % 0x40
+                let d8 = UInt8(rng.next() % 0x40)
+                code += mov32(3, base) + mov32(6, index) + carry
+                code += addressPrefix32 + prefix + [UInt8(op << 3) | (width == 8 ? 0 : 1), 0x44, 0x73, d8]
+                if op == 1 || op == 4 || op == 6 { undefined = UndefinedFlags.logic }
+                label = "\(aluNames[op])\(width) [ebx+esi*2+\(d8)] base \(base) index \(index)"
             default:  // IMUL r, r/m, imm8 and TEST
                 if rng.next() & 1 == 0 || width == 8 {
                     code += prefix + [width == 8 ? 0x84 : 0x85, 0xD8]
@@ -130,13 +142,13 @@ enum DifferentialProgram {
                     label = "imul3 \(width)"
                 }
             }
-            points.append(Checkpoint(code: code + out, undefined: undefined, label: label + " a=\(a) b=\(b)"))
+            points.append(Checkpoint(code: code + Self.out, undefined: undefined, label: label + " a=\(a) b=\(b)"))
         }
         return points
     }
 }
 
-@Suite("X86 against the host's KVM emulator", .enabled(if: FileManager.default.isReadableFile(atPath: "/dev/kvm")))
+@Suite("X86 against the host's KVM emulator", .enabled(if: HostKVM.isAvailable))
 struct DifferentialTests {
     static let stubAddress = 0xF00
     static let codeAddress = 0x1000
@@ -145,7 +157,12 @@ struct DifferentialTests {
 
     @Test(arguments: [UInt64(1), 2, 3, 4, 5, 6])
     func realModeArithmeticMatchesHost(seed: UInt64) throws {
-        try compare(DifferentialProgram.generate(seed: seed, count: 80), seed: seed)
+        try compare(DifferentialProgram(code32: false).generate(seed: seed, count: 80), seed: seed)
+    }
+
+    @Test(arguments: [UInt64(21), 22, 23, 24])
+    func flatProtectedModeArithmeticMatchesHost(seed: UInt64) throws {
+        try compare(DifferentialProgram(code32: true).generate(seed: seed, count: 80), seed: seed, protected32: true)
     }
 
     @Test(arguments: [UInt64(11), 12, 13, 14, 15, 16])
@@ -155,7 +172,7 @@ struct DifferentialTests {
 
     /// Runs the checkpoints on the host and on the software CPU in lock
     /// step, comparing GPRs, RIP, flags and memory at every `out`.
-    func compare(_ points: [Checkpoint], seed: UInt64) throws {
+    func compare(_ points: [Checkpoint], seed: UInt64, protected32: Bool = false) throws {
         let program = points.flatMap(\.code) + [0xF4]
         var rng = SplitMix64(state: seed ^ 0xDA7A)
         let data = (0..<0x200).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
@@ -178,10 +195,22 @@ struct DifferentialTests {
         registers.rsp = 0x8000
         try vcpu.setRegisters(registers)
         guard case .io = try vcpu.run() else { Issue.record("warm-up did not exit on out"); return }
+        if protected32 {
+            // Flat 4 GiB segments straight into the hidden state: no GDT is read.
+            var sregs = try vcpu.specialRegisters()
+            sregs.cr0 |= 1
+            sregs.cs = Segment(base: 0, limit: 0xFFFF_FFFF, selector: 8, type: 0xB, db: true, g: true)
+            let data = Segment(base: 0, limit: 0xFFFF_FFFF, selector: 0x10, type: 0x3, db: true, g: true)
+            sregs.ds = data; sregs.es = data; sregs.ss = data; sregs.fs = data; sregs.gs = data
+            try vcpu.setSpecialRegisters(sregs)
+        }
         registers.rip = UInt64(Self.codeAddress)
         try vcpu.setRegisters(registers)
 
-        let machine = Machine(code: program)
+        let machine = Machine(protected32 ? .protected32 : .real, code: program)
+        let hostMode = try vcpu.specialRegisters()
+        #expect(hostMode.cs.db == protected32 && (hostMode.cr0 & 1 == 1) == protected32)
+        #expect(machine.cpu.state.mode == (protected32 ? .protected32 : .real))
         machine.write(data, at: 0x2000)
         machine[.rsp] = 0x8000
 

@@ -234,7 +234,7 @@ extension X86CPU {
         switch insn.opcode {
         case 0xC0, 0xC1: raw = insn.immediate
         case 0xD0, 0xD1: raw = 1
-        default: raw = state.gpr[1] & 0xFF
+        default: raw = state.reg(1) & 0xFF
         }
         let count = Int(raw & (size == 8 ? 0x3F : 0x1F))
         guard let value = readOperand(insn, size: size) else { return false }

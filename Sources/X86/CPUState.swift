@@ -79,12 +79,23 @@ public struct CPUState {
     public var gpr: InlineArray<16, UInt64>
     public var rip: UInt64
     var flags: LazyFlags
-    public var segments: InlineArray<6, SegmentRegister>
-    public var cr0: UInt64
+    // Six named fields rather than an InlineArray: reading one element of an
+    // InlineArray property copied the whole array (measured: a third of the
+    // step time went to memmove).
+    public var es: SegmentRegister
+    public var cs: SegmentRegister { didSet { mode = CPUState.mode(cr0: cr0, efer: efer, cs: cs) } }
+    public var ss: SegmentRegister
+    public var ds: SegmentRegister
+    public var fs: SegmentRegister
+    public var gs: SegmentRegister
+    public var cr0: UInt64 { didSet { mode = CPUState.mode(cr0: cr0, efer: efer, cs: cs) } }
     public var cr2: UInt64
     public var cr3: UInt64
     public var cr4: UInt64
-    public var efer: UInt64
+    public var efer: UInt64 { didSet { mode = CPUState.mode(cr0: cr0, efer: efer, cs: cs) } }
+    /// Derived from CR0.PE, EFER.LMA and CS whenever one of them is set, so
+    /// that the step loop reads one byte instead of deriving it per access.
+    public private(set) var mode: CPUMode
     public var gdtr: DescriptorTableRegister
     public var idtr: DescriptorTableRegister
 
@@ -94,9 +105,12 @@ public struct CPUState {
         gpr = InlineArray(repeating: 0)
         rip = 0xFFF0
         flags = LazyFlags(rflags: 0x2)
-        segments = InlineArray(repeating: SegmentRegister.realMode(selector: 0))
-        segments[SegmentRegisterName.cs.rawValue] =
-            SegmentRegister(selector: 0xF000, base: 0xFFFF_0000, limit: 0xFFFF, attributes: 0x9B)
+        es = .realMode(selector: 0)
+        cs = SegmentRegister(selector: 0xF000, base: 0xFFFF_0000, limit: 0xFFFF, attributes: 0x9B)
+        ss = .realMode(selector: 0)
+        ds = .realMode(selector: 0)
+        fs = .realMode(selector: 0)
+        gs = .realMode(selector: 0)
         cr0 = 0x6000_0010
         cr2 = 0
         cr3 = 0
@@ -104,6 +118,7 @@ public struct CPUState {
         efer = 0
         gdtr = DescriptorTableRegister()
         idtr = DescriptorTableRegister()
+        mode = .real
     }
 
     @inline(__always)
@@ -114,8 +129,45 @@ public struct CPUState {
 
     @inline(__always)
     public subscript(segment: SegmentRegisterName) -> SegmentRegister {
-        get { segments[segment.rawValue] }
-        set { segments[segment.rawValue] = newValue }
+        get { self[segmentIndex: segment.rawValue] }
+        set { self[segmentIndex: segment.rawValue] = newValue }
+    }
+
+    /// A segment register by its encoding (0 ES ... 5 GS).
+    @inline(__always)
+    subscript(segmentIndex index: Int) -> SegmentRegister {
+        get {
+            switch index {
+            case 0: return es
+            case 1: return cs
+            case 2: return ss
+            case 3: return ds
+            case 4: return fs
+            default: return gs
+            }
+        }
+        set {
+            switch index {
+            case 0: es = newValue
+            case 1: cs = newValue
+            case 2: ss = newValue
+            case 3: ds = newValue
+            case 4: fs = newValue
+            default: gs = newValue
+            }
+        }
+    }
+
+    @inline(__always)
+    mutating func segmentBase(_ index: Int) -> UInt64 {
+        switch index {
+        case 0: return es.base
+        case 1: return cs.base
+        case 2: return ss.base
+        case 3: return ds.base
+        case 4: return fs.base
+        default: return gs.base
+        }
     }
 
     /// RFLAGS, with the arithmetic flags materialised from the last operation.
@@ -124,9 +176,8 @@ public struct CPUState {
         set { flags = LazyFlags(rflags: (newValue & RFLAGS.writable) | 0x2) }
     }
 
-    public var mode: CPUMode {
+    static func mode(cr0: UInt64, efer: UInt64, cs: SegmentRegister) -> CPUMode {
         if cr0 & ControlBits.cr0PE == 0 { return .real }
-        let cs = segments[SegmentRegisterName.cs.rawValue]
         if efer & ControlBits.eferLMA != 0 {
             if cs.isLong { return .long64 }
             return cs.isDefaultBig ? .compatibility32 : .compatibility16
@@ -135,21 +186,38 @@ public struct CPUState {
     }
 
     /// The current privilege level: CS.DPL in protected mode, 0 in real mode.
+    @inline(__always)
     public var cpl: UInt8 {
-        cr0 & ControlBits.cr0PE == 0 ? 0 : segments[SegmentRegisterName.cs.rawValue].dpl
+        cr0 & ControlBits.cr0PE == 0 ? 0 : cs.dpl
+    }
+
+    /// Register `index` (0-15), read in place: subscripting the InlineArray
+    /// property copied all of it on every access (measured with perf).
+    @inline(__always)
+    mutating func reg(_ index: Int) -> UInt64 {
+        withUnsafeMutablePointer(to: &gpr) {
+            UnsafeMutableRawPointer($0).load(fromByteOffset: (index & 15) &* 8, as: UInt64.self)
+        }
+    }
+
+    @inline(__always)
+    mutating func setReg(_ index: Int, _ value: UInt64) {
+        withUnsafeMutablePointer(to: &gpr) {
+            UnsafeMutableRawPointer($0).storeBytes(of: value, toByteOffset: (index & 15) &* 8, as: UInt64.self)
+        }
     }
 
     /// Reads a register at an operand size (1, 2, 4 or 8 bytes). Size 1 with
     /// `legacyHighBytes` maps registers 4-7 to AH, CH, DH, BH (no REX prefix).
     @inline(__always)
-    func read(_ index: Int, size: Int, legacyHighBytes: Bool) -> UInt64 {
+    mutating func read(_ index: Int, size: Int, legacyHighBytes: Bool) -> UInt64 {
         switch size {
         case 1:
-            if legacyHighBytes && index >= 4 && index < 8 { return (gpr[index - 4] >> 8) & 0xFF }
-            return gpr[index] & 0xFF
-        case 2: return gpr[index] & 0xFFFF
-        case 4: return gpr[index] & 0xFFFF_FFFF
-        default: return gpr[index]
+            if legacyHighBytes && index >= 4 && index < 8 { return (reg(index - 4) >> 8) & 0xFF }
+            return reg(index) & 0xFF
+        case 2: return reg(index) & 0xFFFF
+        case 4: return reg(index) & 0xFFFF_FFFF
+        default: return reg(index)
         }
     }
 
@@ -161,13 +229,13 @@ public struct CPUState {
         switch size {
         case 1:
             if legacyHighBytes && index >= 4 && index < 8 {
-                gpr[index - 4] = (gpr[index - 4] & ~0xFF00) | ((value & 0xFF) << 8)
+                setReg(index - 4, (reg(index - 4) & ~0xFF00) | ((value & 0xFF) << 8))
             } else {
-                gpr[index] = (gpr[index] & ~0xFF) | (value & 0xFF)
+                setReg(index, (reg(index) & ~0xFF) | (value & 0xFF))
             }
-        case 2: gpr[index] = (gpr[index] & ~0xFFFF) | (value & 0xFFFF)
-        case 4: gpr[index] = value & 0xFFFF_FFFF
-        default: gpr[index] = value
+        case 2: setReg(index, (reg(index) & ~0xFFFF) | (value & 0xFFFF))
+        case 4: setReg(index, value & 0xFFFF_FFFF)
+        default: setReg(index, value)
         }
     }
 }

@@ -49,7 +49,7 @@ extension X86CPU {
             guard let target = pop(size: size) else { return false }
             if op == 0xC2 {
                 let addressSize = stackAddressSize
-                state.write(4, (state.gpr[4] &+ (insn.immediate & 0xFFFF)) & sizeMask(addressSize), size: addressSize, legacyHighBytes: false)
+                state.write(4, (state.reg(4) &+ (insn.immediate & 0xFFFF)) & sizeMask(addressSize), size: addressSize, legacyHighBytes: false)
             }
             state.rip = target
         default:  // FF /2 CALL Ev, FF /4 JMP Ev: 64-bit operands in 64-bit mode

@@ -15,7 +15,7 @@ extension X86CPU {
             writeRegister(insn, value, size: s)
         case 0x8C:  // MOV Ev, Sreg: a register destination takes the operand size, memory 16 bits
             guard insn.reg & 7 < 6 else { return undefined() }
-            let selector = UInt64(state.segments[insn.reg & 7].selector)
+            let selector = UInt64(state[segmentIndex: insn.reg & 7].selector)
             return writeOperand(insn, selector, size: insn.isMemory ? 2 : size)
         case 0x8E:
             let target = insn.reg & 7
@@ -100,7 +100,7 @@ extension X86CPU {
 
     mutating func push(_ value: UInt64, size: Int) -> Bool {
         let addressSize = stackAddressSize
-        let rsp = (state.gpr[4] &- UInt64(size)) & sizeMask(addressSize)
+        let rsp = (state.reg(4) &- UInt64(size)) & sizeMask(addressSize)
         guard write(SegmentRegisterName.ss.rawValue, rsp, value, size: size) else { return false }
         state.write(4, rsp, size: addressSize, legacyHighBytes: false)
         return true
@@ -110,12 +110,12 @@ extension X86CPU {
     /// fault in between leaves RSP unchanged.
     mutating func top(size: Int, at depth: UInt64 = 0) -> UInt64? {
         let addressSize = stackAddressSize
-        return read(SegmentRegisterName.ss.rawValue, (state.gpr[4] &+ depth) & sizeMask(addressSize), size: size)
+        return read(SegmentRegisterName.ss.rawValue, (state.reg(4) &+ depth) & sizeMask(addressSize), size: size)
     }
 
     mutating func commitPop(size: Int) {
         let addressSize = stackAddressSize
-        state.write(4, (state.gpr[4] &+ UInt64(size)) & sizeMask(addressSize), size: addressSize, legacyHighBytes: false)
+        state.write(4, (state.reg(4) &+ UInt64(size)) & sizeMask(addressSize), size: addressSize, legacyHighBytes: false)
     }
 
     mutating func pop(size: Int) -> UInt64? {
@@ -144,15 +144,15 @@ extension X86CPU {
             guard insn.reg & 7 == 0 else { return undefined() }
             guard let value = top(size: size) else { return false }
             // The destination's address uses the incremented RSP (SDM POP).
-            let saved = state.gpr[4]
+            let saved = state.reg(4)
             commitPop(size: size)
             if insn.isMemory && insn.rm == 4 && insn.addressSize != 2 {
                 var adjusted = insn
                 adjusted.offset = (insn.offset &+ UInt64(size)) & sizeMask(insn.addressSize)
-                guard writeOperand(adjusted, value, size: size) else { state.gpr[4] = saved; return false }
+                guard writeOperand(adjusted, value, size: size) else { state.setReg(4, saved); return false }
                 return true
             }
-            guard writeOperand(insn, value, size: size) else { state.gpr[4] = saved; return false }
+            guard writeOperand(insn, value, size: size) else { state.setReg(4, saved); return false }
             return true
         default:  // FF /6
             guard let value = readOperand(insn, size: size) else { return false }
@@ -163,9 +163,9 @@ extension X86CPU {
     /// C9: LEAVE.
     mutating func executeLeave(_ insn: inout Instruction) -> Bool {
         let size = stackOperandSize(insn)
-        let saved = state.gpr[4]
-        state.write(4, state.gpr[5], size: stackAddressSize, legacyHighBytes: false)
-        guard let value = pop(size: size) else { state.gpr[4] = saved; return false }
+        let saved = state.reg(4)
+        state.write(4, state.reg(5), size: stackAddressSize, legacyHighBytes: false)
+        guard let value = pop(size: size) else { state.setReg(4, saved); return false }
         state.write(5, value, size: size, legacyHighBytes: false)
         return true
     }
@@ -183,7 +183,7 @@ extension X86CPU {
         default: segment = 5
         }
         let isPush = insn.opcode & 1 == 0 || insn.opcode == 0x0E
-        if isPush { return push(UInt64(state.segments[segment].selector), size: size) }
+        if isPush { return push(UInt64(state[segmentIndex: segment].selector), size: size) }
         guard let value = top(size: size) else { return false }
         guard loadSegment(segment, selector: UInt16(truncatingIfNeeded: value)) else { return false }
         commitPop(size: size)
@@ -195,13 +195,13 @@ extension X86CPU {
     /// beyond presence come later.
     mutating func loadSegment(_ segment: Int, selector: UInt16) -> Bool {
         if state.cr0 & ControlBits.cr0PE == 0 {
-            state.segments[segment] = .realMode(selector: selector, code: segment == SegmentRegisterName.cs.rawValue)
+            state[segmentIndex: segment] = .realMode(selector: selector, code: segment == SegmentRegisterName.cs.rawValue)
             return true
         }
         let isStack = segment == SegmentRegisterName.ss.rawValue
         if selector & 0xFFFC == 0 {
             guard !isStack || state.mode == .long64 else { return fault(.gp, errorCode: 0) }
-            state.segments[segment] = SegmentRegister(selector: selector, base: 0, limit: 0, attributes: 0)
+            state[segmentIndex: segment] = SegmentRegister(selector: selector, base: 0, limit: 0, attributes: 0)
             return true
         }
         let errorCode = UInt32(selector & 0xFFFC)
@@ -219,7 +219,7 @@ extension X86CPU {
         var limit = UInt32(truncatingIfNeeded: (descriptor & 0xFFFF) | ((descriptor >> 32) & 0xF_0000))
         if attributes & 0x8000 != 0 { limit = (limit << 12) | 0xFFF }
         let base = ((descriptor >> 16) & 0xFF_FFFF) | ((descriptor >> 32) & 0xFF00_0000)
-        state.segments[segment] = SegmentRegister(selector: selector, base: base, limit: limit, attributes: attributes)
+        state[segmentIndex: segment] = SegmentRegister(selector: selector, base: base, limit: limit, attributes: attributes)
         return true
     }
 }

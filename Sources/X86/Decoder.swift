@@ -34,10 +34,27 @@ struct Instruction {
     var isMemory: Bool { mod != 3 }
 }
 
-/// The 16-byte fetch window of one instruction.
+/// The fetch window of one instruction: up to 15 bytes in two words, so
+/// that filling it is two loads in the common case.
 struct FetchWindow {
-    var bytes: InlineArray<16, UInt8> = InlineArray(repeating: 0)
+    var low: UInt64 = 0
+    var high: UInt64 = 0
     var available = 0
+
+    @inline(__always)
+    subscript(index: Int) -> UInt8 {
+        UInt8(truncatingIfNeeded: index < 8 ? low >> UInt64(index * 8) : high >> UInt64((index & 7) * 8))
+    }
+
+    @inline(__always)
+    mutating func append(_ byte: UInt8) {
+        if available < 8 {
+            low |= UInt64(byte) << UInt64(available * 8)
+        } else {
+            high |= UInt64(byte) << UInt64((available - 8) * 8)
+        }
+        available += 1
+    }
 }
 
 extension X86CPU {
@@ -53,13 +70,21 @@ extension X86CPU {
     /// The stack's address size: SS.B outside 64-bit mode.
     var stackAddressSize: Int {
         let mode = state.mode
-        if mode == .long64 { return 8 }
-        if mode == .real { return 2 }
-        return state.segments[SegmentRegisterName.ss.rawValue].isDefaultBig ? 4 : 2
+        if case .long64 = mode { return 8 }
+        if case .real = mode { return 2 }
+        return state.ss.isDefaultBig ? 4 : 2
     }
 
     mutating func fillFetchWindow(_ window: inout FetchWindow, at rip: UInt64) -> Bool {
         let start = linear(SegmentRegisterName.cs.rawValue, rip)
+        // Common case: 16 bytes inside one page of RAM.
+        if start & 0xFFF <= 0x1000 - 16, let physical = translate(start, .fetch),
+           physical < memory.size, memory.size - physical >= 16 {
+            window.low = memory.base.loadUnaligned(fromByteOffset: Int(physical), as: UInt64.self)
+            window.high = memory.base.loadUnaligned(fromByteOffset: Int(physical) + 8, as: UInt64.self)
+            window.available = 15
+            return true
+        }
         var address = start
         while window.available < 15 {
             let pageEnd = (address | 0xFFF) &+ 1
@@ -67,8 +92,7 @@ extension X86CPU {
             var p = physical
             while address != pageEnd && window.available < 15 {
                 guard p < memory.size else { break }
-                window.bytes[window.available] = memory.base.load(fromByteOffset: Int(p), as: UInt8.self)
-                window.available += 1
+                window.append(memory.base.load(fromByteOffset: Int(p), as: UInt8.self))
                 address &+= 1
                 p &+= 1
             }
@@ -101,7 +125,7 @@ extension X86CPU {
         // Prefixes.
         prefixes: while true {
             guard i < window.available else { return fetchFault(i) }
-            byte = window.bytes[i]
+            byte = window[i]
             i += 1
             switch byte {
             case 0x66: insn.operandSizePrefix = true; insn.rex = 0
@@ -126,7 +150,7 @@ extension X86CPU {
         var opcode = Int(byte)
         if byte == 0x0F {
             guard i < window.available else { return fetchFault(i) }
-            opcode = 0x100 + Int(window.bytes[i])
+            opcode = 0x100 + Int(window[i])
             i += 1
         }
         insn.opcode = opcode
@@ -136,7 +160,7 @@ extension X86CPU {
         var ripRelative = false
         if hasModRM(opcode) {
             guard i < window.available else { return fetchFault(i) }
-            let modrm = window.bytes[i]
+            let modrm = window[i]
             i += 1
             insn.hasModRM = true
             insn.mod = Int(modrm >> 6)
@@ -148,7 +172,7 @@ extension X86CPU {
                 var offset: UInt64 = 0
                 var dispSize = 0
                 if addressSize == 2 {
-                    let bx = state.gpr[3], bp = state.gpr[5], si = state.gpr[6], di = state.gpr[7]
+                    let bx = state.reg(3), bp = state.reg(5), si = state.reg(6), di = state.reg(7)
                     switch rmLow {
                     case 0: offset = bx &+ si
                     case 1: offset = bx &+ di
@@ -165,24 +189,24 @@ extension X86CPU {
                     var baseLow = rmLow
                     if rmLow == 4 {
                         guard i < window.available else { return fetchFault(i) }
-                        let sib = window.bytes[i]
+                        let sib = window[i]
                         i += 1
                         let scale = Int(sib >> 6)
                         let index = Int((sib >> 3) & 7) | (insn.rex & 2 != 0 ? 8 : 0)
                         baseLow = Int(sib & 7)
-                        if index != 4 { offset = state.gpr[index] << UInt64(scale) }
+                        if index != 4 { offset = state.reg(index) << UInt64(scale) }
                         if baseLow == 5 && insn.mod == 0 {
                             dispSize = 4
                         } else {
                             let base = baseLow | (insn.rex & 1 != 0 ? 8 : 0)
-                            offset = offset &+ state.gpr[base]
+                            offset = offset &+ state.reg(base)
                             if base == 4 || base == 5 { segment = 2 }
                         }
                     } else if rmLow == 5 && insn.mod == 0 {
                         dispSize = 4
                         ripRelative = size == 8
                     } else {
-                        offset = state.gpr[insn.rm]
+                        offset = state.reg(insn.rm)
                         if insn.rm == 4 || insn.rm == 5 { segment = 2 }
                     }
                     if insn.mod == 1 { dispSize = 1 } else if insn.mod == 2 { dispSize = 4 }
@@ -190,7 +214,7 @@ extension X86CPU {
                 if dispSize > 0 {
                     guard i + dispSize <= window.available else { return fetchFault(window.available) }
                     var disp: UInt64 = 0
-                    for k in 0..<dispSize { disp |= UInt64(window.bytes[i + k]) << UInt64(k * 8) }
+                    for k in 0..<dispSize { disp |= UInt64(window[i + k]) << UInt64(k * 8) }
                     i += dispSize
                     offset = offset &+ signExtend(disp, size: dispSize)
                 }
@@ -204,7 +228,7 @@ extension X86CPU {
         if immediateSize > 0 {
             guard i + immediateSize <= window.available else { return fetchFault(window.available) }
             var value: UInt64 = 0
-            for k in 0..<immediateSize { value |= UInt64(window.bytes[i + k]) << UInt64(k * 8) }
+            for k in 0..<immediateSize { value |= UInt64(window[i + k]) << UInt64(k * 8) }
             i += immediateSize
             insn.immediate = value
         }

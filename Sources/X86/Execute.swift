@@ -111,7 +111,7 @@ extension X86CPU {
     }
 
     @inline(__always)
-    func readRegister(_ insn: Instruction, size: Int) -> UInt64 {
+    mutating func readRegister(_ insn: Instruction, size: Int) -> UInt64 {
         state.read(insn.reg, size: size, legacyHighBytes: insn.legacyHighBytes)
     }
 

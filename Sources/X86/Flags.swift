@@ -1,7 +1,7 @@
 // Lazy arithmetic flags: an ALU instruction records its operation, operands
 // and result; OF SF ZF AF PF CF are computed only when something reads them.
 
-enum FlagOp: UInt8 {
+enum FlagOp {
     /// The arithmetic flags are in `bits`.
     case none
     /// `result = dst + src + carryIn`.
@@ -150,12 +150,12 @@ extension X86CPU {
             guard ioPrivileged() else { return fault(.gp, errorCode: 0) }
             if insn.opcode == 0xFA { state.flags.bits &= ~RFLAGS.if } else { state.flags.bits |= RFLAGS.if }
         case 0x9E:  // SAHF: SF ZF AF PF CF from AH
-            let ah = (state.gpr[0] >> 8) & 0xFF
+            let ah = (state.reg(0) >> 8) & 0xFF
             let keep = state.flags.materialized & RFLAGS.of
             state.flags.set(arithmetic: keep | (ah & (RFLAGS.sf | RFLAGS.zf | RFLAGS.af | RFLAGS.pf | RFLAGS.cf)))
         case 0x9F:  // LAHF
             let low = (state.flags.materialized & 0xD5) | 0x2
-            state.gpr[0] = (state.gpr[0] & ~0xFF00) | (low << 8)
+            state.setReg(0, (state.reg(0) & ~0xFF00) | (low << 8))
         case 0x9C:  // PUSHF: VM and RF read as 0 in the image
             let size = stackOperandSize(insn)
             let image = state.flags.materialized & ~(RFLAGS.vm | RFLAGS.rf)

@@ -2,7 +2,7 @@
 // against the RAM size: what is outside becomes an MMIO exit, never a host
 // access outside the buffer.
 
-enum Access: UInt8 {
+enum Access {
     case read, write, fetch
 }
 
@@ -12,12 +12,12 @@ extension X86CPU {
     /// The linear address of `segment:offset`. Segment limits are not
     /// checked yet.
     @inline(__always)
-    func linear(_ segment: Int, _ offset: UInt64) -> UInt64 {
-        if state.efer & ControlBits.eferLMA != 0 && state.segments[SegmentRegisterName.cs.rawValue].isLong {
+    mutating func linear(_ segment: Int, _ offset: UInt64) -> UInt64 {
+        if case .long64 = state.mode {
             // 64-bit mode: only FS and GS have a base.
-            return segment >= SegmentRegisterName.fs.rawValue ? state.segments[segment].base &+ offset : offset
+            return segment >= SegmentRegisterName.fs.rawValue ? state.segmentBase(segment) &+ offset : offset
         }
-        return (state.segments[segment].base &+ offset) & 0xFFFF_FFFF
+        return (state.segmentBase(segment) &+ offset) & 0xFFFF_FFFF
     }
 
     // MARK: Paging

@@ -6,7 +6,7 @@ extension X86CPU {
         guard ioPrivileged() else { return fault(.gp, errorCode: 0) }
         let op = insn.opcode
         let size = op & 1 == 0 ? 1 : min(insn.operandSize, 4)
-        let port = op < 0xE8 ? UInt16(insn.immediate & 0xFF) : UInt16(truncatingIfNeeded: state.gpr[2])
+        let port = op < 0xE8 ? UInt16(insn.immediate & 0xFF) : UInt16(truncatingIfNeeded: state.reg(2))
         let isWrite = op & 2 != 0
         state.rip = insn.nextRIP
         if isWrite {

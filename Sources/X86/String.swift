@@ -19,7 +19,7 @@ extension X86CPU {
         var iterations = 0
         while true {
             if repeated && state.read(1, size: addressSize, legacyHighBytes: false) == 0 { break }
-            let si = state.gpr[6] & addressMask, di = state.gpr[7] & addressMask
+            let si = state.reg(6) & addressMask, di = state.reg(7) & addressMask
             switch op {
             case 0xA4, 0xA5:
                 guard let value = read(source, si, size: size), write(es, di, value, size: size) else { return false }

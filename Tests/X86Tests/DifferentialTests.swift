@@ -162,7 +162,12 @@ struct DifferentialTests {
 
     @Test(arguments: [UInt64(21), 22, 23, 24])
     func flatProtectedModeArithmeticMatchesHost(seed: UInt64) throws {
-        try compare(DifferentialProgram(code32: true).generate(seed: seed, count: 80), seed: seed, protected32: true)
+        try compare(DifferentialProgram(code32: true).generate(seed: seed, count: 80), seed: seed, setup: .protected32)
+    }
+
+    @Test(arguments: [UInt64(31), 32, 33, 34])
+    func longModeArithmeticMatchesHost(seed: UInt64) throws {
+        try compare(LongModeProgram.generate(seed: seed, count: 80), seed: seed, setup: .long64)
     }
 
     @Test(arguments: [UInt64(11), 12, 13, 14, 15, 16])
@@ -172,7 +177,7 @@ struct DifferentialTests {
 
     /// Runs the checkpoints on the host and on the software CPU in lock
     /// step, comparing GPRs, RIP, flags and memory at every `out`.
-    func compare(_ points: [Checkpoint], seed: UInt64, protected32: Bool = false) throws {
+    func compare(_ points: [Checkpoint], seed: UInt64, setup: Machine.Setup = .real) throws {
         let program = points.flatMap(\.code) + [0xF4]
         var rng = SplitMix64(state: seed ^ 0xDA7A)
         let data = (0..<0x200).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
@@ -195,22 +200,34 @@ struct DifferentialTests {
         registers.rsp = 0x8000
         try vcpu.setRegisters(registers)
         guard case .io = try vcpu.run() else { Issue.record("warm-up did not exit on out"); return }
-        if protected32 {
+        if setup != .real {
             // Flat 4 GiB segments straight into the hidden state: no GDT is read.
             var sregs = try vcpu.specialRegisters()
             sregs.cr0 |= 1
-            sregs.cs = Segment(base: 0, limit: 0xFFFF_FFFF, selector: 8, type: 0xB, db: true, g: true)
+            sregs.cs = Segment(base: 0, limit: 0xFFFF_FFFF, selector: 8, type: 0xB, db: setup == .protected32,
+                               l: setup == .long64, g: true)
             let data = Segment(base: 0, limit: 0xFFFF_FFFF, selector: 0x10, type: 0x3, db: true, g: true)
             sregs.ds = data; sregs.es = data; sregs.ss = data; sregs.fs = data; sregs.gs = data
+            if setup == .long64 {
+                // Identity-map the first 2 MiB with one large page (tables at 0x9000).
+                try memory.store(UInt64(0xA000 | 3), at: 0x9000)
+                try memory.store(UInt64(0xB000 | 3), at: 0xA000)
+                try memory.store(UInt64(0x83), at: 0xB000)
+                sregs.cr3 = 0x9000
+                sregs.cr4 |= 0x20
+                sregs.efer |= 0x500
+                sregs.cr0 |= 0x8000_0000
+            }
             try vcpu.setSpecialRegisters(sregs)
         }
         registers.rip = UInt64(Self.codeAddress)
         try vcpu.setRegisters(registers)
 
-        let machine = Machine(protected32 ? .protected32 : .real, code: program)
+        let machine = Machine(setup, code: program)
         let hostMode = try vcpu.specialRegisters()
-        #expect(hostMode.cs.db == protected32 && (hostMode.cr0 & 1 == 1) == protected32)
-        #expect(machine.cpu.state.mode == (protected32 ? .protected32 : .real))
+        #expect(hostMode.cs.db == (setup == .protected32) && hostMode.cs.l == (setup == .long64))
+        #expect((hostMode.cr0 & 1 == 1) == (setup != .real))
+        #expect(machine.cpu.state.mode == [.real: CPUMode.real, .protected32: .protected32, .long64: .long64][setup])
         machine.write(data, at: 0x2000)
         machine[.rsp] = 0x8000
 
@@ -227,8 +244,9 @@ struct DifferentialTests {
             }
             let host = try vcpu.registers()
             let soft = machine.cpu.state
-            let hostGPRs = [host.rax, host.rcx, host.rdx, host.rbx, host.rsp, host.rbp, host.rsi, host.rdi]
-            let softGPRs = (0..<8).map { soft.gpr[$0] }
+            let hostGPRs = [host.rax, host.rcx, host.rdx, host.rbx, host.rsp, host.rbp, host.rsi, host.rdi,
+                            host.r8, host.r9, host.r10, host.r11, host.r12, host.r13, host.r14, host.r15]
+            let softGPRs = (0..<16).map { soft.gpr[$0] }
             #expect(softGPRs == hostGPRs, "GPRs after checkpoint \(index): \(point.label)")
             #expect(soft.rip == host.rip, "RIP after checkpoint \(index): \(point.label)")
             let compared = (RFLAGS.arithmetic | RFLAGS.df) & ~point.undefined

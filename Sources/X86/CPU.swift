@@ -84,6 +84,9 @@ public struct X86CPU {
     var mmioReadAnswer: (address: UInt64, value: UInt64)? = nil
     /// The register an `in` waits to fill (size in bytes, 0 if none).
     var inputSize = 0
+    /// A direct-mapped TLB of 4 KiB linear pages (see Memory.swift).
+    var tlb = InlineArray<256, TLBEntry>(repeating: TLBEntry())
+    var tlbGeneration: UInt64 = ~0
 
     public init(memory: PhysicalMemory, state: CPUState = CPUState()) {
         self.memory = memory
@@ -141,8 +144,8 @@ public struct X86CPU {
 
     /// CLI, STI, IN, OUT: allowed when CPL <= IOPL (the TSS I/O bitmap and
     /// VME do not exist yet).
-    func ioPrivileged() -> Bool {
+    mutating func ioPrivileged() -> Bool {
         if state.cr0 & ControlBits.cr0PE == 0 { return true }
-        return UInt64(state.cpl) <= (state.flags.bits & RFLAGS.iopl) >> 12
+        return UInt64(state.privilegeLevel()) <= (state.flags.bits & RFLAGS.iopl) >> 12
     }
 }

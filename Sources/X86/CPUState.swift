@@ -88,11 +88,24 @@ public struct CPUState {
     public var ds: SegmentRegister
     public var fs: SegmentRegister
     public var gs: SegmentRegister
-    public var cr0: UInt64 { didSet { mode = CPUState.mode(cr0: cr0, efer: efer, cs: cs) } }
+    public var cr0: UInt64 {
+        didSet {
+            mode = CPUState.mode(cr0: cr0, efer: efer, cs: cs)
+            pagingGeneration &+= 1
+        }
+    }
     public var cr2: UInt64
-    public var cr3: UInt64
-    public var cr4: UInt64
-    public var efer: UInt64 { didSet { mode = CPUState.mode(cr0: cr0, efer: efer, cs: cs) } }
+    public var cr3: UInt64 { didSet { pagingGeneration &+= 1 } }
+    public var cr4: UInt64 { didSet { pagingGeneration &+= 1 } }
+    public var efer: UInt64 {
+        didSet {
+            mode = CPUState.mode(cr0: cr0, efer: efer, cs: cs)
+            pagingGeneration &+= 1
+        }
+    }
+    /// Bumped by every write to CR0, CR3, CR4 or EFER: the CPU's TLB is
+    /// flushed when it sees a new value (as a MOV to CR3 flushes a real TLB).
+    public private(set) var pagingGeneration: UInt64 = 0
     /// Derived from CR0.PE, EFER.LMA and CS whenever one of them is set, so
     /// that the step loop reads one byte instead of deriving it per access.
     public private(set) var mode: CPUMode
@@ -185,8 +198,14 @@ public struct CPUState {
         return cs.isDefaultBig ? .protected32 : .protected16
     }
 
-    /// The current privilege level: CS.DPL in protected mode, 0 in real mode.
+    /// The current privilege level, for the step loop: a mutating method, so
+    /// that calling it does not copy the state (see CPU.swift).
     @inline(__always)
+    mutating func privilegeLevel() -> UInt8 {
+        cr0 & ControlBits.cr0PE == 0 ? 0 : cs.dpl
+    }
+
+    /// The current privilege level: CS.DPL in protected mode, 0 in real mode.
     public var cpl: UInt8 {
         cr0 & ControlBits.cr0PE == 0 ? 0 : cs.dpl
     }

@@ -64,7 +64,7 @@ extension X86CPU {
         case 0xE4...0xE7, 0xEC...0xEF:
             return executePortIO(&insn)
         case 0xF4:
-            guard state.cpl == 0 else { return fault(.gp, errorCode: 0) }
+            guard state.privilegeLevel() == 0 else { return fault(.gp, errorCode: 0) }
             state.rip = insn.nextRIP
             return exit(.halt)
         case 0xF5, 0xF8...0xFD, 0x9C...0x9F:

@@ -165,8 +165,8 @@ extension X86CPU {
             guard let value = pop(size: size) else { return false }
             var writable = RFLAGS.writable & ~(RFLAGS.vm | RFLAGS.rf)
             if state.cr0 & ControlBits.cr0PE != 0 {
-                if state.cpl > 0 { writable &= ~RFLAGS.iopl }
-                if UInt64(state.cpl) > (state.flags.materialized & RFLAGS.iopl) >> 12 { writable &= ~RFLAGS.if }
+                if state.privilegeLevel() > 0 { writable &= ~RFLAGS.iopl }
+                if UInt64(state.privilegeLevel()) > (state.flags.materialized & RFLAGS.iopl) >> 12 { writable &= ~RFLAGS.if }
             }
             writable &= sizeMask(size)
             let old = state.flags.materialized

@@ -6,6 +6,21 @@ enum Access {
     case read, write, fetch
 }
 
+/// A cached translation of one 4 KiB linear page, with the permissions the
+/// walk accumulated, so that a hit applies the same checks as the walk.
+struct TLBEntry {
+    static let writable: UInt8 = 1
+    static let user: UInt8 = 2
+    static let executable: UInt8 = 4
+    /// The D bit is set in the final entry: writes need no walk to set it.
+    static let dirty: UInt8 = 8
+
+    /// The linear page number, or ~0 when empty.
+    var tag: UInt64 = ~0
+    var frame: UInt64 = 0
+    var flags: UInt8 = 0
+}
+
 extension X86CPU {
     // MARK: Segmentation
 
@@ -35,7 +50,16 @@ extension X86CPU {
             pending = .exception(vector: Vector.gp.rawValue, errorCode: 0)
             return nil
         }
-        let user = state.cpl == 3
+        let user = state.privilegeLevel() == 3
+        if state.pagingGeneration != tlbGeneration { flushTLB() }
+        let page = address >> 12
+        let slot = Int(page & 0xFF)
+        let cached = withUnsafeMutablePointer(to: &tlb) {
+            UnsafeMutableRawPointer($0).assumingMemoryBound(to: TLBEntry.self)[slot]
+        }
+        if cached.tag == page && permitted(cached.flags, access, user: user) {
+            return cached.frame | (address & 0xFFF)
+        }
         let nxe = state.efer & ControlBits.eferNXE != 0
         var table = state.cr3 & 0x000F_FFFF_FFFF_F000
         var writable = true, userOK = true, executable = true
@@ -71,13 +95,54 @@ extension X86CPU {
             memory.base.storeBytes(of: entry | 0x40, toByteOffset: Int(entryAddress), as: UInt64.self)
         }
         let pageMask: UInt64 = (1 << shift) - 1
-        return (entry & 0x000F_FFFF_FFFF_F000 & ~pageMask) | (address & pageMask)
+        let physical = (entry & 0x000F_FFFF_FFFF_F000 & ~pageMask) | (address & pageMask)
+        var flags: UInt8 = 0
+        if writable { flags |= TLBEntry.writable }
+        if userOK { flags |= TLBEntry.user }
+        if executable { flags |= TLBEntry.executable }
+        if access == .write || entry & 0x40 != 0 { flags |= TLBEntry.dirty }
+        let fill = TLBEntry(tag: page, frame: physical & ~0xFFF, flags: flags)
+        withUnsafeMutablePointer(to: &tlb) {
+            UnsafeMutableRawPointer($0).assumingMemoryBound(to: TLBEntry.self)[slot] = fill
+        }
+        return physical
+    }
+
+    /// Whether a TLB hit may be used; anything else takes the walk, which
+    /// raises the fault (or sets the D bit).
+    @inline(__always)
+    mutating func permitted(_ flags: UInt8, _ access: Access, user: Bool) -> Bool {
+        if user && flags & TLBEntry.user == 0 { return false }
+        switch access {
+        case .read: return true
+        case .fetch: return flags & TLBEntry.executable != 0
+        case .write:
+            if flags & TLBEntry.dirty == 0 { return false }
+            return flags & TLBEntry.writable != 0 || (!user && state.cr0 & ControlBits.cr0WP == 0)
+        }
+    }
+
+    mutating func flushTLB() {
+        withUnsafeMutablePointer(to: &tlb) {
+            let entries = UnsafeMutableRawPointer($0).assumingMemoryBound(to: TLBEntry.self)
+            for i in 0..<256 { entries[i].tag = ~0 }
+        }
+        tlbGeneration = state.pagingGeneration
+    }
+
+    /// INVLPG's effect, for the host and for the instruction when it exists.
+    public mutating func invalidatePage(_ linearAddress: UInt64) {
+        let page = linearAddress >> 12
+        withUnsafeMutablePointer(to: &tlb) {
+            let entries = UnsafeMutableRawPointer($0).assumingMemoryBound(to: TLBEntry.self)
+            if entries[Int(page & 0xFF)].tag == page { entries[Int(page & 0xFF)].tag = ~0 }
+        }
     }
 
     mutating func pageFault(_ address: UInt64, _ access: Access, present: Bool) -> UInt64? {
         var code: UInt32 = present ? 1 : 0
         if access == .write { code |= 2 }
-        if state.cpl == 3 { code |= 4 }
+        if state.privilegeLevel() == 3 { code |= 4 }
         if access == .fetch && state.efer & ControlBits.eferNXE != 0 { code |= 0x10 }
         state.cr2 = address
         pending = .exception(vector: Vector.pf.rawValue, errorCode: code)

@@ -179,6 +179,43 @@ struct PagingTests {
         #expect(m[.rax] == 0xCAFE)
     }
 
+    @Test func tlbKeepsATranslationUntilCR3IsWrittenOrThePageInvalidated() {
+        let m = Machine(.long64, code: [0x8B, 0x04, 0x25, 0x00, 0x50, 0x00, 0x00, hlt])  // mov eax, [0x5000]
+        m.store64(0x5000, 1)
+        m.store64(0x9000, 2)
+        #expect(m.run() == .halt)
+        #expect(m[.rax] == 1)
+        // Remap without telling the CPU: the cached translation stays, as on hardware.
+        m.store64(Machine.pageTable + 5 * 8, 0x9000 | 7)
+        m.cpu.state.rip = 0x1000
+        #expect(m.run() == .halt)
+        #expect(m[.rax] == 1)
+        m.cpu.invalidatePage(0x5000)
+        m.cpu.state.rip = 0x1000
+        #expect(m.run() == .halt)
+        #expect(m[.rax] == 2)
+        m.store64(Machine.pageTable + 5 * 8, 0x5000 | 7)
+        m.cpu.state.cr3 = m.cpu.state.cr3
+        m.cpu.state.rip = 0x1000
+        #expect(m.run() == .halt)
+        #expect(m[.rax] == 1)
+    }
+
+    @Test func tlbHitStillChecksWritePermission() {
+        // mov eax, [0x5000]; mov [0x5000], eax: the read fills the TLB, the write must still fault
+        let m = Machine(.long64, code: [0x8B, 0x04, 0x25, 0x00, 0x50, 0x00, 0x00, 0x89, 0x04, 0x25, 0x00, 0x50, 0x00, 0x00, hlt])
+        m.store64(Machine.pageTable + 5 * 8, 0x5000 | 5)
+        m.cpu.state[.cs].attributes |= 0x60  // CPL 3
+        #expect(m.run() == .exception(vector: 14, errorCode: 7))
+        #expect(m.cpu.state.rip == 0x1007)
+    }
+
+    @Test func firstWriteThroughACachedCleanPageSetsDirty() {
+        let m = Machine(.long64, code: [0x8B, 0x04, 0x25, 0x00, 0x50, 0x00, 0x00, 0x89, 0x04, 0x25, 0x00, 0x50, 0x00, 0x00, hlt])
+        #expect(m.run() == .halt)
+        #expect(m.load64(Machine.pageTable + 5 * 8) & 0x40 == 0x40)
+    }
+
     @Test func nonCanonicalAddressFaultsWithGP() {
         let m = Machine(.long64, code: [0x8B, 0x03, hlt])  // mov eax, [rbx]
         m[.rbx] = 0x0000_8000_0000_0000

@@ -224,7 +224,8 @@ extension X86CPU {
         }
 
         // Immediates.
-        let immediateSize = immediateBytes(opcode, insn: insn)
+        let immediateSize = immediateBytes(opcode, operandSize: operandSize, addressSize: addressSize,
+                                           mode64: insn.mode64, reg: insn.reg)
         if immediateSize > 0 {
             guard i + immediateSize <= window.available else { return fetchFault(window.available) }
             var value: UInt64 = 0
@@ -258,8 +259,9 @@ extension X86CPU {
     }
 
     /// The size in bytes of an opcode's immediate (moffs included).
-    func immediateBytes(_ opcode: Int, insn: Instruction) -> Int {
-        let z = insn.operandSize == 2 ? 2 : 4
+    /// (Takes fields rather than the Instruction, which would be copied.)
+    func immediateBytes(_ opcode: Int, operandSize: Int, addressSize: Int, mode64: Bool, reg: Int) -> Int {
+        let z = operandSize == 2 ? 2 : 4
         switch opcode {
         case 0x04, 0x0C, 0x14, 0x1C, 0x24, 0x2C, 0x34, 0x3C, 0x6A, 0x6B, 0x70...0x7F, 0x80, 0x82, 0x83,
              0xA8, 0xB0...0xB7, 0xC0, 0xC1, 0xC6, 0xCD, 0xD4, 0xD5, 0xE0...0xE7, 0xEB, 0x1BA:
@@ -267,23 +269,23 @@ extension X86CPU {
         case 0x05, 0x0D, 0x15, 0x1D, 0x25, 0x2D, 0x35, 0x3D, 0x68, 0x69, 0x81, 0xA9, 0xC7:
             return z
         case 0xE8, 0xE9:
-            return insn.mode64 ? 4 : z
+            return mode64 ? 4 : z
         case 0x180...0x18F:
-            return insn.mode64 ? 4 : z
+            return mode64 ? 4 : z
         case 0xB8...0xBF:
-            return insn.operandSize
+            return operandSize
         case 0xA0...0xA3:
-            return insn.addressSize
+            return addressSize
         case 0xC2, 0xCA:
             return 2
         case 0xC8:
             return 3
         case 0xF6, 0xF7:
             // Only TEST (reg field 0 or 1) has an immediate.
-            guard insn.reg & 7 < 2 else { return 0 }
+            guard reg & 7 < 2 else { return 0 }
             return opcode == 0xF6 ? 1 : z
         case 0xEA, 0x9A:
-            return insn.mode64 ? 0 : z + 2
+            return mode64 ? 0 : z + 2
         default:
             return 0
         }

@@ -62,7 +62,10 @@ final class Machine {
     deinit { memory.deallocate() }
 
     func write(_ bytes: [UInt8], at address: UInt64) {
-        for (i, byte) in bytes.enumerated() { memory.storeBytes(of: byte, toByteOffset: Int(address) + i, as: UInt8.self) }
+        bytes.withUnsafeBytes { source in
+            guard let base = source.baseAddress else { return }
+            (memory + Int(address)).copyMemory(from: base, byteCount: source.count)
+        }
     }
 
     func store64(_ address: UInt64, _ value: UInt64) { memory.storeBytes(of: value, toByteOffset: Int(address), as: UInt64.self) }

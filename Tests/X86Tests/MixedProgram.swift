@@ -39,7 +39,7 @@ enum MixedProgram {
             case 16: code += [0x39, 0xD0, 0x70 | cc, 0x02, 0xB2, 0x01]  // cmp ax, dx; jcc +2; mov dl, 1
             case 17: code += [0x9E, 0x9F]  // sahf; lahf
             case 18: code += [0x9C, 0x58]  // pushf; pop ax
-            case 19: code += [0xF3, 0xA4]  // rep movsb (si, di, cx small: within the area after DS=0 + bx? no: si/di absolute)
+            case 19: code += [0xF3, 0xA4]  // rep movsb
             case 20: code += [0xFD, 0xF3, 0xAB, 0xFC]  // std; rep stosw; cld
             case 21: code += [0xF3, 0xA6]  // repe cmpsb
             case 22: code += [0xF2, 0xAE]  // repne scasb
@@ -61,12 +61,11 @@ enum MixedProgram {
         return points
     }
 
-    /// String templates: the setup above already loaded registers; the
-    /// prefix adds the data-area base to SI and DI (it changes flags, which
-    /// the template's own flag set-up then overrides or reads consistently
-    /// on both CPUs).
+    /// String templates address DS:SI and ES:DI directly: move the 8-byte
+    /// `add si, 0x2000; add di, 0x2080` from the front to just after the six
+    /// 3-byte register loads, before CLC/STC, so that the carry the
+    /// template starts with is still the chosen one.
     static func fixSetup(_ code: [UInt8]) -> [UInt8] {
-        // Move the 8-byte base adjustment after the register loads (6 movs of 3 bytes).
         let adjust = Array(code[0..<8])
         let rest = Array(code[8...])
         return Array(rest[0..<18]) + adjust + Array(rest[18...])

@@ -34,6 +34,7 @@ let package = Package(
             ],
             swiftSettings: hotPathSettings
         ),
+        .target(name: "X86", swiftSettings: hotPathSettings),
         .target(
             name: "SoftKVM",
             dependencies: [
@@ -55,5 +56,6 @@ let package = Package(
         .testTarget(name: "KVMTests", dependencies: ["KVM", "GuestMemory", "KVMPlatform"]),
         .testTarget(name: "SoftKVMTests", dependencies: ["SoftKVM", "KVM", "GuestMemory", "KVMPlatform", "CLinuxKVM"]),
         .testTarget(name: "VMMTests", dependencies: ["VMM", "KVM"]),
+        .testTarget(name: "X86Tests", dependencies: ["X86", "KVM", "GuestMemory"]),
     ]
 )

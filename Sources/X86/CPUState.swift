@@ -1,0 +1,298 @@
+// The architectural state of one x86-64 CPU as a value type. Everything the
+// step loop touches is stored inline (no references), so that a copy of the
+// state is a snapshot and the loop never pays for reference counting.
+
+/// A general-purpose register, numbered as ModRM and REX encode it.
+public enum GPR: Int, CaseIterable, Sendable {
+    case rax, rcx, rdx, rbx, rsp, rbp, rsi, rdi, r8, r9, r10, r11, r12, r13, r14, r15
+}
+
+/// A segment register, numbered as the ModRM reg field of `mov Sreg` encodes it.
+public enum SegmentRegisterName: Int, CaseIterable, Sendable {
+    case es, cs, ss, ds, fs, gs
+}
+
+/// A segment register: the selector and the hidden descriptor cache that
+/// loading it fills.
+public struct SegmentRegister: Hashable, Sendable {
+    public var selector: UInt16
+    public var base: UInt64
+    public var limit: UInt32
+    /// The descriptor's attributes packed as VMX access rights: type in bits
+    /// 0-3, S 4, DPL 5-6, P 7, AVL 12, L 13, D/B 14, G 15.
+    public var attributes: UInt16
+
+    public init(selector: UInt16 = 0, base: UInt64 = 0, limit: UInt32 = 0xFFFF, attributes: UInt16 = 0x93) {
+        self.selector = selector
+        self.base = base
+        self.limit = limit
+        self.attributes = attributes
+    }
+
+    public var dpl: UInt8 { UInt8(truncatingIfNeeded: (attributes >> 5) & 3) }
+    public var isPresent: Bool { attributes & 0x80 != 0 }
+    /// L: a 64-bit code segment.
+    public var isLong: Bool { attributes & 0x2000 != 0 }
+    /// D/B: 32-bit default operand size (code) or stack pointer (stack).
+    public var isDefaultBig: Bool { attributes & 0x4000 != 0 }
+
+    /// The hidden state real mode gives a selector: base = selector * 16, 64 KiB limit.
+    public static func realMode(selector: UInt16, code: Bool = false) -> SegmentRegister {
+        SegmentRegister(selector: selector, base: UInt64(selector) << 4, limit: 0xFFFF,
+                        attributes: code ? 0x9B : 0x93)
+    }
+}
+
+/// GDTR or IDTR.
+public struct DescriptorTableRegister: Hashable, Sendable {
+    public var base: UInt64 = 0
+    public var limit: UInt16 = 0xFFFF
+    public init(base: UInt64 = 0, limit: UInt16 = 0xFFFF) {
+        self.base = base
+        self.limit = limit
+    }
+}
+
+/// The execution mode, derived from CR0.PE, EFER.LMA and the CS descriptor.
+public enum CPUMode: Sendable, Equatable {
+    case real
+    case protected16
+    case protected32
+    /// Long mode, compatibility submode, with the CS default operand size (2 or 4 bytes).
+    case compatibility16
+    case compatibility32
+    case long64
+}
+
+/// Control-register and EFER bits the CPU acts on.
+public enum ControlBits {
+    public static let cr0PE: UInt64 = 1 << 0
+    public static let cr0WP: UInt64 = 1 << 16
+    public static let cr0PG: UInt64 = 1 << 31
+    public static let cr4PAE: UInt64 = 1 << 5
+    public static let eferLME: UInt64 = 1 << 8
+    public static let eferLMA: UInt64 = 1 << 10
+    public static let eferNXE: UInt64 = 1 << 11
+}
+
+public struct CPUState {
+    public var gpr: InlineArray<16, UInt64>
+    public var rip: UInt64
+    var flags: LazyFlags
+    // Six named fields rather than an InlineArray: reading one element of an
+    // InlineArray property copied the whole array (measured: a third of the
+    // step time went to memmove).
+    public var es: SegmentRegister
+    public var cs: SegmentRegister { didSet { mode = CPUState.mode(cr0: cr0, efer: efer, cs: cs) } }
+    public var ss: SegmentRegister
+    public var ds: SegmentRegister
+    public var fs: SegmentRegister
+    public var gs: SegmentRegister
+    public var cr0: UInt64 {
+        didSet {
+            mode = CPUState.mode(cr0: cr0, efer: efer, cs: cs)
+            pagingGeneration &+= 1
+        }
+    }
+    public var cr2: UInt64
+    public var cr3: UInt64 { didSet { pagingGeneration &+= 1 } }
+    public var cr4: UInt64 { didSet { pagingGeneration &+= 1 } }
+    public var efer: UInt64 {
+        didSet {
+            mode = CPUState.mode(cr0: cr0, efer: efer, cs: cs)
+            pagingGeneration &+= 1
+        }
+    }
+    /// Bumped by every write to CR0, CR3, CR4 or EFER: the CPU's TLB is
+    /// flushed when it sees a new value (as a MOV to CR3 flushes a real TLB).
+    public private(set) var pagingGeneration: UInt64 = 0
+    /// Derived from CR0.PE, EFER.LMA and CS whenever one of them is set, so
+    /// that the step loop reads one byte instead of deriving it per access.
+    public private(set) var mode: CPUMode
+    public var gdtr: DescriptorTableRegister
+    public var idtr: DescriptorTableRegister
+
+    /// The state after RESET (Intel SDM Vol. 3 table 10-1): real mode,
+    /// CS:IP = F000:FFF0 with CS base FFFF0000.
+    public init() {
+        gpr = InlineArray(repeating: 0)
+        rip = 0xFFF0
+        flags = LazyFlags(rflags: 0x2)
+        es = .realMode(selector: 0)
+        cs = SegmentRegister(selector: 0xF000, base: 0xFFFF_0000, limit: 0xFFFF, attributes: 0x9B)
+        ss = .realMode(selector: 0)
+        ds = .realMode(selector: 0)
+        fs = .realMode(selector: 0)
+        gs = .realMode(selector: 0)
+        cr0 = 0x6000_0010
+        cr2 = 0
+        cr3 = 0
+        cr4 = 0
+        efer = 0
+        gdtr = DescriptorTableRegister()
+        idtr = DescriptorTableRegister()
+        mode = .real
+    }
+
+    @inline(__always)
+    public subscript(register: GPR) -> UInt64 {
+        get { gpr[register.rawValue] }
+        set { gpr[register.rawValue] = newValue }
+    }
+
+    @inline(__always)
+    public subscript(segment: SegmentRegisterName) -> SegmentRegister {
+        get { self[segmentIndex: segment.rawValue] }
+        set { self[segmentIndex: segment.rawValue] = newValue }
+    }
+
+    /// A segment register by its encoding (0 ES ... 5 GS).
+    @inline(__always)
+    subscript(segmentIndex index: Int) -> SegmentRegister {
+        get {
+            switch index {
+            case 0: return es
+            case 1: return cs
+            case 2: return ss
+            case 3: return ds
+            case 4: return fs
+            default: return gs
+            }
+        }
+        set {
+            switch index {
+            case 0: es = newValue
+            case 1: cs = newValue
+            case 2: ss = newValue
+            case 3: ds = newValue
+            case 4: fs = newValue
+            default: gs = newValue
+            }
+        }
+    }
+
+    @inline(__always)
+    mutating func segmentBase(_ index: Int) -> UInt64 {
+        switch index {
+        case 0: return es.base
+        case 1: return cs.base
+        case 2: return ss.base
+        case 3: return ds.base
+        case 4: return fs.base
+        default: return gs.base
+        }
+    }
+
+    /// RFLAGS, with the arithmetic flags materialised from the last operation.
+    public var rflags: UInt64 {
+        get { flags.materialized }
+        set { flags = LazyFlags(rflags: (newValue & RFLAGS.writable) | 0x2) }
+    }
+
+    static func mode(cr0: UInt64, efer: UInt64, cs: SegmentRegister) -> CPUMode {
+        if cr0 & ControlBits.cr0PE == 0 { return .real }
+        if efer & ControlBits.eferLMA != 0 {
+            if cs.isLong { return .long64 }
+            return cs.isDefaultBig ? .compatibility32 : .compatibility16
+        }
+        return cs.isDefaultBig ? .protected32 : .protected16
+    }
+
+    /// The current privilege level, for the step loop: a mutating method, so
+    /// that calling it does not copy the state (see CPU.swift).
+    @inline(__always)
+    mutating func privilegeLevel() -> UInt8 {
+        cr0 & ControlBits.cr0PE == 0 ? 0 : cs.dpl
+    }
+
+    /// The current privilege level: CS.DPL in protected mode, 0 in real mode.
+    public var cpl: UInt8 {
+        cr0 & ControlBits.cr0PE == 0 ? 0 : cs.dpl
+    }
+
+    /// Register `index` (0-15), read in place: subscripting the InlineArray
+    /// property copied all of it on every access (measured with perf).
+    @inline(__always)
+    mutating func reg(_ index: Int) -> UInt64 {
+        withUnsafeMutablePointer(to: &gpr) {
+            UnsafeMutableRawPointer($0).load(fromByteOffset: (index & 15) &* 8, as: UInt64.self)
+        }
+    }
+
+    @inline(__always)
+    mutating func setReg(_ index: Int, _ value: UInt64) {
+        withUnsafeMutablePointer(to: &gpr) {
+            UnsafeMutableRawPointer($0).storeBytes(of: value, toByteOffset: (index & 15) &* 8, as: UInt64.self)
+        }
+    }
+
+    /// Reads a register at an operand size (1, 2, 4 or 8 bytes). Size 1 with
+    /// `legacyHighBytes` maps registers 4-7 to AH, CH, DH, BH (no REX prefix).
+    @inline(__always)
+    mutating func read(_ index: Int, size: Int, legacyHighBytes: Bool) -> UInt64 {
+        switch size {
+        case 1:
+            if legacyHighBytes && index >= 4 && index < 8 { return (reg(index - 4) >> 8) & 0xFF }
+            return reg(index) & 0xFF
+        case 2: return reg(index) & 0xFFFF
+        case 4: return reg(index) & 0xFFFF_FFFF
+        default: return reg(index)
+        }
+    }
+
+    /// Writes a register at an operand size: 8- and 16-bit writes merge,
+    /// 32-bit writes zero the upper half (as in 64-bit mode; in other modes
+    /// the upper half is not visible).
+    @inline(__always)
+    mutating func write(_ index: Int, _ value: UInt64, size: Int, legacyHighBytes: Bool) {
+        switch size {
+        case 1:
+            if legacyHighBytes && index >= 4 && index < 8 {
+                setReg(index - 4, (reg(index - 4) & ~0xFF00) | ((value & 0xFF) << 8))
+            } else {
+                setReg(index, (reg(index) & ~0xFF) | (value & 0xFF))
+            }
+        case 2: setReg(index, (reg(index) & ~0xFFFF) | (value & 0xFFFF))
+        case 4: setReg(index, value & 0xFFFF_FFFF)
+        default: setReg(index, value)
+        }
+    }
+}
+
+/// RFLAGS bit positions.
+public enum RFLAGS {
+    public static let cf: UInt64 = 1 << 0
+    public static let pf: UInt64 = 1 << 2
+    public static let af: UInt64 = 1 << 4
+    public static let zf: UInt64 = 1 << 6
+    public static let sf: UInt64 = 1 << 7
+    public static let tf: UInt64 = 1 << 8
+    public static let `if`: UInt64 = 1 << 9
+    public static let df: UInt64 = 1 << 10
+    public static let of: UInt64 = 1 << 11
+    public static let iopl: UInt64 = 3 << 12
+    public static let nt: UInt64 = 1 << 14
+    public static let rf: UInt64 = 1 << 16
+    public static let vm: UInt64 = 1 << 17
+    public static let ac: UInt64 = 1 << 18
+    public static let id: UInt64 = 1 << 21
+    /// OF SF ZF AF PF CF.
+    public static let arithmetic: UInt64 = cf | pf | af | zf | sf | of
+    /// Bits a write to RFLAGS can set (VIF/VIP are left out until VME exists).
+    public static let writable: UInt64 = arithmetic | tf | `if` | df | iopl | nt | rf | vm | ac | id
+}
+
+@inline(__always)
+func sizeMask(_ size: Int) -> UInt64 {
+    size >= 8 ? ~0 : (1 << UInt64(size * 8)) - 1
+}
+
+@inline(__always)
+func signBit(_ size: Int) -> UInt64 { 1 << UInt64(size * 8 - 1) }
+
+/// Sign-extends the low `size` bytes of `value` to 64 bits.
+@inline(__always)
+func signExtend(_ value: UInt64, size: Int) -> UInt64 {
+    let shift = UInt64(64 - size * 8)
+    return UInt64(bitPattern: Int64(bitPattern: value << shift) >> shift)
+}

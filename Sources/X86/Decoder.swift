@@ -1,0 +1,293 @@
+// Decoding: prefixes, REX, the one-byte and 0F maps, ModRM, SIB,
+// displacement and immediates, in 16-, 32- and 64-bit code.
+
+/// One decoded instruction. Opcodes of the 0F map are 0x100 + the second byte.
+struct Instruction {
+    var opcode: Int = 0
+    var length: Int = 0
+    /// 2, 4 or 8: the operand size of instructions that are not byte-sized.
+    var operandSize: Int = 4
+    /// 2, 4 or 8.
+    var addressSize: Int = 4
+    var rex: UInt8 = 0
+    /// 0, 0xF2 or 0xF3.
+    var rep: UInt8 = 0
+    var lock = false
+    var operandSizePrefix = false
+    var segmentOverride: Int = -1
+    var hasModRM = false
+    var mod: Int = 0
+    /// ModRM.reg with REX.R.
+    var reg: Int = 0
+    /// ModRM.rm with REX.B (a register when `mod == 3`).
+    var rm: Int = 0
+    /// The memory operand's segment and offset (when `mod != 3`).
+    var segment: Int = SegmentRegisterName.ds.rawValue
+    var offset: UInt64 = 0
+    var immediate: UInt64 = 0
+    var mode64 = false
+
+    var nextRIP: UInt64 = 0
+
+    /// Byte registers 4-7 are AH CH DH BH unless a REX prefix is present.
+    var legacyHighBytes: Bool { rex == 0 }
+    var isMemory: Bool { mod != 3 }
+}
+
+/// The fetch window of one instruction: up to 15 bytes in two words, so
+/// that filling it is two loads in the common case.
+struct FetchWindow {
+    var low: UInt64 = 0
+    var high: UInt64 = 0
+    var available = 0
+
+    @inline(__always)
+    subscript(index: Int) -> UInt8 {
+        UInt8(truncatingIfNeeded: index < 8 ? low >> UInt64(index * 8) : high >> UInt64((index & 7) * 8))
+    }
+
+    @inline(__always)
+    mutating func append(_ byte: UInt8) {
+        if available < 8 {
+            low |= UInt64(byte) << UInt64(available * 8)
+        } else {
+            high |= UInt64(byte) << UInt64((available - 8) * 8)
+        }
+        available += 1
+    }
+}
+
+extension X86CPU {
+    /// The code's default operand and address size: 2, 4, or 8 (64-bit mode).
+    var codeSize: Int {
+        switch state.mode {
+        case .real, .protected16, .compatibility16: return 2
+        case .protected32, .compatibility32: return 4
+        case .long64: return 8
+        }
+    }
+
+    /// The stack's address size: SS.B outside 64-bit mode.
+    var stackAddressSize: Int {
+        let mode = state.mode
+        if case .long64 = mode { return 8 }
+        if case .real = mode { return 2 }
+        return state.ss.isDefaultBig ? 4 : 2
+    }
+
+    mutating func fillFetchWindow(_ window: inout FetchWindow, at rip: UInt64) -> Bool {
+        let start = linear(SegmentRegisterName.cs.rawValue, rip)
+        // Common case: 16 bytes inside one page of RAM.
+        if start & 0xFFF <= 0x1000 - 16, let physical = translate(start, .fetch),
+           physical < memory.size, memory.size - physical >= 16 {
+            window.low = memory.base.loadUnaligned(fromByteOffset: Int(physical), as: UInt64.self)
+            window.high = memory.base.loadUnaligned(fromByteOffset: Int(physical) + 8, as: UInt64.self)
+            window.available = 15
+            return true
+        }
+        var address = start
+        while window.available < 15 {
+            let pageEnd = (address | 0xFFF) &+ 1
+            guard let physical = translate(address, .fetch) else { break }
+            var p = physical
+            while address != pageEnd && window.available < 15 {
+                guard p < memory.size else { break }
+                window.append(memory.base.load(fromByteOffset: Int(p), as: UInt8.self))
+                address &+= 1
+                p &+= 1
+            }
+            if address != pageEnd { break }
+        }
+        if window.available > 0 { return true }
+        // Not even the first byte: report why.
+        if translate(start, .fetch) != nil { pending = .emulationFailure(address: start) }
+        return false
+    }
+
+    /// Reports the fault of fetching byte `index` of the instruction at RIP.
+    mutating func fetchFault(_ index: Int) -> Bool {
+        if index >= 15 { return fault(.gp, errorCode: 0) }
+        let address = linear(SegmentRegisterName.cs.rawValue, state.rip) &+ UInt64(index)
+        if let physical = translate(address, .fetch) { pending = .emulationFailure(address: physical) }
+        return false
+    }
+
+    mutating func decode(_ insn: inout Instruction) -> Bool {
+        var window = FetchWindow()
+        guard fillFetchWindow(&window, at: state.rip) else { return false }
+        let size = codeSize
+        insn.mode64 = size == 8
+        var operandSize = size == 8 ? 4 : size
+        var addressSize = size
+        var i = 0
+        var byte: UInt8 = 0
+
+        // Prefixes.
+        prefixes: while true {
+            guard i < window.available else { return fetchFault(i) }
+            byte = window[i]
+            i += 1
+            switch byte {
+            case 0x66: insn.operandSizePrefix = true; insn.rex = 0
+            case 0x67: addressSize = size == 8 ? 4 : (size == 4 ? 2 : 4); insn.rex = 0
+            case 0xF2, 0xF3: insn.rep = byte; insn.rex = 0
+            case 0xF0: insn.lock = true; insn.rex = 0
+            case 0x26: insn.segmentOverride = 0; insn.rex = 0
+            case 0x2E: insn.segmentOverride = 1; insn.rex = 0
+            case 0x36: insn.segmentOverride = 2; insn.rex = 0
+            case 0x3E: insn.segmentOverride = 3; insn.rex = 0
+            case 0x64: insn.segmentOverride = 4; insn.rex = 0
+            case 0x65: insn.segmentOverride = 5; insn.rex = 0
+            case 0x40...0x4F where size == 8: insn.rex = byte
+            default: break prefixes
+            }
+        }
+        if insn.operandSizePrefix { operandSize = operandSize == 2 ? 4 : 2 }
+        if insn.rex & 0x08 != 0 { operandSize = 8 }
+        // In 64-bit mode the null segment overrides other than FS/GS do nothing.
+        if size == 8 && insn.segmentOverride >= 0 && insn.segmentOverride < 4 { insn.segmentOverride = -1 }
+
+        var opcode = Int(byte)
+        if byte == 0x0F {
+            guard i < window.available else { return fetchFault(i) }
+            opcode = 0x100 + Int(window[i])
+            i += 1
+        }
+        insn.opcode = opcode
+        insn.operandSize = operandSize
+        insn.addressSize = addressSize
+
+        var ripRelative = false
+        if hasModRM(opcode) {
+            guard i < window.available else { return fetchFault(i) }
+            let modrm = window[i]
+            i += 1
+            insn.hasModRM = true
+            insn.mod = Int(modrm >> 6)
+            insn.reg = Int((modrm >> 3) & 7) | (insn.rex & 4 != 0 ? 8 : 0)
+            let rmLow = Int(modrm & 7)
+            insn.rm = rmLow | (insn.rex & 1 != 0 ? 8 : 0)
+            if insn.mod != 3 {
+                var segment = SegmentRegisterName.ds.rawValue
+                var offset: UInt64 = 0
+                var dispSize = 0
+                if addressSize == 2 {
+                    let bx = state.reg(3), bp = state.reg(5), si = state.reg(6), di = state.reg(7)
+                    switch rmLow {
+                    case 0: offset = bx &+ si
+                    case 1: offset = bx &+ di
+                    case 2: offset = bp &+ si; segment = 2
+                    case 3: offset = bp &+ di; segment = 2
+                    case 4: offset = si
+                    case 5: offset = di
+                    case 6:
+                        if insn.mod == 0 { dispSize = 2 } else { offset = bp; segment = 2 }
+                    default: offset = bx
+                    }
+                    if insn.mod == 1 { dispSize = 1 } else if insn.mod == 2 { dispSize = 2 }
+                } else {
+                    var baseLow = rmLow
+                    if rmLow == 4 {
+                        guard i < window.available else { return fetchFault(i) }
+                        let sib = window[i]
+                        i += 1
+                        let scale = Int(sib >> 6)
+                        let index = Int((sib >> 3) & 7) | (insn.rex & 2 != 0 ? 8 : 0)
+                        baseLow = Int(sib & 7)
+                        if index != 4 { offset = state.reg(index) << UInt64(scale) }
+                        if baseLow == 5 && insn.mod == 0 {
+                            dispSize = 4
+                        } else {
+                            let base = baseLow | (insn.rex & 1 != 0 ? 8 : 0)
+                            offset = offset &+ state.reg(base)
+                            if base == 4 || base == 5 { segment = 2 }
+                        }
+                    } else if rmLow == 5 && insn.mod == 0 {
+                        dispSize = 4
+                        ripRelative = size == 8
+                    } else {
+                        offset = state.reg(insn.rm)
+                        if insn.rm == 4 || insn.rm == 5 { segment = 2 }
+                    }
+                    if insn.mod == 1 { dispSize = 1 } else if insn.mod == 2 { dispSize = 4 }
+                }
+                if dispSize > 0 {
+                    guard i + dispSize <= window.available else { return fetchFault(window.available) }
+                    var disp: UInt64 = 0
+                    for k in 0..<dispSize { disp |= UInt64(window[i + k]) << UInt64(k * 8) }
+                    i += dispSize
+                    offset = offset &+ signExtend(disp, size: dispSize)
+                }
+                insn.segment = insn.segmentOverride >= 0 ? insn.segmentOverride : segment
+                insn.offset = offset
+            }
+        }
+
+        // Immediates.
+        let immediateSize = immediateBytes(opcode, operandSize: operandSize, addressSize: addressSize,
+                                           mode64: insn.mode64, reg: insn.reg)
+        if immediateSize > 0 {
+            guard i + immediateSize <= window.available else { return fetchFault(window.available) }
+            var value: UInt64 = 0
+            for k in 0..<immediateSize { value |= UInt64(window[i + k]) << UInt64(k * 8) }
+            i += immediateSize
+            insn.immediate = value
+        }
+        insn.length = i
+        insn.nextRIP = (state.rip &+ UInt64(i)) & (size == 8 ? ~0 : (size == 4 ? 0xFFFF_FFFF : 0xFFFF))
+        if insn.hasModRM && insn.mod != 3 {
+            if ripRelative { insn.offset = insn.offset &+ state.rip &+ UInt64(i) }
+            insn.offset &= sizeMask(addressSize)
+        }
+        return true
+    }
+
+    /// Whether an opcode has a ModRM byte.
+    func hasModRM(_ opcode: Int) -> Bool {
+        switch opcode {
+        case 0x00...0x03, 0x08...0x0B, 0x10...0x13, 0x18...0x1B, 0x20...0x23, 0x28...0x2B,
+             0x30...0x33, 0x38...0x3B, 0x62, 0x63, 0x69, 0x6B, 0x80...0x8F, 0xC0, 0xC1,
+             0xC4...0xC7, 0xD0...0xD3, 0xD8...0xDF, 0xF6, 0xF7, 0xFE, 0xFF:
+            return true
+        case 0x100...0x103, 0x10D, 0x110...0x117, 0x118...0x11F, 0x120...0x127, 0x128...0x12F,
+             0x140...0x17F, 0x190...0x19F, 0x1A3, 0x1A4, 0x1A5, 0x1AB...0x1AF, 0x1B0...0x1B7,
+             0x1BA...0x1C7, 0x1D0...0x1FF:
+            return true
+        default:
+            return false
+        }
+    }
+
+    /// The size in bytes of an opcode's immediate (moffs included).
+    /// (Takes fields rather than the Instruction, which would be copied.)
+    func immediateBytes(_ opcode: Int, operandSize: Int, addressSize: Int, mode64: Bool, reg: Int) -> Int {
+        let z = operandSize == 2 ? 2 : 4
+        switch opcode {
+        case 0x04, 0x0C, 0x14, 0x1C, 0x24, 0x2C, 0x34, 0x3C, 0x6A, 0x6B, 0x70...0x7F, 0x80, 0x82, 0x83,
+             0xA8, 0xB0...0xB7, 0xC0, 0xC1, 0xC6, 0xCD, 0xD4, 0xD5, 0xE0...0xE7, 0xEB, 0x1BA:
+            return 1
+        case 0x05, 0x0D, 0x15, 0x1D, 0x25, 0x2D, 0x35, 0x3D, 0x68, 0x69, 0x81, 0xA9, 0xC7:
+            return z
+        case 0xE8, 0xE9:
+            return mode64 ? 4 : z
+        case 0x180...0x18F:
+            return mode64 ? 4 : z
+        case 0xB8...0xBF:
+            return operandSize
+        case 0xA0...0xA3:
+            return addressSize
+        case 0xC2, 0xCA:
+            return 2
+        case 0xC8:
+            return 3
+        case 0xF6, 0xF7:
+            // Only TEST (reg field 0 or 1) has an immediate.
+            guard reg & 7 < 2 else { return 0 }
+            return opcode == 0xF6 ? 1 : z
+        case 0xEA, 0x9A:
+            return mode64 ? 0 : z + 2
+        default:
+            return 0
+        }
+    }
+}

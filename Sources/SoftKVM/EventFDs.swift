@@ -225,8 +225,9 @@ struct IOEventFD: Sendable {
     }
 }
 
-/// KVM_IOEVENTFD_VALID_FLAG_MASK: datamatch, pio, deassign, virtio-ccw notify.
-let KVM_IOEVENTFD_VALID_FLAG_MASK: UInt32 = (1 << 4) - 1
+/// KVM_IOEVENTFD_VALID_FLAG_MASK: datamatch, pio, deassign, virtio-ccw
+/// notify and fast MMIO, the last of which selects nothing on x86.
+let KVM_IOEVENTFD_VALID_FLAG_MASK: UInt32 = (1 << UInt32(kvm_ioeventfd_flag_nr_max)) - 1
 let KVM_IOEVENTFD_FLAG_DATAMATCH: UInt32 = 1 << 0
 let KVM_IOEVENTFD_FLAG_PIO: UInt32 = 1 << 1
 let KVM_IOEVENTFD_FLAG_DEASSIGN: UInt32 = 1 << 2

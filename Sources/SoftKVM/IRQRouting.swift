@@ -9,8 +9,9 @@ import SystemPackage
 // kvm_arch_vm_ioctl: KVM_CREATE_IRQCHIP, KVM_IRQ_LINE(_STATUS),
 // KVM_GET/SET_IRQCHIP and KVM_SET_GSI_ROUTING.
 
-/// KVM_MAX_IRQ_ROUTES on x86.
-let KVM_MAX_IRQ_ROUTES: UInt32 = 1024
+/// KVM_MAX_IRQ_ROUTES: 4096 on every architecture in the kernels this
+/// mirrors (older x86 kernels had 1024).
+let KVM_MAX_IRQ_ROUTES: UInt32 = 4096
 /// The irq source ids (`KVM_*_IRQ_SOURCE_ID`): each holds a line on its own.
 let KVM_USERSPACE_IRQ_SOURCE_ID = 0
 let KVM_IRQFD_RESAMPLE_IRQ_SOURCE_ID = 1

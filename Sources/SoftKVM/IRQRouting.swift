@@ -181,13 +181,20 @@ public final class SoftIrqchip: Sendable {
 
 /// The LAPIC side until SoftKVM has one: it keeps the messages and the PIC
 /// output for the vCPUs to consume, and answers delivery as the host does
-/// for LAPICs left at reset, which are software-disabled and so refuse
-/// fixed and lowest-priority interrupts: 0 when a vCPU exists, -1 when
-/// none does. An NMI, INIT or SIPI would be accepted; those answers are not
-/// modelled and the LAPIC must replace this.
+/// while every LAPIC is at its reset state (SoftKVM has no KVM_SET_LAPIC
+/// yet, so they stay there): APIC ID the vCPU id, logical ID 0,
+/// software-disabled. Such a LAPIC refuses fixed, lowest-priority, SMI
+/// (no SMM) and ExtINT messages (0) and takes NMI, INIT and SIPI (1 each).
+///
+/// Which LAPICs a message reaches follows kvm_irq_delivery_to_apic: the
+/// fast path looks the destination up in the APIC map, which the kernel
+/// rebuilds when a vCPU's LAPIC is reset at creation, before that vCPU is
+/// online, so it holds every vCPU but the newest (an empty map after the
+/// first). Broadcasts, and every message before the first vCPU (no map),
+/// take the slow path over all vCPUs, which gives -1 when none is addressed.
 public final class UnwiredLocalAPICs: LocalAPICBus {
     struct State {
-        var vcpus = 0
+        var vcpuIDs: [UInt32] = []
         var messages: [APICMessage] = []
         var intr = false
     }
@@ -196,15 +203,34 @@ public final class UnwiredLocalAPICs: LocalAPICBus {
 
     public init() {}
 
-    var hasVCPUs: Bool { state.withLock { $0.vcpus > 0 } }
+    var hasVCPUs: Bool { state.withLock { !$0.vcpuIDs.isEmpty } }
 
-    func vcpuCreated() { state.withLock { $0.vcpus += 1 } }
+    func vcpuCreated(id: UInt32) { state.withLock { $0.vcpuIDs.append(id) } }
 
     public func deliver(_ message: APICMessage) -> Int32 {
         state.withLock { state in
             state.messages.append(message)
-            return state.vcpus > 0 ? 0 : -1
+            return Self.result(of: message, vcpuIDs: state.vcpuIDs)
         }
+    }
+
+    static func result(of message: APICMessage, vcpuIDs: [UInt32]) -> Int32 {
+        let broadcast = message.destination == 0xFF
+        var mode = message.deliveryMode
+        // kvm_irq_delivery_to_apic turns a physical broadcast at lowest priority into a fixed one.
+        if !message.logicalDestination && broadcast && mode == 1 { mode = 0 }
+        let map = vcpuIDs.dropLast()
+        let fastPath = !broadcast && !vcpuIDs.isEmpty
+        // kvm_apic_match_dest: a logical destination only matches as a
+        // broadcast (every logical ID is 0); a physical one, the APIC ID.
+        let matched = message.logicalDestination ? (broadcast ? vcpuIDs.count : 0)
+            : broadcast ? vcpuIDs.count
+            : (fastPath ? Array(map) : vcpuIDs).filter { $0 == message.destination }.count
+        let accepted: Int32 = [4, 5, 6].contains(mode) ? 1 : 0  // NMI, INIT, SIPI.
+        if fastPath { return mode == 1 ? 0 : Int32(matched) * accepted }
+        // The slow path counts lowest priority only on software-enabled LAPICs: none.
+        if matched == 0 || mode == 1 { return -1 }
+        return Int32(matched) * accepted
     }
 
     public func picOutputChanged(_ level: Bool) { state.withLock { $0.intr = level } }
@@ -336,6 +362,18 @@ extension SoftBackend {
                                                                 addressHigh: ue.u.msi.address_hi, data: ue.u.msi.data))
         default:
             return nil
+        }
+    }
+}
+
+extension SoftBackend {
+    /// KVM_SIGNAL_MSI (kvm_send_userspace_msi): the delivery's result is
+    /// the request's, so an MSI no LAPIC was addressed by fails with -1 (EPERM).
+    func kvm_send_userspace_msi(_ vm: SoftVM, _ arg: UInt) -> Int32 {
+        guard let msi = UserMemory.read(kvm_msi.self, from: arg) else { return fail(.badAddress) }
+        guard let irqchip = vm.irqchip, msi.flags & ~KVM_MSI_VALID_DEVID == 0 else { return fail(.invalidArgument) }
+        return irqchip.core.withLock { core in
+            irqchip.bus.deliver(core.msiMessage(addressLow: msi.address_lo, addressHigh: msi.address_hi, data: msi.data))
         }
     }
 }

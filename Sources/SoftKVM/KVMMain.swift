@@ -114,6 +114,8 @@ extension SoftBackend {
             return kvm_vm_ioctl_irq_line(vm, arg, withStatus: request == KVMRequest.irqLineStatus.number)
         case KVMRequest.setGSIRouting.number:
             return kvm_vm_ioctl_set_gsi_routing(vm, arg)
+        case KVMRequest.signalMSI.number:
+            return kvm_send_userspace_msi(vm, arg)
         case KVMRequest.irqfd.number:
             guard let args = UserMemory.read(kvm_irqfd.self, from: arg) else { return fail(.badAddress) }
             return kvm_vm_irqfd(vm, args)
@@ -239,7 +241,7 @@ extension SoftBackend {
             }
             vcpus.created += 1
             vcpus.ids.insert(UInt32(id))
-            (vm.irqchip?.bus as? UnwiredLocalAPICs)?.vcpuCreated()
+            (vm.irqchip?.bus as? UnwiredLocalAPICs)?.vcpuCreated(id: UInt32(id))
             install(descriptor, .vcpu(vcpu))
             return descriptor
         }

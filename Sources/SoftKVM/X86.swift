@@ -125,7 +125,8 @@ extension SoftBackend {
         case Capability.setTSSAddr.rawValue, Capability.mpState.rawValue, Capability.extCPUID.rawValue,
              Capability.vcpuEvents.rawValue, Capability.debugregs.rawValue, Capability.xcrs.rawValue:
             return 1
-        case Capability.irqchip.rawValue, Capability.irqInjectStatus.rawValue, Capability.ioapicPolarityIgnored.rawValue:
+        case Capability.irqchip.rawValue, Capability.irqInjectStatus.rawValue, Capability.ioapicPolarityIgnored.rawValue,
+             Capability.signalMSI.rawValue:
             return 1
         default:
             return 0

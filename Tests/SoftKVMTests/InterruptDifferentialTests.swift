@@ -62,7 +62,7 @@ private func setPIC(_ vm: VirtualMachine, _ chip: Irqchip, _ change: (inout [UIn
 struct InterruptDifferentialTests {
     @Test(arguments: [
         Capability.irqchip, .irqRouting, .irqfd, .irqfdResample, .ioeventfd, .ioeventfdAnyLength, .coalescedMMIO,
-        .coalescedPio, .irqInjectStatus, .ioapicPolarityIgnored,
+        .coalescedPio, .irqInjectStatus, .ioapicPolarityIgnored, .signalMSI,
     ])
     func interruptCapabilityAgrees(_ capability: Capability) throws {
         try expectSameOnBothBackends { hypervisor in
@@ -144,6 +144,68 @@ struct InterruptDifferentialTests {
                 ("level down", status(vm, 18, false)),
                 ("state after", chipState(vm, .ioapic)),
             ]
+        }
+    }
+
+    /// MSIs and unmasked IOAPIC pins with vCPUs whose LAPICs are at reset.
+    @Test func msiDeliveryToLocalAPICsAtResetAgrees() throws {
+        try expectSameTrace { hypervisor in
+            let bare = try hypervisor.createVM()
+            let empty = try hypervisor.createVM()
+            try empty.createIrqchip()
+            let vm = try hypervisor.createVM()
+            try vm.createIrqchip()
+            let single = try hypervisor.createVM()
+            try single.createIrqchip()
+            let triple = try hypervisor.createVM()
+            try triple.createIrqchip()
+            let kept = [try vm.createVCPU(id: 0), try vm.createVCPU(id: 1), try single.createVCPU(id: 0),
+                        try triple.createVCPU(id: 0), try triple.createVCPU(id: 7), try triple.createVCPU(id: 3)]
+            func msi(_ target: VirtualMachine, dest: UInt64 = 0, logical: Bool = false, mode: UInt32 = 0, vector: UInt32 = 0x30,
+                     flags: MSIFlags = []) -> String {
+                let address = 0xFEE0_0000 | dest << 12 | (logical ? 4 : 0)
+                return outcome { () throws(KVMError) in
+                    try target.signalMSI(address: address, data: mode << 8 | vector, flags: flags)
+                }.description
+            }
+            var trace: [(String, String)] = [
+                ("without irqchip", msi(bare)),
+                ("unknown flag", msi(vm, flags: MSIFlags(rawValue: 0x80))),
+                ("device id", msi(vm, flags: .validDeviceID)),
+                ("no vCPU", msi(empty)),
+                ("no vCPU, NMI", msi(empty, mode: 4)),
+            ]
+            for (name, mode) in [("fixed", UInt32(0)), ("lowest priority", 1), ("SMI", 2), ("NMI", 4), ("INIT", 5), ("SIPI", 6), ("ExtINT", 7)] {
+                trace.append(("\(name) to 0", msi(vm, dest: 0, mode: mode)))
+                trace.append(("\(name) to 1", msi(vm, dest: 1, mode: mode)))
+                trace.append(("\(name) to 5", msi(vm, dest: 5, mode: mode)))
+                trace.append(("\(name) level to 0", msi(vm, dest: 0, mode: mode, vector: 0xC030)))
+                trace.append(("\(name) broadcast", msi(vm, dest: 0xFF, mode: mode)))
+                trace.append(("\(name) logical 1", msi(vm, dest: 1, logical: true, mode: mode)))
+                trace.append(("\(name) logical broadcast", msi(vm, dest: 0xFF, logical: true, mode: mode)))
+                trace.append(("one vCPU, \(name) to 0", msi(single, dest: 0, mode: mode)))
+                trace.append(("vCPUs 0 7 3, \(name) to 7", msi(triple, dest: 7, mode: mode)))
+                trace.append(("vCPUs 0 7 3, \(name) to 3", msi(triple, dest: 3, mode: mode)))
+                trace.append(("vCPUs 0 7 3, \(name) broadcast", msi(triple, dest: 0xFF, mode: mode)))
+                trace.append(("one vCPU, \(name) to 1", msi(single, dest: 1, mode: mode)))
+                trace.append(("one vCPU, \(name) broadcast", msi(single, dest: 0xFF, mode: mode)))
+                trace.append(("one vCPU, \(name) logical 1", msi(single, dest: 1, logical: true, mode: mode)))
+            }
+            var state = try vm.irqchipState(.ioapic)
+            state.setIOAPICRedirection(pin: 17, 0x30)  // Fixed edge to APIC 0.
+            state.setIOAPICRedirection(pin: 18, 0x0100_0000_0000_8431)  // Level NMI to APIC 1.
+            state.setIOAPICRedirection(pin: 19, 0x0000_0000_0000_0432)  // Edge NMI to APIC 0.
+            try vm.setIrqchipState(state)
+            trace += [
+                ("fixed edge pin up", status(vm, 17, true)),
+                ("fixed edge pin up again", status(vm, 17, true)),
+                ("NMI level pin up", status(vm, 18, true)),
+                ("NMI level pin up again", status(vm, 18, true)),
+                ("NMI edge pin up", status(vm, 19, true)),
+                ("ioapic", chipState(vm, .ioapic)),
+            ]
+            _ = kept
+            return trace
         }
     }
 

@@ -76,6 +76,9 @@ struct IOAPIC: Sendable {
     var rtcPendingEOI: Int32 = 0
     /// Pins whose level interrupt was EOIed since the caller last emptied this.
     var acked: [Int] = []
+    /// Pins whose irqfd resampler must be told to check its device, since
+    /// the caller last emptied this (kvm_notify_irqfd_resampler).
+    var resampleNotified: [Int] = []
 
     // MARK: kvm_ioapic_state
 
@@ -197,7 +200,8 @@ struct IOAPIC: Sendable {
 
     /// ioapic_mmio_write: other lengths than 1, 2, 4 and 8 are ignored; an
     /// 8-byte write takes its low half.
-    mutating func write(address: UInt64, length: Int, value: UInt64, bus: LocalAPICBus) {
+    mutating func write(address: UInt64, length: Int, value: UInt64, bus: LocalAPICBus,
+                        hasResampler: (Int) -> Bool = { _ in false }) {
         let data: UInt32
         switch length {
         case 4, 8: data = UInt32(truncatingIfNeeded: value)
@@ -207,7 +211,7 @@ struct IOAPIC: Sendable {
         }
         switch address & 0xFF {
         case 0x00: ioregsel = data & 0xFF  // An 8-bit register.
-        case 0x10: writeIndirect(data, bus: bus)
+        case 0x10: writeIndirect(data, bus: bus, hasResampler: hasResampler)
         default: break
         }
     }
@@ -223,7 +227,7 @@ struct IOAPIC: Sendable {
         }
     }
 
-    mutating func writeIndirect(_ value: UInt32, bus: LocalAPICBus) {
+    mutating func writeIndirect(_ value: UInt32, bus: LocalAPICBus, hasResampler: (Int) -> Bool = { _ in false }) {
         switch ioregsel {
         case 0x01, 0x02: return  // Version and arbitration id are read-only.
         case 0x00: id = (value >> 24) & 0xF
@@ -244,7 +248,16 @@ struct IOAPIC: Sendable {
             if !entry.levelTriggered { entry.remoteIRR = false }
             redirectionTable[pin] = entry
             if entry.levelTriggered && irr & (1 << pin) != 0 && !entry.masked && !entry.remoteIRR {
-                _ = service(pin, lineStatus: false, bus: bus)
+                // The line may have dropped while the pin was masked (a
+                // oneshot handler acks its device before unmasking): a
+                // resampled irqfd is asked to raise it again if still
+                // pending, rather than injecting a stale request.
+                if hasResampler(pin) {
+                    irr &= ~(1 << pin)
+                    resampleNotified.append(pin)
+                } else {
+                    _ = service(pin, lineStatus: false, bus: bus)
+                }
             }
         }
     }

@@ -85,12 +85,22 @@ struct IrqchipCore: Sendable {
         pic.acked = []
         ioapic.acked = []
         for (chip, pin) in acked {
-            // kvm_irq_map_chip_pin: the GSI routed to that pin last.
-            guard let gsi = routes.last(where: { $0.chipPin.map { $0 == (chip, pin) } ?? false })?.gsi,
-                  let fds = resamplers[gsi], !fds.isEmpty else { continue }
+            guard let gsi = gsi(chip: chip, pin: pin), let fds = resamplers[gsi], !fds.isEmpty else { continue }
             _ = setIRQ(source: KVM_IRQFD_RESAMPLE_IRQ_SOURCE_ID, gsi: gsi, level: false, lineStatus: false, bus: bus)
             for fd in fds { signalEventFD(fd) }
         }
+    }
+
+    /// kvm_irq_map_chip_pin: the GSI routed to a chip's pin, the last one when several are.
+    func gsi(chip: UInt32, pin: Int) -> UInt32? {
+        routes.last(where: { $0.chipPin.map { $0 == (chip, pin) } ?? false })?.gsi
+    }
+
+    /// The IOAPIC pins whose GSI has an irqfd resampler.
+    func resampledIOAPICPins() -> Set<Int> {
+        Set((0..<IOAPIC_NUM_PINS).filter { pin in
+            gsi(chip: UInt32(KVM_IRQCHIP_IOAPIC), pin: pin).map { !(resamplers[$0]?.isEmpty ?? true) } ?? false
+        })
     }
 
     /// kvm_set_msi_irq: the message an MSI write of `data` to `address` is.
@@ -165,7 +175,14 @@ public final class SoftIrqchip: Sendable {
 
     public func mmioWrite(_ address: UInt64, length: Int, value: UInt64) {
         core.withLock { core in
-            core.ioapic.write(address: address, length: length, value: value, bus: bus)
+            let resampled = core.resampledIOAPICPins()
+            core.ioapic.write(address: address, length: length, value: value, bus: bus, hasResampler: resampled.contains)
+            for pin in core.ioapic.resampleNotified {
+                if let gsi = core.gsi(chip: UInt32(KVM_IRQCHIP_IOAPIC), pin: pin) {
+                    core.resamplers[gsi]?.forEach(signalEventFD)
+                }
+            }
+            core.ioapic.resampleNotified = []
             core.notifyAcked(bus: bus)
         }
     }

@@ -202,6 +202,22 @@ struct InterruptDifferentialTests {
                 ("NMI level pin up", status(vm, 18, true)),
                 ("NMI level pin up again", status(vm, 18, true)),
                 ("NMI edge pin up", status(vm, 19, true)),
+                ("ioapic after NMIs", chipState(vm, .ioapic)),
+                ("load the RTC pin", result { () throws(KVMError) in
+                    var rtc = try vm.irqchipState(.ioapic)
+                    rtc.setIOAPICRedirection(pin: 8, 0x0433)  // Edge NMI to APIC 0, which takes it.
+                    try vm.setIrqchipState(rtc)
+                }),
+                ("RTC up", status(vm, 8, true)),
+                ("RTC down", status(vm, 8, false)),
+                // No EOI comes for an NMI: the RTC interrupt stays unacknowledged.
+                ("RTC up again", status(vm, 8, true)),
+                ("RTC down again", status(vm, 8, false)),
+                ("RTC through KVM_IRQ_LINE", result { () throws(KVMError) in try vm.setIRQLine(8, level: true) }),
+                ("RTC down after", status(vm, 8, false)),
+                ("state after the RTC", chipState(vm, .ioapic)),
+                ("master after the RTC", chipState(vm, .picMaster)),
+                ("slave after the RTC", chipState(vm, .picSlave)),
                 ("ioapic", chipState(vm, .ioapic)),
             ]
             _ = kept

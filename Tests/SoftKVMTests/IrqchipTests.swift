@@ -419,6 +419,28 @@ struct CPUHookTests {
         #expect(try vm.setIRQLineStatus(4, level: true) == .delivered(1))
     }
 
+    @Test func unmaskingThroughTheIOAPICPageSignalsTheResampler() throws {
+        let hypervisor = try Backend.soft.hypervisor()
+        let vm = try hypervisor.createVM()
+        try vm.createIrqchip()
+        let irqchip = try #require(try softVM(vm, hypervisor).irqchip)
+        let eventFD = try EventFD()
+        let resample = try EventFD(nonBlocking: true)
+        try vm.registerIRQFD(eventFD, gsi: 10, resample: resample)
+        irqchip.mmioWrite(0xFEC0_0000, length: 4, value: 0x10 + 2 * 10)
+        irqchip.mmioWrite(0xFEC0_0010, length: 4, value: 0x1_8041)  // Level, masked.
+        try eventFD.signal()
+        var irr: UInt8 = 0
+        for _ in 0..<500 where irr & 0x04 == 0 {
+            irr = try vm.irqchipState(.ioapic).bytes[17]  // irr bits 8-15
+            if irr & 0x04 == 0 { usleep(1000) }
+        }
+        #expect(irr & 0x04 != 0)
+        irqchip.mmioWrite(0xFEC0_0010, length: 4, value: 0x8041)  // Unmask.
+        #expect(resample.isSignaled())
+        #expect(try vm.irqchipState(.ioapic).bytes[17] & 0x04 == 0)
+    }
+
     @Test func irqfdThreadEndsWithTheVM() throws {
         weak var irqfds: IRQFDs?
         do {
@@ -432,5 +454,21 @@ struct CPUHookTests {
         }
         // SoftVM's deinit joined the thread, which held the last other reference.
         #expect(irqfds == nil)
+    }
+}
+
+@Suite("The IOAPIC and irqfd resamplers")
+struct IOAPICResampleTests {
+    @Test func unmaskingAPendingLevelPinAsksTheResamplerInsteadOfInjecting() throws {
+        let bus = RecordingBus()
+        var ioapic = IOAPIC()
+        let window = IOAPIC_DEFAULT_BASE_ADDRESS + 0x10
+        ioapic.write(address: IOAPIC_DEFAULT_BASE_ADDRESS, length: 4, value: 0x10 + 2 * 9, bus: bus)
+        ioapic.write(address: window, length: 4, value: 0x1_8041, bus: bus)  // Level, masked.
+        _ = ioapic.setIRQ(9, source: KVM_IRQFD_RESAMPLE_IRQ_SOURCE_ID, level: true, lineStatus: false, bus: bus)
+        ioapic.write(address: window, length: 4, value: 0x8041, bus: bus, hasResampler: { $0 == 9 })
+        #expect(bus.vectors.isEmpty)
+        #expect(ioapic.irr & (1 << 9) == 0)
+        #expect(ioapic.resampleNotified == [9])
     }
 }

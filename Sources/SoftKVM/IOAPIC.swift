@@ -32,6 +32,9 @@ public protocol LocalAPICBus: AnyObject, Sendable {
     func deliver(_ message: APICMessage) -> Int32
     /// The PIC's INTR output changed (pic_irq_request).
     func picOutputChanged(_ level: Bool)
+    /// Whether some vCPU's LAPIC takes the PIC's interrupts through LINT0
+    /// (kvm_apic_accept_pic_intr), which decides what a PIC reset ends.
+    var acceptsPICInterrupts: Bool { get }
 }
 
 /// A redirection table entry (`union kvm_ioapic_redirect_entry`), as its 64 bits.

@@ -135,7 +135,7 @@ public final class SoftIrqchip: Sendable {
 
     /// A guest `out` to a PIC port.
     public func portWrite(_ port: UInt16, value: UInt8, length: Int = 1) {
-        let anyAccepts = bus is UnwiredLocalAPICs ? (bus as? UnwiredLocalAPICs)?.hasVCPUs ?? false : true
+        let anyAccepts = bus.acceptsPICInterrupts
         core.withLock { core in
             core.pic.write(port: port, value: value, length: length, anyVCPUAcceptsPIC: anyAccepts)
             bus.picOutputChanged(core.pic.output)
@@ -220,7 +220,9 @@ public final class UnwiredLocalAPICs: LocalAPICBus {
 
     public init() {}
 
-    var hasVCPUs: Bool { state.withLock { !$0.vcpuIDs.isEmpty } }
+    /// At reset only the bootstrap processor, vCPU 0, has LINT0 unmasked
+    /// as ExtINT (KVM_X86_QUIRK_LINT0_REENABLED).
+    public var acceptsPICInterrupts: Bool { state.withLock { $0.vcpuIDs.contains(0) } }
 
     func vcpuCreated(id: UInt32) { state.withLock { $0.vcpuIDs.append(id) } }
 

@@ -16,6 +16,7 @@ private final class RecordingBus: LocalAPICBus {
         return accepted
     }
     func picOutputChanged(_ level: Bool) {}
+    var acceptsPICInterrupts: Bool { true }
     var vectors: [UInt8] { messages.withLock { $0.map(\.vector) } }
 }
 
@@ -181,6 +182,21 @@ struct PICTests {
         #expect(pic.pics[0].specialMask == 1)
         pic.write(port: 0x20, value: 0x48)
         #expect(pic.pics[0].specialMask == 0)
+    }
+
+    @Test func reinitializationEndsEdgeRequestsInServiceOnlyWhenAVCPUTakesThePIC() {
+        for accepts in [false, true] {
+            var pic = initializedPICs()
+            _ = pic.setIRQ(4, source: 0, level: true)
+            _ = pic.readIRQ()
+            _ = pic.setIRQ(4, source: 0, level: false)
+            _ = pic.setIRQ(4, source: 0, level: true)  // A second edge, pending behind the first.
+            pic.acked = []
+            pic.write(port: 0x20, value: 0x11, anyVCPUAcceptsPIC: accepts)
+            #expect(pic.pics[0].irr == 0)
+            #expect(pic.pics[0].isr == (accepts ? 0 : 0x10))
+            #expect(pic.acked == (accepts ? [4] : []))
+        }
     }
 
     @Test func acknowledgeWithNothingPendingIsSpurious() {

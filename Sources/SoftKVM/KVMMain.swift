@@ -48,7 +48,12 @@ extension SoftBackend {
         guard type == 0 else { return fail(.invalidArgument) }
         let descriptor = SoftBackend.anonymousDescriptor()
         guard descriptor >= 0 else { return descriptor }
-        install(descriptor, .vm(SoftVM(creator: currentProcess())))
+        // kvm_coalesced_mmio_init: the ring page is allocated with the VM.
+        guard let ring = CoalescedMMIO() else {
+            _ = Glibc.close(descriptor)
+            return fail(.noMemory)
+        }
+        install(descriptor, .vm(SoftVM(creator: currentProcess(), coalesced: ring)))
         return descriptor
     }
 
@@ -76,6 +81,13 @@ extension SoftBackend {
             return KVM_MAX_VCPUS
         case Capability.maxVCPUID.rawValue:
             return Int32(KVM_MAX_VCPU_IDS)
+        case Capability.irqRouting.rawValue:
+            return Int32(KVM_MAX_IRQ_ROUTES)
+        case Capability.irqfd.rawValue, Capability.irqfdResample.rawValue, Capability.ioeventfd.rawValue,
+             Capability.ioeventfdAnyLength.rawValue, Capability.coalescedPio.rawValue:
+            return 1
+        case Capability.coalescedMMIO.rawValue:
+            return Int32(KVM_COALESCED_MMIO_PAGE_OFFSET)
         default:
             return kvm_vm_ioctl_check_extension(vm, arg)
         }
@@ -98,6 +110,24 @@ extension SoftBackend {
             return kvm_vm_ioctl_get_dirty_log(vm, log)
         case KVMRequest.checkExtension.number:
             return kvm_vm_ioctl_check_extension_generic(vm, arg)
+        case KVMRequest.irqLine.number, KVMRequest.irqLineStatus.number:
+            return kvm_vm_ioctl_irq_line(vm, arg, withStatus: request == KVMRequest.irqLineStatus.number)
+        case KVMRequest.setGSIRouting.number:
+            return kvm_vm_ioctl_set_gsi_routing(vm, arg)
+        case KVMRequest.signalMSI.number:
+            return kvm_send_userspace_msi(vm, arg)
+        case KVMRequest.irqfd.number:
+            guard let args = UserMemory.read(kvm_irqfd.self, from: arg) else { return fail(.badAddress) }
+            return kvm_vm_irqfd(vm, args)
+        case KVMRequest.ioeventfd.number:
+            guard let args = UserMemory.read(kvm_ioeventfd.self, from: arg) else { return fail(.badAddress) }
+            return vm.ioeventfds.withLock { $0.ioctl(args) }
+        case KVMRequest.registerCoalescedMMIO.number:
+            guard let zone = UserMemory.read(kvm_coalesced_mmio_zone.self, from: arg) else { return fail(.badAddress) }
+            return vm.coalesced.register(zone)
+        case KVMRequest.unregisterCoalescedMMIO.number:
+            guard let zone = UserMemory.read(kvm_coalesced_mmio_zone.self, from: arg) else { return fail(.badAddress) }
+            return vm.coalesced.unregister(zone)
         default:
             return kvm_arch_vm_ioctl(vm, request, arg)
         }
@@ -211,6 +241,7 @@ extension SoftBackend {
             }
             vcpus.created += 1
             vcpus.ids.insert(UInt32(id))
+            (vm.irqchip?.bus as? UnwiredLocalAPICs)?.vcpuCreated(id: UInt32(id))
             install(descriptor, .vcpu(vcpu))
             return descriptor
         }
@@ -286,13 +317,30 @@ final class SoftVM: Sendable {
     let vcpus = Mutex(VCPUBookkeeping())
     /// x86 VM state (`kvm->arch`).
     let arch = Mutex(KVMArch())
+    /// The in-kernel PICs and IOAPIC, once KVM_CREATE_IRQCHIP made them.
+    let irqchipSlot = Mutex<SoftIrqchip?>(nil)
+    /// The irqfds and their thread, from the first KVM_IRQFD.
+    let irqfds = Mutex<IRQFDs?>(nil)
+    /// `kvm->ioeventfds`.
+    let ioeventfds = Mutex(IOEventFDs())
+    /// The coalesced MMIO ring and zones.
+    let coalesced: CoalescedMMIO
+
+    var irqchip: SoftIrqchip? { irqchipSlot.withLock { $0 } }
 
     struct VCPUBookkeeping: Sendable {
         var created = 0
         var ids: Set<UInt32> = []
     }
 
-    init(creator: pid_t) {
+    init(creator: pid_t, coalesced: CoalescedMMIO) {
         self.creator = creator
+        self.coalesced = coalesced
+    }
+
+    /// kvm_destroy_vm: the irqfd thread stops, the eventfds are let go.
+    deinit {
+        irqfds.withLock { $0?.stop() }
+        ioeventfds.withLock { $0.closeAll() }
     }
 }

@@ -67,11 +67,17 @@ public final class SoftBackend: KVMBackend {
     }
 
     public func mapVCPU(_ descriptor: Int32, size: Int) -> Result<UnsafeMutableRawPointer, Errno> {
-        guard case .vcpu = lookup(descriptor) else { return .failure(.noSuchAddressOrDevice) }
+        guard case .vcpu(let vcpu) = lookup(descriptor) else { return .failure(.noSuchAddressOrDevice) }
         // The vCPU descriptor is the memfd that holds the run page, so this
         // mapping shares it with SoftKVM's own, as the kernel's vcpu fault handler shares its pages.
         let address = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED, descriptor, 0)
         guard let address, address != MAP_FAILED else { return .failure(Errno(rawValue: errno)) }
+        // The ring page is the VM's, shared by all its vCPUs.
+        guard vcpu.vm.coalesced.mapInto(address, size: size) else {
+            let error = errno
+            munmap(address, size)
+            return .failure(Errno(rawValue: error))
+        }
         return .success(address)
     }
 

@@ -125,6 +125,9 @@ extension SoftBackend {
         case Capability.setTSSAddr.rawValue, Capability.mpState.rawValue, Capability.extCPUID.rawValue,
              Capability.vcpuEvents.rawValue, Capability.debugregs.rawValue, Capability.xcrs.rawValue:
             return 1
+        case Capability.irqchip.rawValue, Capability.irqInjectStatus.rawValue, Capability.ioapicPolarityIgnored.rawValue,
+             Capability.signalMSI.rawValue:
+            return 1
         default:
             return 0
         }
@@ -136,6 +139,10 @@ extension SoftBackend {
         switch request {
         case KVMRequest.setTSSAddr.number:
             return kvm_vm_ioctl_set_tss_addr(vm, arg)
+        case KVMRequest.createIrqchip.number:
+            return kvm_vm_ioctl_create_irqchip(vm)
+        case KVMRequest.getIrqchip.number, KVMRequest.setIrqchip.number:
+            return kvm_vm_ioctl_irqchip(vm, arg, set: request == KVMRequest.setIrqchip.number)
         default:
             return fail(.inappropriateIOCTLForDevice)
         }
@@ -441,6 +448,10 @@ final class SoftVCPU: @unchecked Sendable {
     init?(vm: SoftVM, id: UInt32, descriptor: Int32) {
         guard let address = mmap(nil, SoftVCPU.mmapSize, PROT_READ | PROT_WRITE, MAP_SHARED, descriptor, 0),
               address != MAP_FAILED else { return nil }
+        guard vm.coalesced.mapInto(address, size: SoftVCPU.mmapSize) else {
+            munmap(address, SoftVCPU.mmapSize)
+            return nil
+        }
         self.vm = vm
         self.id = id
         mapping = address

@@ -28,3 +28,16 @@ int swiftkvm_install_kick_handler(int signal) {
 int swiftkvm_kick_signal(void) { return SIGRTMIN + 2; }
 
 int swiftkvm_memfd_create(const char *name) { return memfd_create(name, MFD_CLOEXEC); }
+
+#include <sys/uio.h>
+#include <unistd.h>
+
+int swiftkvm_copy_from_user(void *destination, uintptr_t address, size_t count) {
+    struct iovec local = {destination, count}, remote = {(void *)address, count};
+    return process_vm_readv(getpid(), &local, 1, &remote, 1, 0) == (ssize_t)count ? 0 : -1;
+}
+
+int swiftkvm_copy_to_user(uintptr_t address, const void *source, size_t count) {
+    struct iovec local = {(void *)source, count}, remote = {(void *)address, count};
+    return process_vm_writev(getpid(), &local, 1, &remote, 1, 0) == (ssize_t)count ? 0 : -1;
+}

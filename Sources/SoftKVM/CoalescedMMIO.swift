@@ -39,9 +39,16 @@ final class CoalescedMMIO: @unchecked Sendable {
     /// Shows the ring at page KVM_COALESCED_MMIO_PAGE_OFFSET of a vCPU
     /// mapping of `size` bytes at `base`.
     func mapInto(_ base: UnsafeMutableRawPointer, size: Int) -> Bool {
-        let offset = Int(KVM_COALESCED_MMIO_PAGE_OFFSET) * Int(PAGE_SIZE)
-        guard size >= offset + Int(PAGE_SIZE) else { return true }
-        let address = mmap(base + offset, Int(PAGE_SIZE), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, descriptor, 0)
+        mapInto(base, size: size, offset: 0, protection: PROT_READ | PROT_WRITE, flags: MAP_SHARED)
+    }
+
+    /// The same for a mapping of `size` bytes from byte `offset` of the vCPU
+    /// file, with the mapping's own protection and sharing.
+    func mapInto(_ base: UnsafeMutableRawPointer, size: Int, offset: Int, protection: Int32, flags: Int32) -> Bool {
+        let ringOffset = Int(KVM_COALESCED_MMIO_PAGE_OFFSET) * Int(PAGE_SIZE)
+        guard offset <= ringOffset, offset + size >= ringOffset + Int(PAGE_SIZE) else { return true }
+        let sharing = flags & (MAP_SHARED | MAP_PRIVATE)
+        let address = mmap(base + (ringOffset - offset), Int(PAGE_SIZE), protection, sharing | MAP_FIXED, descriptor, 0)
         return address != MAP_FAILED
     }
 

@@ -212,11 +212,9 @@ extension SoftBackend {
         if asID >= 1 || UInt32(id) >= KVM_USER_MEM_SLOTS { return fail(.invalidArgument) }
         return vm.slots.withLock { slots in
             guard var slot = slots.byID[id], slot.dirtyBitmap != nil else { return fail(.noSuchFileOrDirectory) }
-            guard let destination = UnsafeMutableRawPointer(bitPattern: UInt(bitPattern: log.dirty_bitmap)) else {
-                return fail(.badAddress)
-            }
             let words = slot.dirtyBitmap ?? []
-            words.withUnsafeBytes { destination.copyMemory(from: $0.baseAddress ?? UnsafeRawPointer(destination), byteCount: $0.count) }
+            let destination = UInt(bitPattern: log.dirty_bitmap)
+            guard words.withUnsafeBytes({ UserMemory.copyOut($0, to: destination) }) else { return fail(.badAddress) }
             slot.dirtyBitmap = [UInt64](repeating: 0, count: words.count)
             slots.byID[id] = slot
             return 0

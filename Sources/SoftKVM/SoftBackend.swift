@@ -92,6 +92,42 @@ public final class SoftBackend: KVMBackend {
         if removed != nil { _ = Glibc.close(descriptor) }
     }
 
+    /// Whether `descriptor` is one this backend handed out (or a duplicate of one).
+    public func owns(_ descriptor: Int32) -> Bool {
+        lookup(descriptor) != nil
+    }
+
+    /// `copy` now refers to the object of `original`, as a descriptor made by
+    /// dup refers to the same `struct file`; the object lives while either does.
+    public func duplicate(_ original: Int32, as copy: Int32) {
+        files.withLock { files in
+            if let object = files[original] { files[copy] = object }
+        }
+    }
+
+    /// The descriptor was closed by someone else (dup2 onto it): its
+    /// reference goes without closing the number, which is reused already.
+    public func forget(_ descriptor: Int32) {
+        _ = files.withLock { $0.removeValue(forKey: descriptor) }
+    }
+
+    /// mmap of a descriptor this backend handed out. A vCPU's maps its
+    /// memfd, the run page first, with the VM's coalesced ring at its page;
+    /// the system and VM objects have no mmap (ENODEV, as the kernel's files).
+    public func map(
+        _ descriptor: Int32, address: UnsafeMutableRawPointer?, length: Int, protection: Int32, flags: Int32, offset: Int
+    ) -> Result<UnsafeMutableRawPointer, Errno> {
+        guard case .vcpu(let vcpu) = lookup(descriptor) else { return .failure(.operationNotSupportedByDevice) }
+        let mapped = mmap(address, length, protection, flags, descriptor, off_t(offset))
+        guard let mapped, mapped != MAP_FAILED else { return .failure(Errno(rawValue: errno)) }
+        guard vcpu.vm.coalesced.mapInto(mapped, size: length, offset: offset, protection: protection, flags: flags) else {
+            let error = errno
+            munmap(mapped, length)
+            return .failure(Errno(rawValue: error))
+        }
+        return .success(mapped)
+    }
+
     func lookup(_ descriptor: Int32) -> Object? {
         files.withLock { $0[descriptor] }
     }
@@ -107,20 +143,39 @@ public final class SoftBackend: KVMBackend {
     }
 }
 
-/// Helpers for reading and writing the user memory a request points at,
-/// as the kernel's copy_from_user and copy_to_user (EFAULT on a null pointer).
+/// The kernel's copy_from_user and copy_to_user for the user memory a
+/// request points at: a pointer that is null, unmapped or (for a write)
+/// read-only gives EFAULT, never a crash. The copy is a
+/// process_vm_readv/process_vm_writev on this process, which the kernel
+/// checks page by page as it checks a user copy. It is done here, where
+/// every request reads or writes user memory, so that the Swift API, the
+/// preload library and each flexible array (MSRs, CPUID, routes, the dirty
+/// bitmap) are all covered; the size copied is the request's struct, the
+/// size its ioctl number encodes (_IOC_SIZE).
 enum UserMemory {
     static func read<T>(_ type: T.Type, from address: UInt) -> T? {
-        guard let pointer = UnsafeRawPointer(bitPattern: address) else { return nil }
-        return pointer.loadUnaligned(as: T.self)
+        guard address != 0 else { return nil }
+        let value = UnsafeMutablePointer<T>.allocate(capacity: 1)
+        defer { value.deallocate() }
+        guard copyIn(UnsafeMutableRawPointer(value), from: address, count: MemoryLayout<T>.size) else { return nil }
+        return UnsafeRawPointer(value).loadUnaligned(as: T.self)
     }
 
     static func write<T>(_ value: T, to address: UInt) -> Bool {
-        guard let pointer = UnsafeMutableRawPointer(bitPattern: address) else { return false }
-        withUnsafeBytes(of: value) { bytes in
-            if let base = bytes.baseAddress { pointer.copyMemory(from: base, byteCount: bytes.count) }
-        }
-        return true
+        withUnsafeBytes(of: value) { copyOut($0, to: address) }
+    }
+
+    /// copy_to_user of `bytes` at `address`.
+    static func copyOut(_ bytes: UnsafeRawBufferPointer, to address: UInt) -> Bool {
+        guard address != 0 else { return false }
+        guard let base = bytes.baseAddress, bytes.count > 0 else { return true }
+        return swiftkvm_copy_to_user(address, base, bytes.count) == 0
+    }
+
+    /// copy_from_user of `count` bytes at `address` into `destination`.
+    static func copyIn(_ destination: UnsafeMutableRawPointer, from address: UInt, count: Int) -> Bool {
+        guard count > 0 else { return true }
+        return swiftkvm_copy_from_user(destination, address, count) == 0
     }
 }
 

@@ -32,4 +32,13 @@ int swiftkvm_memfd_create(const char *name);
 /// The signal number SwiftKVM uses to kick a vCPU thread out of KVM_RUN.
 int swiftkvm_kick_signal(void);
 
+/// Copies `count` bytes from this process's memory at `address`, checked by
+/// the kernel page by page (process_vm_readv on the own pid), so that a bad
+/// address fails instead of faulting. Returns 0, or -1 (EFAULT) if not all was read.
+int swiftkvm_copy_from_user(void *destination, uintptr_t address, size_t count);
+
+/// The same in the other direction (process_vm_writev): a read-only or
+/// unmapped destination fails. Returns 0, or -1 if not all was written.
+int swiftkvm_copy_to_user(uintptr_t address, const void *source, size_t count);
+
 #endif

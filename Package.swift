@@ -13,6 +13,8 @@ let package = Package(
     products: [
         .library(name: "KVM", targets: ["KVM"]),
         .executable(name: "swiftkvm", targets: ["swiftkvm"]),
+        // LD_PRELOAD=libKVMPreload.so runs an unmodified /dev/kvm program on SoftKVM (`swiftkvm exec`).
+        .library(name: "KVMPreload", type: .dynamic, targets: ["KVMPreload"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -43,6 +45,8 @@ let package = Package(
             ],
             swiftSettings: hotPathSettings
         ),
+        .target(name: "CKVMPreload"),
+        .target(name: "KVMPreload", dependencies: ["CKVMPreload", "SoftKVM"]),
         .target(name: "VMM", dependencies: ["KVM", "GuestMemory"]),
         .target(name: "CKVMBench", dependencies: ["CLinuxKVM"]),
         .executableTarget(
@@ -56,6 +60,7 @@ let package = Package(
         .testTarget(name: "KVMTests", dependencies: ["KVM", "GuestMemory", "KVMPlatform"]),
         .testTarget(name: "SoftKVMTests", dependencies: ["SoftKVM", "KVM", "GuestMemory", "KVMPlatform", "CLinuxKVM"]),
         .testTarget(name: "VMMTests", dependencies: ["VMM", "KVM"]),
+        .testTarget(name: "PreloadTests"),
         .testTarget(name: "X86Tests", dependencies: ["X86", "KVM", "GuestMemory"]),
     ]
 )

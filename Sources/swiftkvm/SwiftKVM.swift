@@ -6,7 +6,7 @@ struct SwiftKVMCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "swiftkvm",
         abstract: "Run virtual machines on Linux KVM or on SoftKVM, KVM in Swift.",
-        subcommands: [Run.self, Info.self, Bench.self])
+        subcommands: [Run.self, Info.self, Bench.self, Exec.self])
 }
 
 /// The accelerator choice every subcommand that opens a hypervisor takes.

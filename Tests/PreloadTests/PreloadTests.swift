@@ -1,0 +1,88 @@
+import Foundation
+import Testing
+
+/// Unmodified C programs written for /dev/kvm, run on the host's /dev/kvm
+/// and on SoftKVM through `swiftkvm exec` (the preload library): their
+/// outputs must agree line for line.
+@Suite(.enabled(if: HostKVM.isAvailable))
+struct PreloadConformanceTests {
+    /// Programs of requests that need no KVM_RUN: system requests and
+    /// capabilities, memory slots, vCPU creation, dirty log, irqfd and
+    /// ioeventfd, bad pointers.
+    @Test(arguments: ["system", "memslots", "vcpus", "dirtylog", "eventfds", "badpointer"])
+    func programPrintsTheSameUnderExecAsOnHostKVM(name: String) throws {
+        let program = try CPrograms.build(name)
+        let host = try CPrograms.runOnHost(program)
+        try #require(host.status == 0, "the program failed on the host: \(host)")
+        let soft = try CPrograms.runOnSoftKVM(program)
+        #expect(soft.lines == host.lines)
+        #expect(soft.status == host.status)
+    }
+
+    /// Guests in real, protected and long mode doing port I/O and MMIO.
+    @Test(arguments: ["realmode", "protmode", "longmode"])
+    func guestExitsAreTheSameUnderExecAsOnHostKVM(name: String) throws {
+        let program = try CPrograms.build(name)
+        let host = try CPrograms.runOnHost(program)
+        try #require(host.status == 0 && host.lines.contains("done"), "the guest did not finish on the host: \(host)")
+        let soft = try CPrograms.runOnSoftKVM(program)
+        withKnownIssue("SoftKVM's KVM_RUN answers ENOSYS until it is wired to the soft CPU") {
+            #expect(soft.lines == host.lines)
+            #expect(soft.status == host.status)
+        }
+    }
+
+    @Test func guestDebugControlIsAnsweredAsOnHostKVM() throws {
+        let program = try CPrograms.build("guestdebug")
+        let host = try CPrograms.runOnHost(program)
+        try #require(host.status == 0, "the program failed on the host: \(host)")
+        let soft = try CPrograms.runOnSoftKVM(program)
+        withKnownIssue("SoftKVM has no KVM_SET_GUEST_DEBUG yet (nor KVM_CAP_SET_GUEST_DEBUG)") {
+            #expect(soft.lines == host.lines)
+        }
+    }
+}
+
+/// What the preload library does on its own, with no host to compare.
+struct PreloadTests {
+    @Test func badPointersGiveEFAULTUnderExecWithoutCrashing() throws {
+        let program = try CPrograms.build("badpointer")
+        let soft = try CPrograms.runOnSoftKVM(program)
+        #expect(soft.status == 0)
+        let results = soft.lines.filter { $0.hasPrefix("ioctl(") }
+        #expect(results.count == 14)
+        #expect(results.allSatisfy { $0.hasSuffix(": -1 EFAULT") }, "\(soft)")
+        #expect(soft.lines.last == "still running")
+    }
+
+    @Test func programWithoutKVMRunsUnchangedUnderExec() throws {
+        let program = try CPrograms.build("plainio")
+        let direct = try CPrograms.runOnHost(program, ["7"])
+        let soft = try CPrograms.runOnSoftKVM(program, ["7"])
+        #expect(direct.status == 7)
+        #expect(soft == direct)
+        #expect(soft.lines.contains("mapped: hello"))
+    }
+
+    @Test func execPassesTheExitStatusThrough() throws {
+        #expect(try CPrograms.runOnSoftKVM(URL(fileURLWithPath: "/bin/true")).status == 0)
+        #expect(try CPrograms.runOnSoftKVM(URL(fileURLWithPath: "/bin/false")).status == 1)
+        let shell = try CPrograms.runOnSoftKVM(URL(fileURLWithPath: "/bin/sh"), ["-c", "echo $LD_PRELOAD; exit 42"])
+        #expect(shell.status == 42)
+        #expect(shell.lines == [CPrograms.library.path])
+    }
+
+    @Test func execOfAMissingProgramExitsWith127() throws {
+        let missing = try CPrograms.runOnSoftKVM(URL(fileURLWithPath: "/nonexistent/program"))
+        #expect(missing.status == 127)
+    }
+
+    @Test func vcpuMappingIsSharedWithSoftKVMUnderExec() throws {
+        // The vcpus program sets immediate_exit through its mapping and sees
+        // KVM_RUN return EINTR: SoftKVM read the byte the program wrote.
+        let program = try CPrograms.build("vcpus")
+        let soft = try CPrograms.runOnSoftKVM(program)
+        #expect(soft.lines.contains("ioctl(vcpu, KVM_RUN, 0): -1 EINTR"))
+        #expect(soft.lines.contains("mmap of the vCPU: ok"))
+    }
+}

@@ -8,8 +8,8 @@ import Testing
 struct PreloadConformanceTests {
     /// Programs of requests that need no KVM_RUN: system requests and
     /// capabilities, memory slots, vCPU creation, dirty log, irqfd and
-    /// ioeventfd, bad pointers.
-    @Test(arguments: ["system", "memslots", "vcpus", "dirtylog", "eventfds", "badpointer"])
+    /// ioeventfd, bad pointers, threads and a forked child.
+    @Test(arguments: ["system", "memslots", "vcpus", "dirtylog", "eventfds", "badpointer", "threads"])
     func programPrintsTheSameUnderExecAsOnHostKVM(name: String) throws {
         let program = try CPrograms.build(name)
         let host = try CPrograms.runOnHost(program)

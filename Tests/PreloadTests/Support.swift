@@ -39,7 +39,7 @@ enum CPrograms {
     /// Builds tests/c/NAME.c; each test builds its own programs, under a unique name.
     static func build(_ name: String) throws -> URL {
         let output = outputDirectory.appendingPathComponent("\(name)-\(UUID().uuidString)")
-        let result = try run("/usr/bin/gcc", ["-O1", "-Wall", "-Werror", "-o", output.path, sources.appendingPathComponent("\(name).c").path])
+        let result = try run("/usr/bin/gcc", ["-O1", "-Wall", "-Werror", "-pthread", "-o", output.path, sources.appendingPathComponent("\(name).c").path])
         try #require(result.status == 0, "gcc failed for \(name).c: \(result)")
         return output
     }

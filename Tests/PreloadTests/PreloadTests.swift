@@ -8,8 +8,9 @@ import Testing
 struct PreloadConformanceTests {
     /// Programs of requests that need no KVM_RUN: system requests and
     /// capabilities, memory slots, vCPU creation, dirty log, irqfd and
-    /// ioeventfd, bad pointers, threads and a forked child.
-    @Test(arguments: ["system", "memslots", "vcpus", "dirtylog", "eventfds", "badpointer", "threads"])
+    /// ioeventfd, the coalesced ring in the vCPU mapping, bad pointers,
+    /// threads and a forked child.
+    @Test(arguments: ["system", "memslots", "vcpus", "dirtylog", "eventfds", "coalesced", "badpointer", "threads"])
     func programPrintsTheSameUnderExecAsOnHostKVM(name: String) throws {
         let program = try CPrograms.build(name)
         let host = try CPrograms.runOnHost(program)
@@ -17,6 +18,18 @@ struct PreloadConformanceTests {
         let soft = try CPrograms.runOnSoftKVM(program)
         #expect(soft.lines == host.lines)
         #expect(soft.status == host.status)
+    }
+
+    /// With _FILE_OFFSET_BITS=64 a program calls open64, mmap64 and fcntl64:
+    /// the large-file entries are interposed too.
+    @Test func largeFileProgramPrintsTheSameUnderExecAsOnHostKVM() throws {
+        let program = try CPrograms.build("vcpus", flags: ["-D_FILE_OFFSET_BITS=64"])
+        let symbols = try CPrograms.run("/usr/bin/nm", ["-u", program.path]).lines.joined(separator: "\n")
+        #expect(symbols.contains("open64") && symbols.contains("mmap64") && symbols.contains("fcntl64"))
+        let host = try CPrograms.runOnHost(program)
+        try #require(host.status == 0, "the program failed on the host: \(host)")
+        let soft = try CPrograms.runOnSoftKVM(program)
+        #expect(soft.lines == host.lines)
     }
 
     /// Guests in real, protected and long mode doing port I/O and MMIO.

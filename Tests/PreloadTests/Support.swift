@@ -37,9 +37,10 @@ enum CPrograms {
     }()
 
     /// Builds tests/c/NAME.c; each test builds its own programs, under a unique name.
-    static func build(_ name: String) throws -> URL {
+    static func build(_ name: String, flags: [String] = []) throws -> URL {
         let output = outputDirectory.appendingPathComponent("\(name)-\(UUID().uuidString)")
-        let result = try run("/usr/bin/gcc", ["-O1", "-Wall", "-Werror", "-pthread", "-o", output.path, sources.appendingPathComponent("\(name).c").path])
+        let source = sources.appendingPathComponent("\(name).c").path
+        let result = try run("/usr/bin/gcc", ["-O1", "-Wall", "-Werror", "-pthread"] + flags + ["-o", output.path, source])
         try #require(result.status == 0, "gcc failed for \(name).c: \(result)")
         return output
     }

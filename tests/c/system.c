@@ -28,6 +28,11 @@ int main(void) {
     CHECK(ioctl(kvm, KVM_CREATE_VM, 12345));
     CHECK(ioctl(kvm, KVM_RUN, 0));
     CHECK(ioctl(kvm, KVM_CREATE_VM, 0) >= 0);
+    int again = openat(AT_FDCWD, "/dev/kvm", O_RDWR);
+    CHECK(ioctl(again, KVM_GET_API_VERSION, 0));
+    CHECK(ioctl(again, KVM_CHECK_EXTENSION, KVM_CAP_USER_MEMORY));
+    CHECK(fcntl(again, F_GETFD) & FD_CLOEXEC);
+    CHECK(close(again));
     CHECK(ioctl(-1, KVM_GET_API_VERSION, 0));
     CHECK(close(kvm));
     CHECK(ioctl(kvm, KVM_GET_API_VERSION, 0));

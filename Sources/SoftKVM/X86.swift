@@ -71,7 +71,7 @@ let supportedCPUID: [kvm_cpuid_entry2] = {
         return entry
     }
     // "SoftKVMSwift" in EBX, EDX, ECX order, as CPUID leaf 0 spells a vendor.
-    let vendor: (UInt32, UInt32, UInt32) = (0x7466_6F53, 0x6977_534D, 0x4D56_4B74)
+    let vendor: (UInt32, UInt32, UInt32) = (0x7466_6F53, 0x534D_564B, 0x7466_6977)
     let leaf1EDX: UInt32 = (1 << 0) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 8) | (1 << 11) | (1 << 13)
         | (1 << 15) | (1 << 16) | (1 << 24) | (1 << 25) | (1 << 26)  // FPU TSC MSR PAE CX8 SEP PGE CMOV PAT FXSR SSE SSE2
     return [

@@ -9,8 +9,8 @@ struct PreloadConformanceTests {
     /// Programs of requests that need no KVM_RUN: system requests and
     /// capabilities, memory slots, vCPU creation, dirty log, irqfd and
     /// ioeventfd, the coalesced ring in the vCPU mapping, bad pointers,
-    /// threads and a forked child.
-    @Test(arguments: ["system", "memslots", "vcpus", "dirtylog", "eventfds", "coalesced", "badpointer", "threads"])
+    /// threads and a forked child, /dev/kvm opened in a constructor.
+    @Test(arguments: ["system", "memslots", "vcpus", "dirtylog", "eventfds", "coalesced", "badpointer", "threads", "constructor"])
     func programPrintsTheSameUnderExecAsOnHostKVM(name: String) throws {
         let program = try CPrograms.build(name)
         let host = try CPrograms.runOnHost(program)
@@ -58,6 +58,15 @@ struct PreloadConformanceTests {
 
 /// What the preload library does on its own, with no host to compare.
 struct PreloadTests {
+    /// The comparisons above would pass on their own if the library were
+    /// not loaded at all: this one sees SoftKVM answer.
+    @Test func programUnderExecIsServedBySoftKVM() throws {
+        let program = try CPrograms.build("vendor")
+        let soft = try CPrograms.runOnSoftKVM(program)
+        #expect(soft.status == 0)
+        #expect(soft.lines == ["vendor SoftKVMSwift"])
+    }
+
     @Test func badPointersGiveEFAULTUnderExecWithoutCrashing() throws {
         let program = try CPrograms.build("badpointer")
         let soft = try CPrograms.runOnSoftKVM(program)
@@ -83,6 +92,8 @@ struct PreloadTests {
         let shell = try CPrograms.runOnSoftKVM(URL(fileURLWithPath: "/bin/sh"), ["-c", "echo $LD_PRELOAD; exit 42"])
         #expect(shell.status == 42)
         #expect(shell.lines == [CPrograms.library.path])
+        // A bare name is looked up in PATH, as a shell would.
+        #expect(try CPrograms.run(CPrograms.swiftkvm.path, ["exec", "--", "false"]).status == 1)
     }
 
     @Test func execOfAMissingProgramExitsWith127() throws {

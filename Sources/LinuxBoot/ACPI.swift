@@ -165,10 +165,12 @@ public struct ACPITables: Sendable {
     static let bootArch8042: UInt16 = 1 << 1
     static let bootArchNoVGA: UInt16 = 1 << 2
 
+    /// A register in system I/O space. The access size stays 0
+    /// ("undefined"), as QEMU leaves it: ACPICA then accesses the register
+    /// in units of its bit width, and splits the PM1 event block into its
+    /// 16-bit status and enable halves itself.
     static func gas(port: UInt16, bits: UInt8) -> [UInt8] {
-        // System I/O space, accessed in units as wide as the register.
-        let accessSize: UInt8 = bits >= 32 ? 3 : bits >= 16 ? 2 : 1
-        return [1, bits, 0, accessSize] + le(UInt64(port))
+        [1, bits, 0, 0] + le(UInt64(port))
     }
 
     static func fadt(_ configuration: ACPIConfiguration, dsdt: UInt64, facs: UInt64) -> [UInt8] {

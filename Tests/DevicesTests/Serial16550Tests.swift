@@ -180,3 +180,35 @@ struct UARTHarness {
         #expect(harness.uart.read(offset: 6) == 0x30)
     }
 }
+
+/// The probe of Linux's 8250 driver (autoconfig() and autoconfig_16550a()
+/// in drivers/tty/serial/8250/8250_port.c), step by step, with the
+/// branches it takes for a 16550A.
+@Suite struct Linux8250ProbeTests {
+    @Test func probeIdentifiesSixteen550AWithoutEFROrSixteen750Features() {
+        let uart = UARTHarness().uart
+        // LCR 0xBF selects the EFR on a 16650; a 16550A has none.
+        uart.write(offset: 3, value: 0xbf)
+        uart.write(offset: 2, value: 0)  // EFR, or FCR here
+        uart.write(offset: 3, value: 0)
+        uart.write(offset: 2, value: 0x01)
+        #expect(uart.read(offset: 2) >> 6 == 3, "IIR bits 6-7: FIFOs, a 16550A")
+        // ST16C650V1 test: with DLAB set, offset 2 reads the IIR, not a zero EFR.
+        uart.write(offset: 3, value: 0x80)
+        #expect(uart.read(offset: 2) != 0)
+        uart.write(offset: 3, value: 0xbf)
+        #expect(uart.read(offset: 2) != 0)
+        // XScale test: IER bit 6 (UUE) does not stick.
+        uart.write(offset: 3, value: 0)
+        uart.write(offset: 1, value: 0x40)
+        #expect(uart.read(offset: 1) & 0x40 == 0)
+        uart.write(offset: 1, value: 0)
+        // 16750 test: the 64-byte FIFO bit (FCR bit 5) never shows in IIR bit 5.
+        uart.write(offset: 2, value: 0x21)
+        #expect(uart.read(offset: 2) >> 5 == 6)
+        uart.write(offset: 3, value: 0x80)
+        uart.write(offset: 2, value: 0x21)
+        #expect(uart.read(offset: 2) >> 5 == 6)
+        uart.write(offset: 3, value: 0)
+    }
+}

@@ -14,8 +14,9 @@ public struct ACPIConfiguration: Sendable, Equatable {
     /// PM1a_CNT_BLK: 2 bytes at this port; a write with SLP_EN and
     /// SLP_TYP = `sleepTypeS5` powers the machine off.
     public var pm1aControlPort: UInt16 = 0x604
-    /// The 3.579545 MHz ACPI PM timer (32-bit), when the machine has one.
-    public var pmTimerPort: UInt16?
+    /// The 3.579545 MHz ACPI PM timer (32-bit), when the machine has one
+    /// (Devices' ACPIPowerManagement has it at PM base + 8).
+    public var pmTimerPort: UInt16? = 0x608
     /// RESET_REG: a write of `resetValue` to this port resets the machine (0xcf9 as on ICH9).
     public var resetPort: UInt16 = 0xcf9
     public var resetValue: UInt8 = 0x06

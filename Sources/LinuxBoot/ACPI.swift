@@ -176,7 +176,8 @@ public struct ACPITables: Sendable {
 
     static func fadt(_ configuration: ACPIConfiguration, dsdt: UInt64, facs: UInt64) -> [UInt8] {
         var table = header("FACP", length: fadtLength, revision: 6)
-        table.setLE(UInt32(truncatingIfNeeded: facs), at: 36)
+        // FIRMWARE_CTRL stays 0: with both it and X_FIRMWARE_CTRL set,
+        // ACPICA installs the FACS twice (Linux 6.1 lists it twice).
         table.setLE(UInt32(truncatingIfNeeded: dsdt), at: 40)
         table.setLE(UInt16(configuration.sciIRQ), at: 46)
         // SMI_CMD 0: no SMM, the machine is always in ACPI mode.

@@ -68,6 +68,7 @@ struct ACPIReader {
         let facs = try reader.memory.read(at: Int(littleEndian(UInt64.self, fadt, at: 132)), count: 64)
         #expect(facs[0..<4] == ArraySlice("FACS".utf8))
         #expect(littleEndian(UInt64.self, fadt, at: 132) % 64 == 0)
+        #expect(littleEndian(UInt32.self, fadt, at: 36) == 0, "FACS given once, in X_FIRMWARE_CTRL")
 
         let flags = littleEndian(UInt32.self, fadt, at: 112)
         #expect(flags & (1 << 20) == 0, "not hardware-reduced")

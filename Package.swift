@@ -47,7 +47,9 @@ let package = Package(
         ),
         .target(name: "CKVMPreload"),
         .target(name: "KVMPreload", dependencies: ["CKVMPreload", "SoftKVM"]),
-        .target(name: "VMM", dependencies: ["KVM", "GuestMemory"]),
+        .target(name: "LinuxBoot", dependencies: ["GuestMemory"]),
+        .target(name: "Devices"),
+        .target(name: "VMM", dependencies: ["KVM", "GuestMemory", "LinuxBoot", "Devices"]),
         .target(name: "CKVMBench", dependencies: ["CLinuxKVM"]),
         .executableTarget(
             name: "swiftkvm",
@@ -59,8 +61,10 @@ let package = Package(
         ),
         .testTarget(name: "KVMTests", dependencies: ["KVM", "GuestMemory", "KVMPlatform"]),
         .testTarget(name: "SoftKVMTests", dependencies: ["SoftKVM", "KVM", "GuestMemory", "KVMPlatform", "CLinuxKVM"]),
-        .testTarget(name: "VMMTests", dependencies: ["VMM", "KVM"]),
+        .testTarget(name: "VMMTests", dependencies: ["VMM", "KVM", "LinuxBoot", "GuestMemory"]),
         .testTarget(name: "PreloadTests"),
+        .testTarget(name: "LinuxBootTests", dependencies: ["LinuxBoot", "GuestMemory"]),
+        .testTarget(name: "DevicesTests", dependencies: ["Devices"]),
         .testTarget(name: "X86Tests", dependencies: ["X86", "KVM", "GuestMemory"]),
     ]
 )

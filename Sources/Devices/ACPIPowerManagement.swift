@@ -1,0 +1,121 @@
+/// The ACPI fixed-hardware registers the FADT points at, laid out as on
+/// QEMU's ICH9 (from the PM base, 0x600 by default): PM1a status (offset 0)
+/// and enable (2), PM1a control (4), and the PM timer (8). A write of
+/// SLP_EN with the \_S5 sleep type powers off through `powerOff`; a power
+/// button press from the host raises the SCI through `interrupt`.
+///
+/// Registers are 16 or 32 bits wide and the PM timer must be read in one
+/// access (byte reads of a running counter would tear), so accesses carry
+/// their size.
+public final class ACPIPowerManagement {
+    public static let statusOffset = 0
+    public static let enableOffset = 2
+    public static let controlOffset = 4
+    public static let timerOffset = 8
+    /// Bytes of port space from the PM base.
+    public static let size = 12
+
+    public static let timerStatus: UInt16 = 1 << 0
+    public static let powerButtonStatus: UInt16 = 1 << 8
+    public static let wakeStatus: UInt16 = 1 << 15
+    public static let sciEnable: UInt16 = 1 << 0
+    public static let sleepEnable: UInt16 = 1 << 13
+    /// The ACPI PM timer's frequency: 3.579545 MHz.
+    public static let timerFrequency: UInt64 = 3_579_545
+
+    private let sleepTypeS5: UInt16
+    private let interrupt: (Bool) -> Void
+    private let powerOff: () -> Void
+    private let clock: () -> UInt64
+    private var status: UInt16 = 0
+    private var enable: UInt16 = 0
+    /// SCI_EN set: with no SMI command port the machine is always in ACPI mode.
+    private var control: UInt16 = ACPIPowerManagement.sciEnable
+    private var level = false
+
+    /// `clock` gives monotonic nanoseconds for the PM timer; `sleepTypeS5`
+    /// is the SLP_TYP the DSDT's \_S5 gives.
+    public init(sleepTypeS5: UInt8, clock: @escaping () -> UInt64, interrupt: @escaping (Bool) -> Void,
+                powerOff: @escaping () -> Void) {
+        self.sleepTypeS5 = UInt16(sleepTypeS5 & 0x7)
+        self.clock = clock
+        self.interrupt = interrupt
+        self.powerOff = powerOff
+    }
+
+    public func read(offset: Int, size: Int) -> UInt32 {
+        var value: UInt32 = 0
+        for byte in 0..<size { value |= UInt32(readByte(offset + byte)) << (8 * byte) }
+        return value
+    }
+
+    public func write(offset: Int, size: Int, value: UInt32) {
+        switch (offset, size) {
+        case (Self.statusOffset, 2), (Self.statusOffset, 4):
+            // Write-one-to-clear; a 32-bit write reaches the enable register too.
+            status &= ~UInt16(truncatingIfNeeded: value)
+            if size == 4 { enable = UInt16(truncatingIfNeeded: value >> 16) }
+        case (Self.enableOffset, 2):
+            enable = UInt16(truncatingIfNeeded: value)
+        case (Self.controlOffset, 2):
+            writeControl(UInt16(truncatingIfNeeded: value))
+        default:
+            for byte in 0..<size { writeByte(offset + byte, UInt8(truncatingIfNeeded: value >> (8 * byte))) }
+            return
+        }
+        updateInterrupt()
+    }
+
+    public func read(offset: Int) -> UInt8 { readByte(offset) }
+    public func write(offset: Int, value: UInt8) { writeByte(offset, value) }
+
+    /// The host pressed the power button: the guest's ACPI driver sees
+    /// PWRBTN_STS (and an SCI if it enabled the event) and shuts down.
+    public func pressPowerButton() {
+        status |= Self.powerButtonStatus
+        updateInterrupt()
+    }
+
+    private var timer: UInt32 {
+        UInt32(truncatingIfNeeded: clock().multipliedFullWidth(by: Self.timerFrequency).low / 1_000_000_000)
+    }
+
+    private func readByte(_ offset: Int) -> UInt8 {
+        switch offset {
+        case 0, 1: UInt8(truncatingIfNeeded: status >> (8 * offset))
+        case 2, 3: UInt8(truncatingIfNeeded: enable >> (8 * (offset - 2)))
+        case 4, 5: UInt8(truncatingIfNeeded: control >> (8 * (offset - 4)))
+        case 8...11: UInt8(truncatingIfNeeded: timer >> (8 * (offset - 8)))
+        default: 0xff
+        }
+    }
+
+    private func writeByte(_ offset: Int, _ value: UInt8) {
+        switch offset {
+        case 0, 1: status &= ~(UInt16(value) << (8 * offset))
+        case 2: enable = enable & 0xff00 | UInt16(value)
+        case 3: enable = enable & 0x00ff | UInt16(value) << 8
+        case 4: writeControl(control & 0xff00 | UInt16(value))
+        case 5: writeControl(control & 0x00ff | UInt16(value) << 8)
+        default: break
+        }
+        updateInterrupt()
+    }
+
+    private func writeControl(_ value: UInt16) {
+        let sleepType = value >> 10 & 0x7
+        // SLP_EN is write-only: it triggers the transition and reads back as 0.
+        control = value & ~Self.sleepEnable
+        if value & Self.sleepEnable != 0, sleepType == sleepTypeS5 {
+            powerOff()
+        }
+    }
+
+    private func updateInterrupt() {
+        let asserted = status & enable & (Self.timerStatus | Self.powerButtonStatus) != 0
+        if asserted != level {
+            level = asserted
+            interrupt(asserted)
+        }
+    }
+}

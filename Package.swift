@@ -12,6 +12,7 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .library(name: "KVM", targets: ["KVM"]),
+        .library(name: "Accelerators", targets: ["Accelerators"]),
         .executable(name: "swiftkvm", targets: ["swiftkvm"]),
     ],
     dependencies: [
@@ -38,24 +39,25 @@ let package = Package(
         .target(
             name: "SoftKVM",
             dependencies: [
-                "KVM", "KVMPlatform", "GuestMemory", "CLinuxKVM",
+                "KVM", "KVMPlatform", "GuestMemory", "CLinuxKVM", "X86",
                 .product(name: "SystemPackage", package: "swift-system"),
             ],
             swiftSettings: hotPathSettings
         ),
+        .target(name: "Accelerators", dependencies: ["KVM", "SoftKVM"]),
         .target(name: "VMM", dependencies: ["KVM", "GuestMemory"]),
         .target(name: "CKVMBench", dependencies: ["CLinuxKVM"]),
         .executableTarget(
             name: "swiftkvm",
             dependencies: [
-                "KVM", "VMM", "CKVMBench",
+                "KVM", "Accelerators", "VMM", "CKVMBench",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
         .testTarget(name: "KVMTests", dependencies: ["KVM", "GuestMemory", "KVMPlatform"]),
         .testTarget(name: "SoftKVMTests", dependencies: ["SoftKVM", "KVM", "GuestMemory", "KVMPlatform", "CLinuxKVM"]),
-        .testTarget(name: "VMMTests", dependencies: ["VMM", "KVM"]),
+        .testTarget(name: "VMMTests", dependencies: ["VMM", "KVM", "Accelerators"]),
         .testTarget(name: "X86Tests", dependencies: ["X86", "KVM", "GuestMemory"]),
     ]
 )

@@ -71,6 +71,9 @@ extension X86CPU {
         return exit(.io(PortIOExit(port: port, size: size, isWrite: false, data: 0, count: Int(elements))))
     }
 
+    /// Whether the last `.io` exit was a string `ins` (answered with `completeStringInput`).
+    public var hasStringInput: Bool { stringInput.count > 0 }
+
     /// Answers the string `ins` of the last `.io` exit with `count * size`
     /// bytes, which go to ES:rDI in order; rDI, rCX and RIP move as the
     /// instruction's iterations would.

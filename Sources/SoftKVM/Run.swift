@@ -99,8 +99,13 @@ extension SoftBackend {
             // An exception reaches here only if delivery is off; either way
             // the kernel's answer to what it cannot emulate is this.
             run.pointee.exit_reason = UInt32(KVM_EXIT_INTERNAL_ERROR)
-            run.pointee.internal.suberror = UInt32(KVM_INTERNAL_ERROR_EMULATION)
-            run.pointee.internal.ndata = 0
+            // As __kvm_prepare_emulation_failure_exit lays it out: the flags
+            // (no instruction bytes), then five words of the vendor's exit
+            // information, which a software CPU does not have (zeros).
+            run.pointee.emulation_failure.suberror = UInt32(KVM_INTERNAL_ERROR_EMULATION)
+            run.pointee.emulation_failure.flags = 0
+            run.pointee.emulation_failure.ndata = 6
+            withUnsafeMutableBytes(of: &run.pointee.internal.data) { _ = $0.initializeMemory(as: UInt8.self, repeating: 0) }
         }
     }
 

@@ -33,6 +33,11 @@ extension X86CPU {
         var vector = vector
         var errorCode = errorCode
         while true {
+            // A fault's saved RFLAGS has RF set, so that the instruction can
+            // restart past an instruction breakpoint (KVM sets it in the live
+            // flags, where it stays after a triple fault). Real mode's FLAGS
+            // image has no RF, and KVM leaves it clear there.
+            if state.mode != .real { state.rflags |= RFLAGS.rf }
             if deliver(vector, errorCode: errorCode, returnRIP: state.rip, software: false) { return true }
             guard case .exception(let second, let secondCode) = pending else { return false }
             if vector == Vector.df.rawValue {

@@ -86,11 +86,15 @@ extension SoftBackend {
             run.pointee.mmio.phys_addr = access.address
             run.pointee.mmio.len = UInt32(min(access.size, 8))
             run.pointee.mmio.is_write = access.isWrite ? 1 : 0
-            var data = access.isWrite ? access.data.littleEndian : 0
-            withUnsafeMutableBytes(of: &run.pointee.mmio.data) { destination in
-                withUnsafeBytes(of: &data) { destination.copyMemory(from: $0) }
+            if access.isWrite {
+                var data = access.data.littleEndian
+                withUnsafeMutableBytes(of: &run.pointee.mmio.data) { destination in
+                    withUnsafeBytes(of: &data) { destination.copyMemory(from: $0) }
+                }
+            } else {
+                // The kernel leaves a read's data as it was (what the union last held).
+                arch.pendingRead = .mmio(address: access.address, size: access.size)
             }
-            if !access.isWrite { arch.pendingRead = .mmio(address: access.address, size: access.size) }
         case .halt:
             run.pointee.exit_reason = UInt32(KVM_EXIT_HLT)
         case .shutdown:

@@ -40,7 +40,8 @@ public struct MMIOExit: Equatable, Sendable {
 
 /// Why `run` returned.
 public enum X86Exit: Equatable, Sendable {
-    /// The instruction is complete (RIP is past it); an `in` waits for `completeInput`.
+    /// An `out` is complete (RIP is past it); an `in` stays at its
+    /// instruction until `completeInput` (as KVM shows it to user space).
     case io(PortIOExit)
     /// A write has been done (RIP past the instruction, or at a REP string
     /// instruction that continues); a read restarts its instruction, which
@@ -152,6 +153,10 @@ public struct X86CPU {
     var mmioReadAnswer: (address: UInt64, value: UInt64)? = nil
     /// The register an `in` waits to fill (size in bytes, 0 if none).
     var inputSize = 0
+    /// Where RIP goes when the `in` is answered.
+    var inputNextRIP: UInt64 = 0
+    /// An OUTS whose last element went out: the next `run` moves past it.
+    var outputCompletionRIP: UInt64? = nil
     /// The string `ins` waiting for its data (count 0 if none).
     var stringInput = StringInput()
     /// Whether faults go through the guest's IDT (as on a real CPU) rather
@@ -172,6 +177,7 @@ public struct X86CPU {
     public mutating func completeInput(_ value: UInt64) {
         guard inputSize > 0 else { return }
         state.write(0, value, size: inputSize, legacyHighBytes: false)
+        state.rip = inputNextRIP
         inputSize = 0
     }
 
@@ -183,6 +189,11 @@ public struct X86CPU {
 
     /// Runs until an exit or until `maxInstructions` instructions completed.
     public mutating func run(maxInstructions: Int) -> X86Exit {
+        if let next = outputCompletionRIP {
+            outputCompletionRIP = nil
+            state.rip = next
+            state.rflags &= ~RFLAGS.rf
+        }
         var executed = 0
         while executed < maxInstructions {
             var insn = Instruction()

@@ -1,5 +1,6 @@
-// IN and OUT: the step loop stops with a port-I/O exit; RIP is already past
-// the instruction, and an `in` takes its value from `completeInput`.
+// IN and OUT: the step loop stops with a port-I/O exit. An `out` is done
+// (RIP past it); an `in` stays at its instruction until `completeInput`
+// gives the value and moves RIP on, which is what KVM shows user space.
 
 extension X86CPU {
     mutating func executePortIO(_ insn: inout Instruction) -> Bool {
@@ -8,12 +9,13 @@ extension X86CPU {
         let size = op & 1 == 0 ? 1 : min(insn.operandSize, 4)
         let port = op < 0xE8 ? UInt16(insn.immediate & 0xFF) : UInt16(truncatingIfNeeded: state.reg(2))
         let isWrite = op & 2 != 0
-        state.rip = insn.nextRIP
         if isWrite {
+            state.rip = insn.nextRIP
             let data = state.read(0, size: size, legacyHighBytes: false)
             return exit(.io(PortIOExit(port: port, size: size, isWrite: true, data: data)))
         }
         inputSize = size
+        inputNextRIP = insn.nextRIP
         return exit(.io(PortIOExit(port: port, size: size, isWrite: false, data: 0)))
     }
 }
@@ -28,7 +30,8 @@ struct StringInput {
 }
 
 extension X86CPU {
-    /// 6C-6F INS and OUTS. OUTS gives one exit per element; INS asks for as
+    /// 6C-6F INS and OUTS. OUTS gives one exit per element (KVM's emulator
+    /// batches only INS); INS asks for as
     /// many elements as fit before the end of the destination page (at most
     /// 1024 bytes), as KVM's emulator reads ahead, and takes them all from
     /// `completeStringInput`.
@@ -52,12 +55,15 @@ extension X86CPU {
             let si = state.reg(6) & mask
             guard let value = read(source, si, size: size) else { return false }
             state.write(6, si &+ step, size: addressSize, legacyHighBytes: false)
-            if repeated {
-                let left = (count &- 1) & mask
-                state.write(1, left, size: addressSize, legacyHighBytes: false)
-                if left == 0 { state.rip = insn.nextRIP }
+            // As KVM's emulator shows it: the element's registers are
+            // written back, RIP stays at the instruction (RF set while a REP
+            // restarts), and the last element completes it on the next run.
+            let left = repeated ? (count &- 1) & mask : 0
+            if repeated { state.write(1, left, size: addressSize, legacyHighBytes: false) }
+            if left == 0 {
+                outputCompletionRIP = insn.nextRIP
             } else {
-                state.rip = insn.nextRIP
+                state.rflags |= RFLAGS.rf
             }
             return exit(.io(PortIOExit(port: port, size: size, isWrite: true, data: value)))
         }
@@ -94,8 +100,13 @@ extension X86CPU {
                 state.write(1, left, size: input.addressSize, legacyHighBytes: false)
             }
         }
+        // KVM's emulator sets RF while a REP string instruction restarts and
+        // clears it when the instruction completes.
         if !input.repeated || state.read(1, size: input.addressSize, legacyHighBytes: false) == 0 {
             state.rip = input.nextRIP
+            state.rflags &= ~RFLAGS.rf
+        } else {
+            state.rflags |= RFLAGS.rf
         }
     }
 }

@@ -23,6 +23,7 @@ extension SoftBackend {
         // guest, and leaves exit_reason as it was (only a pending signal sets KVM_EXIT_INTR).
         if run.pointee.immediate_exit != 0 { return fail(.interrupted) }
         return vcpu.arch.withLock { arch in
+            arch.hasRun = true
             complete_userspace_io(&arch, vcpu)
             while true {
                 refreshMemoryView(&arch, vcpu.vm)

@@ -302,8 +302,20 @@ extension SoftBackend {
             }
             table.append(entry)
         }
+        // After the first KVM_RUN the CPUID can only be set again unchanged
+        // (kvm_set_cpuid's kvm_cpuid_check_equal).
+        if arch.hasRun {
+            return Self.sameCPUID(table, arch.cpuid) ? 0 : fail(.invalidArgument)
+        }
         arch.cpuid = table
         return 0
+    }
+
+    static func sameCPUID(_ a: [kvm_cpuid_entry2], _ b: [kvm_cpuid_entry2]) -> Bool {
+        a.count == b.count && zip(a, b).allSatisfy {
+            $0.function == $1.function && $0.index == $1.index && $0.flags == $1.flags
+                && $0.eax == $1.eax && $0.ebx == $1.ebx && $0.ecx == $1.ecx && $0.edx == $1.edx
+        }
     }
 
     /// KVM_GET_MSRS and KVM_SET_MSRS: entries are done in order until one
@@ -358,6 +370,8 @@ struct VCPUArch: @unchecked Sendable {
             }
         }
     }
+    /// Whether KVM_RUN has been entered (kvm_vcpu_has_run).
+    var hasRun = false
     /// The read the last exit asked user space to answer (complete_userspace_io).
     var pendingRead = PendingRead.none
     /// The slots generation the CPU's memory view was built from, and the

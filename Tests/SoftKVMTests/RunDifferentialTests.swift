@@ -260,3 +260,18 @@ struct SoftDeliveryTests {
         #expect(run.steps.first?.registers.rip == RealModeGuest.codeAddress)
     }
 }
+
+@Suite("vCPU rules around KVM_RUN on both backends")
+struct RunRuleTests {
+    @Test(arguments: Backend.available)
+    func cpuidCanOnlyBeSetUnchangedAfterTheFirstRun(_ backend: Backend) throws {
+        let guest = try RealModeGuest(hypervisor: backend.hypervisor(), code: [0xE6, 0x10, 0xF4])  // out 0x10, al; hlt
+        let table = [CPUIDEntry(function: 0, eax: 1), CPUIDEntry(function: 1, eax: 0x663)]
+        try guest.vcpu.setCPUID(table)
+        #expect(try guest.vcpu.run() == .io(PortIO(direction: .out, port: 0x10, size: 1, value: 0)))
+        // The table as the vCPU holds it (this host's kvm_pvm adds leaves of its own).
+        try guest.vcpu.setCPUID(guest.vcpu.cpuid())
+        let error = try #require(throws: KVMError.self) { try guest.vcpu.setCPUID(Array(table.prefix(1))) }
+        #expect(error.errno == .invalidArgument)
+    }
+}

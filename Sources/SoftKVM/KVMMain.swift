@@ -64,7 +64,7 @@ extension SoftBackend {
         // so user space changes to that memory are always seen (the sense of SYNC_MMU).
         case Capability.syncMMU.rawValue:
             return 1
-        // Read-only slots are accepted and kept; the CPU that turns guest writes to them into MMIO exits is not wired yet.
+        // Read-only slots: guest writes to them become MMIO exits (the CPU's view marks them read-only).
         case Capability.readonlyMem.rawValue:
             return 1
         case Capability.nrMemslots.rawValue:

@@ -93,6 +93,33 @@ func enterProtectedMode(_ guest: RealModeGuest, gates: [(vector: Int, handler: U
     try guest.vcpu.handle.call(.setSregs, &sregs)
 }
 
+/// Long mode with paging: page tables at 0x2000 identity-mapping the first
+/// 2 MiB with one large page, GDT at 0x500 (null, 64-bit code 0x08, data
+/// 0x10), a 64-bit IDT at 0x600 with `gates` (vector, handler).
+func enterLongMode(_ guest: RealModeGuest, gates: [(vector: Int, handler: UInt64)]) throws {
+    try guest.memory.store(UInt64(0x3000 | 3), at: 0x2000)
+    try guest.memory.store(UInt64(0x4000 | 3), at: 0x3000)
+    try guest.memory.store(UInt64(0x83), at: 0x4000)
+    let gdt: [UInt64] = [0, 0x00AF_9B00_0000_FFFF, 0x00CF_9300_0000_FFFF]
+    for (i, descriptor) in gdt.enumerated() { try guest.memory.store(descriptor, at: 0x500 + i * 8) }
+    for gate in gates {
+        let low = (gate.handler & 0xFFFF) | UInt64(8) << 16 | UInt64(0x8E) << 40 | (gate.handler >> 16 & 0xFFFF) << 48
+        try guest.memory.store(low, at: 0x600 + gate.vector * 16)
+        try guest.memory.store(gate.handler >> 32, at: 0x608 + gate.vector * 16)
+    }
+    var sregs = try guest.vcpu.handle.get(.getSregs, kvm_sregs.self)
+    sregs.cr0 = 0x8000_0011
+    sregs.cr3 = 0x2000
+    sregs.cr4 = 0x20
+    sregs.efer = 0x500
+    sregs.cs = kvm_segment(base: 0, limit: 0xFFFF_FFFF, selector: 8, type: 0xB, present: 1, dpl: 0, db: 0, s: 1, l: 1, g: 1, avl: 0, unusable: 0, padding: 0)
+    let data = kvm_segment(base: 0, limit: 0xFFFF_FFFF, selector: 0x10, type: 0x3, present: 1, dpl: 0, db: 1, s: 1, l: 0, g: 1, avl: 0, unusable: 0, padding: 0)
+    (sregs.ds, sregs.es, sregs.ss, sregs.fs, sregs.gs) = (data, data, data, data, data)
+    sregs.gdt = kvm_dtable(base: 0x500, limit: 0x17, padding: (0, 0, 0))
+    sregs.idt = kvm_dtable(base: 0x600, limit: 0xFFF, padding: (0, 0, 0))
+    try guest.vcpu.handle.call(.setSregs, &sregs)
+}
+
 @Suite("Guest runs compared with the host's /dev/kvm", .enabled(if: HostKVM.isAvailable))
 struct RunDifferentialTests {
     @Test func realModeFaultGoesThroughTheIVT() throws {
@@ -192,6 +219,32 @@ struct RunDifferentialTests {
             0xB9, 0x02, 0x00,              // mov cx, 2
             0xF3, 0x6F,                    // rep outsw from ds:0, which is MMIO
             0xF4,
+        ])
+    }
+
+    /// A read of an unmapped page in long mode: #PF through a 64-bit gate,
+    /// with CR2, the error code and a 16-byte aligned five-word frame.
+    @Test func longModePageFaultGoesThroughThe64BitIDT() throws {
+        let run = try expectSameTrace(code: [
+            0x48, 0xC7, 0xC4, 0xF8, 0x7F, 0x00, 0x00,  // mov rsp, 0x7ff8: the frame is aligned down to 16
+            0x48, 0x8B, 0x04, 0x25, 0x00, 0x00, 0x20, 0x00,  // mov rax, [0x200000]: not mapped
+        ]) { guest in
+            try enterLongMode(guest, gates: [(14, 0x5000)])
+            try guest.memory.write([
+                0x58,                    // pop rax: the error code
+                0xE7, 0x30,              // out 0x30, eax
+                0x0F, 0x20, 0xD0,        // mov rax, cr2
+                0xE7, 0x31,              // out 0x31, eax
+                0x58, 0xE7, 0x32,        // pop rax (RIP); out 0x32, eax
+                0x58, 0xE7, 0x33,        // pop rax (CS); out 0x33, eax
+                0x58, 0xE7, 0x34,        // pop rax (RFLAGS); out 0x34, eax
+                0x58, 0xE7, 0x35,        // pop rax (RSP); out 0x35, eax
+                0xF4,
+            ], at: 0x5000)
+        }
+        #expect(run.steps.map(\.exit).prefix(2) == [
+            .io(PortIO(direction: .out, port: 0x30, size: 4, value: 0)),
+            .io(PortIO(direction: .out, port: 0x31, size: 4, value: 0x20_0000)),
         ])
     }
 

@@ -198,12 +198,17 @@ public struct X86CPU {
         var executed = 0
         while executed < maxInstructions {
             var insn = Instruction()
+            // RF suppresses instruction breakpoints for one instruction: it
+            // is cleared when the instruction that saw it set completes (not
+            // by the IRET that loads it).
+            let resumeFlag = state.flags.bits & RFLAGS.rf
             guard decode(&insn), execute(&insn) else {
                 guard deliversExceptions, case .exception(let vector, let errorCode) = pending,
                       deliverException(vector, errorCode: errorCode) else { return pending }
                 executed += 1
                 continue
             }
+            if resumeFlag != 0 { state.flags.bits &= ~RFLAGS.rf }
             executed += 1
             if mmioWritePending {
                 mmioWritePending = false

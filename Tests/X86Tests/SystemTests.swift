@@ -329,3 +329,21 @@ struct DeliveryTests {
         #expect(m.cpu.state.rip == Machine.codeAddress + 3)
     }
 }
+
+@Suite("X86 resume flag")
+struct ResumeFlagTests {
+    /// IRET loads RF from the frame; the instruction after it clears it.
+    @Test func rfLoadedByIRETLastsOneInstruction() {
+        // iretd to 0x1010: nop; hlt
+        let m = Machine(.protected32, code: [0xCF])
+        writeGDT(m)
+        m.cpu.state[.rsp] = 0x7FF4
+        m.store64(0x7FF4, 0x0000_0008_0000_1010)  // EIP, CS
+        m.store64(0x7FFC, 0x1_0002)                // EFLAGS with RF
+        m.write([0x90, hlt], at: 0x1010)
+        #expect(m.cpu.step() == .instructionLimit)
+        #expect(m.cpu.state.rflags & RFLAGS.rf != 0)
+        #expect(m.cpu.step() == .instructionLimit)
+        #expect(m.cpu.state.rflags & RFLAGS.rf == 0)
+    }
+}

@@ -270,10 +270,9 @@ struct MemorySlotState: Sendable {
 }
 
 /// A slot's dirty bitmap at a fixed address, so that the CPU can set bits
-/// in it directly. The vCPU thread sets bits while KVM_GET_DIRTY_LOG may
-/// read and clear them without a shared lock (the kernel uses atomic
-/// exchanges there; a bit set in the same instant can be lost, which a
-/// migration loop re-reads anyway).
+/// in it directly. The vCPU thread sets bits while KVM_GET_DIRTY_LOG takes
+/// them word by word with an atomic exchange, as the kernel does: a bit set
+/// meanwhile is either taken now or left for the next read, never lost.
 final class DirtyLog: @unchecked Sendable {
     let words: UnsafeMutablePointer<UInt64>
     let count: Int
@@ -287,8 +286,10 @@ final class DirtyLog: @unchecked Sendable {
     deinit { words.deallocate() }
 
     func copyAndClear(to destination: UnsafeMutableRawPointer) {
-        destination.copyMemory(from: words, byteCount: count * MemoryLayout<UInt64>.stride)
-        words.update(repeating: 0, count: count)
+        for i in 0..<count {
+            let taken = swiftkvm_atomic_exchange_u64(words + i, 0)
+            destination.storeBytes(of: taken, toByteOffset: i * MemoryLayout<UInt64>.stride, as: UInt64.self)
+        }
     }
 }
 

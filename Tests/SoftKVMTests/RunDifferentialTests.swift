@@ -328,3 +328,39 @@ struct RunRuleTests {
         #expect(error.errno == .invalidArgument)
     }
 }
+
+@Suite("Dirty logging while the guest runs")
+struct ConcurrentDirtyLogTests {
+    /// The guest writes pages 2 to 15 one at a time while this thread reads
+    /// the log again and again: every page shows up in some read, once logging
+    /// takes each word atomically.
+    @Test(arguments: Backend.available)
+    func noWrittenPageIsLost(_ backend: Backend) throws {
+        var code: [UInt8] = []
+        for page in 2...15 {
+            code += [0xC6, 0x06, 0x00, UInt8(page << 4), 0x01]  // mov byte [page * 0x1000], 1
+            code += [0xB9, 0x00, 0x10, 0xE2, 0xFE]              // mov cx, 0x1000; loop $
+        }
+        code += [0xF4]
+        let guest = try RealModeGuest(hypervisor: backend.hypervisor(), code: code)
+        try guest.vm.setMemoryRegion(slot: 0, guestAddress: 0, region: guest.memory, flags: .logDirtyPages)
+        let vcpu = guest.vcpu
+        let finished = DispatchSemaphore(value: 0)
+        nonisolated(unsafe) var exit: Result<VCPUExit, Error>?
+        let thread = Thread {
+            exit = Result { try vcpu.runWithDeadline(seconds: 20) }
+            finished.signal()
+        }
+        thread.start()
+        var seen = Set<Int>()
+        func collect() throws {
+            let log = try guest.vm.dirtyLog(slot: 0)
+            for page in 0..<log.pageCount where log.isDirty(page: page) { seen.insert(page) }
+        }
+        while finished.wait(timeout: .now() + .microseconds(200)) == .timedOut { try collect() }
+        try collect()
+        #expect(try exit?.get() == .halt)
+        #expect(seen.isSuperset(of: Set(2...15)), "missing: \(Set(2...15).subtracting(seen).sorted())")
+        #expect(seen.subtracting(Set(2...15)).subtracting([8]).isEmpty, "only the pages written, and the stack page")
+    }
+}

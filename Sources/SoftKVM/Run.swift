@@ -25,9 +25,28 @@ extension SoftBackend {
         return vcpu.arch.withLock { arch in
             arch.hasRun = true
             complete_userspace_io(&arch, vcpu)
+            refreshMemoryView(&arch, vcpu.vm)
+            // Event injection at entry, which does not look at IF (user space
+            // asks ready_for_interrupt_injection first).
+            if let vector = arch.queuedInterrupt {
+                arch.queuedInterrupt = nil
+                if let exit = arch.cpu.deliverExternalInterrupt(vector) {
+                    handleExit(exit, &arch, vcpu)
+                    post_kvm_run_save(arch, run)
+                    return 0
+                }
+            }
             while true {
                 refreshMemoryView(&arch, vcpu.vm)
-                let exit = arch.cpu.run(maxInstructions: runSliceInstructions)
+                // An interrupt window asked for: exit as soon as IF allows an
+                // interrupt, checking after each instruction until it does.
+                let windowRequested = run.pointee.request_interrupt_window != 0
+                if windowRequested && arch.cpu.interruptsEnabled {
+                    run.pointee.exit_reason = UInt32(KVM_EXIT_IRQ_WINDOW_OPEN)
+                    post_kvm_run_save(arch, run)
+                    return 0
+                }
+                let exit = arch.cpu.run(maxInstructions: windowRequested ? 1 : runSliceInstructions)
                 if case .instructionLimit = exit {
                     // A kick between slices: the signal the kernel would see.
                     if run.pointee.immediate_exit != 0 {
@@ -119,8 +138,8 @@ extension SoftBackend {
         run.pointee.if_flag = arch.cpu.state.rflags & RFLAGS.if != 0 ? 1 : 0
         run.pointee.cr8 = arch.extraSregs.cr8
         run.pointee.apic_base = arch.cpu.state.msrs.apicBase
-        // With no irqchip, an interrupt can be injected when IF is set.
-        run.pointee.ready_for_interrupt_injection = run.pointee.if_flag
+        // With no irqchip, an interrupt can be injected when IF is set and none is queued.
+        run.pointee.ready_for_interrupt_injection = run.pointee.if_flag != 0 && arch.queuedInterrupt == nil ? 1 : 0
     }
 
     /// Builds the CPU's view of guest memory from the VM's slots when they

@@ -210,6 +210,9 @@ extension SoftBackend {
                 return kvm_vcpu_ioctl_get_cpuid2(arch, arg)
             case KVMRequest.setCPUID2.number:
                 return kvm_vcpu_ioctl_set_cpuid2(&arch, arg)
+            case KVMRequest.interrupt.number:
+                guard let irq = UserMemory.read(kvm_interrupt.self, from: arg) else { return fail(.badAddress) }
+                return kvm_vcpu_ioctl_interrupt(&arch, irq)
             case KVMRequest.getMSRs.number:
                 return msr_io(&arch, arg, write: false)
             case KVMRequest.setMSRs.number:
@@ -218,6 +221,15 @@ extension SoftBackend {
                 return fail(.invalidArgument)
             }
         }
+    }
+
+    /// KVM_INTERRUPT with a user-space interrupt controller: injected at the
+    /// next KVM_RUN; a second one before that replaces the first, as
+    /// kvm_queue_interrupt does (KVM_NR_INTERRUPTS is 256).
+    func kvm_vcpu_ioctl_interrupt(_ arch: inout VCPUArch, _ irq: kvm_interrupt) -> Int32 {
+        if irq.irq >= 256 { return fail(.invalidArgument) }
+        arch.queuedInterrupt = UInt8(irq.irq)
+        return 0
     }
 
     // MARK: State rules
@@ -372,6 +384,8 @@ struct VCPUArch: @unchecked Sendable {
     }
     /// Whether KVM_RUN has been entered (kvm_vcpu_has_run).
     var hasRun = false
+    /// The vector KVM_INTERRUPT queued, injected at the next entry (`vcpu->arch.interrupt`).
+    var queuedInterrupt: UInt8? = nil
     /// The read the last exit asked user space to answer (complete_userspace_io).
     var pendingRead = PendingRead.none
     /// The slots generation the CPU's memory view was built from, and the

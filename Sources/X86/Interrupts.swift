@@ -244,3 +244,20 @@ extension X86CPU {
         return true
     }
 }
+
+extension X86CPU {
+    /// Whether an external interrupt would be taken now: IF is set (the
+    /// one-instruction shadow of STI and MOV SS is not modelled yet).
+    public var interruptsEnabled: Bool { state.flags.bits & RFLAGS.if != 0 }
+
+    /// Delivers external interrupt `vector` before the next instruction, as
+    /// an interrupt controller's INTR does (or KVM's event injection, which
+    /// does not look at IF). Returns nil when delivered, or the exit that
+    /// delivery ended in (a shutdown, an emulation failure...).
+    public mutating func deliverExternalInterrupt(_ vector: UInt8) -> X86Exit? {
+        if deliver(vector, errorCode: nil, returnRIP: state.rip, software: false) { return nil }
+        // A fault while delivering an interrupt is delivered in turn (an interrupt is benign).
+        guard case .exception(let second, let errorCode) = pending else { return pending }
+        return deliverException(second, errorCode: errorCode) ? nil : pending
+    }
+}

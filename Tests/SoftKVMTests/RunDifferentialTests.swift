@@ -364,3 +364,44 @@ struct ConcurrentDirtyLogTests {
         #expect(seen.subtracting(Set(2...15)).subtracting([8]).isEmpty, "only the pages written, and the stack page")
     }
 }
+
+/// Not compared with this host: its kvm_pvm runs the guest past STI without
+/// ever opening the requested interrupt window.
+@Suite("User-space interrupt injection on SoftKVM")
+struct InterruptInjectionTests {
+    /// The window opens once STI has set IF (the STI shadow is not modelled);
+    /// KVM_INTERRUPT then delivers the vector through the IVT at the next
+    /// KVM_RUN, and IRET returns.
+    @Test func interruptWindowThenInjection() throws {
+        let guest = try RealModeGuest(hypervisor: Backend.soft.hypervisor(), code: [
+            0x90,        // nop
+            0xFB,        // sti
+            0x90,        // nop
+            0xE6, 0x10,  // out 0x10, al
+            0xF4,        // hlt
+        ])
+        try guest.memory.store(UInt32(0x0000_2000), at: 0x20 * 4)
+        try guest.memory.write([0xB0, 0x77, 0xE6, 0x30, 0xCF], at: 0x2000)  // mov al, 0x77; out 0x30, al; iret
+        guest.vcpu.requestInterruptWindow = true
+        #expect(try guest.vcpu.runWithDeadline() == .irqWindowOpen)
+        #expect(try guest.vcpu.registers().rip == RealModeGuest.codeAddress + 2)
+        #expect(guest.vcpu.readyForInterruptInjection)
+        guest.vcpu.requestInterruptWindow = false
+        try guest.vcpu.injectInterrupt(vector: 0x21)
+        try guest.vcpu.injectInterrupt(vector: 0x20)  // replaces 0x21, as in the kernel
+        #expect(try guest.vcpu.run() == .io(PortIO(direction: .out, port: 0x30, size: 1, value: 0x77)))
+        #expect(try guest.vcpu.registers().rsp == 0x8000 - 6)
+        #expect(try guest.vcpu.run() == .io(PortIO(direction: .out, port: 0x10, size: 1, value: 0x77)))
+        #expect(try guest.vcpu.run() == .halt)
+    }
+
+    @Test(arguments: Backend.available)
+    func vectorsAbove255AreRejectedAndASecondInterruptIsAccepted(_ backend: Backend) throws {
+        let guest = try RealModeGuest(hypervisor: backend.hypervisor(), code: [0xF4])
+        try guest.vcpu.injectInterrupt(vector: 0x20)
+        try guest.vcpu.injectInterrupt(vector: 0x21)
+        var irq = kvm_interrupt(irq: 256)
+        let error = try #require(throws: KVMError.self) { try guest.vcpu.handle.call(.interrupt, &irq) }
+        #expect(error.errno == .invalidArgument)
+    }
+}

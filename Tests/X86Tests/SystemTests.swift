@@ -347,3 +347,26 @@ struct ResumeFlagTests {
         #expect(m.cpu.state.rflags & RFLAGS.rf == 0)
     }
 }
+
+@Suite("X86 external interrupts")
+struct ExternalInterruptTests {
+    @Test func externalInterruptUsesTheGateAndReturnsToTheInterruptedInstruction() {
+        let m = Machine(.protected32, code: [hlt])
+        writeGDT(m)
+        m.store64(0x600 + 0x30 * 8, 0x2000 | 8 << 16 | 0x8E << 40)
+        m.cpu.state.idtr = DescriptorTableRegister(base: 0x600, limit: 0x7FF)
+        m.cpu.state.rflags = 0x202
+        #expect(m.cpu.interruptsEnabled)
+        #expect(m.cpu.deliverExternalInterrupt(0x30) == nil)
+        #expect(m.cpu.state.rip == 0x2000)
+        #expect(!m.cpu.interruptsEnabled, "an interrupt gate clears IF")
+        #expect(m[.rsp] == 0x8000 - 12, "EIP, CS, EFLAGS: no error code")
+        #expect(m.load64(0x8000 - 12) & 0xFFFF_FFFF == Machine.codeAddress)
+    }
+
+    @Test func externalInterruptWithoutAGateEndsInShutdown() {
+        let m = Machine(.protected32, code: [hlt])
+        m.cpu.state.idtr = DescriptorTableRegister(base: 0x600, limit: 0)
+        #expect(m.cpu.deliverExternalInterrupt(0x30) == .shutdown)
+    }
+}

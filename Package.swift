@@ -12,6 +12,7 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .library(name: "KVM", targets: ["KVM"]),
+        .library(name: "Accelerators", targets: ["Accelerators"]),
         .executable(name: "swiftkvm", targets: ["swiftkvm"]),
         // LD_PRELOAD=libKVMPreload.so runs an unmodified /dev/kvm program on SoftKVM (`swiftkvm exec`).
         .library(name: "KVMPreload", type: .dynamic, targets: ["KVMPreload"]),
@@ -40,13 +41,14 @@ let package = Package(
         .target(
             name: "SoftKVM",
             dependencies: [
-                "KVM", "KVMPlatform", "GuestMemory", "CLinuxKVM",
+                "KVM", "KVMPlatform", "GuestMemory", "CLinuxKVM", "X86",
                 .product(name: "SystemPackage", package: "swift-system"),
             ],
             swiftSettings: hotPathSettings
         ),
         .target(name: "CKVMPreload"),
         .target(name: "KVMPreload", dependencies: ["CKVMPreload", "SoftKVM"]),
+        .target(name: "Accelerators", dependencies: ["KVM", "SoftKVM"]),
         .target(name: "LinuxBoot", dependencies: ["GuestMemory"]),
         .target(name: "Devices"),
         .target(name: "VMM", dependencies: ["KVM", "GuestMemory", "LinuxBoot", "Devices"]),
@@ -54,14 +56,14 @@ let package = Package(
         .executableTarget(
             name: "swiftkvm",
             dependencies: [
-                "KVM", "VMM", "CKVMBench",
+                "KVM", "Accelerators", "VMM", "CKVMBench",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
         .testTarget(name: "KVMTests", dependencies: ["KVM", "GuestMemory", "KVMPlatform"]),
         .testTarget(name: "SoftKVMTests", dependencies: ["SoftKVM", "KVM", "GuestMemory", "KVMPlatform", "CLinuxKVM"]),
-        .testTarget(name: "VMMTests", dependencies: ["VMM", "KVM", "LinuxBoot", "GuestMemory"]),
+        .testTarget(name: "VMMTests", dependencies: ["VMM", "KVM", "Accelerators", "LinuxBoot", "GuestMemory"]),
         .testTarget(name: "PreloadTests"),
         .testTarget(name: "LinuxBootTests", dependencies: ["LinuxBoot", "GuestMemory"]),
         .testTarget(name: "DevicesTests", dependencies: ["Devices"]),

@@ -13,22 +13,17 @@ public final class Hypervisor: Sendable {
     /// The accelerator serving this hypervisor (never `.automatic`).
     public var accelerator: Accelerator { handle.backend.accelerator }
 
-    /// Opens the system object of `accelerator`. `.automatic` takes the host's
-    /// /dev/kvm where it opens and speaks API version 12, and SoftKVM otherwise.
-    public convenience init(accelerator: Accelerator = .automatic) throws(KVMError) {
+    /// Opens the system object of `accelerator` where module KVM can: the
+    /// host's /dev/kvm. SoftKVM is built on this module, so it cannot be
+    /// named here: `Hypervisor.open(_:)` in module Accelerators opens either
+    /// (and `.automatic` there falls back to SoftKVM); here `.soft` is an
+    /// error that says so, and `.automatic` is the host.
+    public convenience init(accelerator: Accelerator = .host) throws(KVMError) {
         switch accelerator {
-        case .host:
+        case .host, .automatic:
             try self.init(backend: HostBackend.shared)
         case .soft:
-            throw Hypervisor.softUnavailable
-        case .automatic:
-            do {
-                try self.init(backend: HostBackend.shared)
-            } catch {
-                throw KVMError(
-                    errno: error.errno, request: nil, operation: "choosing an accelerator",
-                    message: "the host's /dev/kvm is not usable (\(error.message)) and SoftKVM, the software accelerator, is not built yet")
-            }
+            throw Hypervisor.softNotInThisModule
         }
     }
 
@@ -57,9 +52,9 @@ public final class Hypervisor: Sendable {
     /// The only KVM API version there has been since Linux 2.6.22.
     public static let expectedAPIVersion: Int32 = 12
 
-    static let softUnavailable = KVMError(
+    static let softNotInThisModule = KVMError(
         errno: .operationNotSupportedByDevice, request: nil, operation: "choosing the soft accelerator",
-        message: "SoftKVM, the software accelerator, is not built yet; use --accel host on a machine with /dev/kvm")
+        message: "SoftKVM is opened with Hypervisor.open(.soft) from module Accelerators, or Hypervisor(backend: SoftBackend())")
 
     /// The KVM API version (12). The ioctl is KVM_GET_API_VERSION.
     public func apiVersion() throws(KVMError) -> Int32 {

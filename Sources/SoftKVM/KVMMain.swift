@@ -69,7 +69,7 @@ extension SoftBackend {
         // so user space changes to that memory are always seen (the sense of SYNC_MMU).
         case Capability.syncMMU.rawValue:
             return 1
-        // Read-only slots are accepted and kept; the CPU that turns guest writes to them into MMIO exits is not wired yet.
+        // Read-only slots: guest writes to them become MMIO exits (the CPU's view marks them read-only).
         case Capability.readonlyMem.rawValue:
             return 1
         case Capability.nrMemslots.rawValue:
@@ -138,7 +138,12 @@ extension SoftBackend {
     func kvm_vm_ioctl_set_memory_region(_ vm: SoftVM, _ mem: kvm_userspace_memory_region) -> Int32 {
         // Only the user slots are reachable from the ioctl; the top ones are KVM's own.
         if UInt16(truncatingIfNeeded: mem.slot) >= KVM_USER_MEM_SLOTS { return fail(.invalidArgument) }
-        return vm.slots.withLock { kvm_set_memory_region(&$0, mem) }
+        return vm.slots.withLock { slots in
+            let r = kvm_set_memory_region(&slots, mem)
+            // vCPUs rebuild their memory view when they see a new generation (kvm_memslots.generation).
+            if r == 0 { slots.generation &+= 1 }
+            return r
+        }
     }
 
     /// The flags a slot may have: KVM_MEM_LOG_DIRTY_PAGES, and KVM_MEM_READONLY
@@ -211,12 +216,13 @@ extension SoftBackend {
         let id = UInt16(truncatingIfNeeded: log.slot)
         if asID >= 1 || UInt32(id) >= KVM_USER_MEM_SLOTS { return fail(.invalidArgument) }
         return vm.slots.withLock { slots in
-            guard var slot = slots.byID[id], slot.dirtyBitmap != nil else { return fail(.noSuchFileOrDirectory) }
-            let words = slot.dirtyBitmap ?? []
+            guard let dirty = slots.byID[id]?.dirtyBitmap else { return fail(.noSuchFileOrDirectory) }
+            // Taken word by word with an atomic exchange (a vCPU may be
+            // setting bits meanwhile), then copied out as copy_to_user would:
+            // a bad pointer is EFAULT, and the bits taken are gone, as in the kernel.
+            let words = dirty.takeAll()
             let destination = UInt(bitPattern: log.dirty_bitmap)
             guard words.withUnsafeBytes({ UserMemory.copyOut($0, to: destination) }) else { return fail(.badAddress) }
-            slot.dirtyBitmap = [UInt64](repeating: 0, count: words.count)
-            slots.byID[id] = slot
             return 0
         }
     }
@@ -268,8 +274,9 @@ struct MemorySlotState: Sendable {
     let npages: UInt64
     let userspaceAddress: UInt64
     let flags: UInt32
-    /// One bit per page written since the log was last read; nil without KVM_MEM_LOG_DIRTY_PAGES.
-    var dirtyBitmap: [UInt64]?
+    /// One bit per page written since the log was last read; nil without
+    /// KVM_MEM_LOG_DIRTY_PAGES. The CPU sets bits through its pointer.
+    var dirtyBitmap: DirtyLog?
 
     init(id: UInt16, baseGFN: UInt64, npages: UInt64, userspaceAddress: UInt64, flags: UInt32) {
         self.id = id
@@ -277,11 +284,7 @@ struct MemorySlotState: Sendable {
         self.npages = npages
         self.userspaceAddress = userspaceAddress
         self.flags = flags
-        dirtyBitmap = flags & UInt32(KVM_MEM_LOG_DIRTY_PAGES) != 0 ? MemorySlotState.emptyBitmap(npages) : nil
-    }
-
-    static func emptyBitmap(_ npages: UInt64) -> [UInt64] {
-        [UInt64](repeating: 0, count: Int((npages + 63) / 64))
+        dirtyBitmap = flags & UInt32(KVM_MEM_LOG_DIRTY_PAGES) != 0 ? DirtyLog(npages: npages) : nil
     }
 
     /// The slot with new flags, keeping its bitmap while logging stays on.
@@ -291,17 +294,41 @@ struct MemorySlotState: Sendable {
         return slot
     }
 
-    /// Marks the page at `gfn` dirty (mark_page_dirty_in_slot); the CPU calls this on guest writes.
+    /// Marks the page at `gfn` dirty (mark_page_dirty_in_slot), as the CPU does on guest writes.
     mutating func markDirty(gfn: UInt64) {
-        guard dirtyBitmap != nil, gfn >= baseGFN, gfn < baseGFN + npages else { return }
+        guard let dirtyBitmap, gfn >= baseGFN, gfn < baseGFN + npages else { return }
         let page = Int(gfn - baseGFN)
-        dirtyBitmap?[page / 64] |= 1 << UInt64(page % 64)
+        dirtyBitmap.words[page / 64] |= 1 << UInt64(page % 64)
+    }
+}
+
+/// A slot's dirty bitmap at a fixed address, so that the CPU can set bits
+/// in it directly. The vCPU thread sets bits while KVM_GET_DIRTY_LOG takes
+/// them word by word with an atomic exchange, as the kernel does: a bit set
+/// meanwhile is either taken now or left for the next read, never lost.
+final class DirtyLog: @unchecked Sendable {
+    let words: UnsafeMutablePointer<UInt64>
+    let count: Int
+
+    init(npages: UInt64) {
+        count = Int((npages + 63) / 64)
+        words = .allocate(capacity: max(count, 1))
+        words.initialize(repeating: 0, count: max(count, 1))
+    }
+
+    deinit { words.deallocate() }
+
+    /// Every word's bits, each word cleared in the same atomic exchange.
+    func takeAll() -> [UInt64] {
+        (0..<count).map { swiftkvm_atomic_exchange_u64(words + $0, 0) }
     }
 }
 
 /// The VM's slots (`struct kvm_memslots`), one address space.
 struct MemorySlots: Sendable {
     var byID: [UInt16: MemorySlotState] = [:]
+    /// Bumped by every change, so that a vCPU knows when to rebuild its view.
+    var generation: UInt64 = 0
 }
 
 /// A VM (`struct kvm`). Swift's reference count is the kernel's

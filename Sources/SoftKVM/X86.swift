@@ -3,6 +3,7 @@ import Glibc
 import KVM
 import Synchronization
 import SystemPackage
+import X86
 
 // The x86 part of KVM, after the kernel's arch/x86/kvm/x86.c (kvm_arch_*)
 // and cpuid.c.
@@ -216,6 +217,9 @@ extension SoftBackend {
                 return kvm_vcpu_ioctl_get_cpuid2(arch, arg)
             case KVMRequest.setCPUID2.number:
                 return kvm_vcpu_ioctl_set_cpuid2(&arch, arg)
+            case KVMRequest.interrupt.number:
+                guard let irq = UserMemory.read(kvm_interrupt.self, from: arg) else { return fail(.badAddress) }
+                return kvm_vcpu_ioctl_interrupt(&arch, irq)
             case KVMRequest.getMSRs.number:
                 return msr_io(&arch, arg, write: false)
             case KVMRequest.setMSRs.number:
@@ -226,14 +230,13 @@ extension SoftBackend {
         }
     }
 
-    /// KVM_RUN. SoftKVM has no CPU yet (the X86 interpreter is being
-    /// written), so a run that is not cut short by `immediate_exit` fails
-    /// with ENOSYS rather than pretend to execute.
-    func kvm_arch_vcpu_ioctl_run(_ vcpu: SoftVCPU) -> Int32 {
-        // The kernel returns EINTR for immediate_exit before entering the
-        // guest, and leaves exit_reason as it was (only a pending signal sets KVM_EXIT_INTR).
-        if vcpu.run.pointee.immediate_exit != 0 { return fail(.interrupted) }
-        return fail(.noFunction)
+    /// KVM_INTERRUPT with a user-space interrupt controller: injected at the
+    /// next KVM_RUN; a second one before that replaces the first, as
+    /// kvm_queue_interrupt does (KVM_NR_INTERRUPTS is 256).
+    func kvm_vcpu_ioctl_interrupt(_ arch: inout VCPUArch, _ irq: kvm_interrupt) -> Int32 {
+        if irq.irq >= 256 { return fail(.invalidArgument) }
+        arch.queuedInterrupt = UInt8(irq.irq)
+        return 0
     }
 
     // MARK: State rules
@@ -318,8 +321,20 @@ extension SoftBackend {
             }
             table.append(entry)
         }
+        // After the first KVM_RUN the CPUID can only be set again unchanged
+        // (kvm_set_cpuid's kvm_cpuid_check_equal).
+        if arch.hasRun {
+            return Self.sameCPUID(table, arch.cpuid) ? 0 : fail(.invalidArgument)
+        }
         arch.cpuid = table
         return 0
+    }
+
+    static func sameCPUID(_ a: [kvm_cpuid_entry2], _ b: [kvm_cpuid_entry2]) -> Bool {
+        a.count == b.count && zip(a, b).allSatisfy {
+            $0.function == $1.function && $0.index == $1.index && $0.flags == $1.flags
+                && $0.eax == $1.eax && $0.ebx == $1.ebx && $0.ecx == $1.ecx && $0.edx == $1.edx
+        }
     }
 
     /// KVM_GET_MSRS and KVM_SET_MSRS: entries are done in order until one
@@ -350,10 +365,14 @@ struct KVMArch: Sendable {
     var tssAddress: UInt64 = 0
 }
 
-/// A vCPU's x86 state (`struct kvm_vcpu_arch`), in the ABI's own structs.
+/// A vCPU's x86 state (`struct kvm_vcpu_arch`). The architectural state
+/// lives in the X86 CPU; the ABI structs are made from it and written into
+/// it, so that what KVM_GET_* gives is what the guest runs with.
 struct VCPUArch: @unchecked Sendable {
-    var regs = kvm_regs()
-    var sregs = kvm_sregs()
+    var cpu = X86CPU(memory: PhysicalMemory(ranges: []))
+    /// What kvm_sregs holds that the CPU does not model yet: TR, LDTR, CR8
+    /// and the interrupt bitmap, kept as set.
+    var extraSregs = kvm_sregs()
     var fpu = kvm_fpu()
     var mpState = UInt32(KVM_MP_STATE_RUNNABLE)
     var events = kvm_vcpu_events()
@@ -361,12 +380,37 @@ struct VCPUArch: @unchecked Sendable {
     var dr6: UInt64 = 0
     var dr7: UInt64 = 0
     var xcr0: UInt64 = XFEATURE_MASK_FP
-    var cpuid: [kvm_cpuid_entry2] = []
-    var msrs: [UInt32: UInt64] = [:]
+    var cpuid: [kvm_cpuid_entry2] = [] {
+        didSet {
+            cpu.cpuid = cpuid.map {
+                CPUIDLeaf(function: $0.function, index: $0.index,
+                          significantIndex: $0.flags & UInt32(KVM_CPUID_FLAG_SIGNIFCANT_INDEX) != 0,
+                          eax: $0.eax, ebx: $0.ebx, ecx: $0.ecx, edx: $0.edx)
+            }
+        }
+    }
+    /// Whether KVM_RUN has been entered (kvm_vcpu_has_run).
+    var hasRun = false
+    /// The vector KVM_INTERRUPT queued, injected at the next entry (`vcpu->arch.interrupt`).
+    var queuedInterrupt: UInt8? = nil
+    /// The read the last exit asked user space to answer (complete_userspace_io).
+    var pendingRead = PendingRead.none
+    /// The slots generation the CPU's memory view was built from, and the
+    /// dirty logs it points into (kept alive while it does).
+    var memoryGeneration: UInt64 = ~0
+    var memoryOwners: [DirtyLog] = []
+
+    enum PendingRead {
+        case none
+        case port(size: Int)
+        case string(size: Int, count: Int)
+        case mmio(address: UInt64, size: Int)
+    }
 
     /// The vCPU's state at creation (kvm_vcpu_reset with init_event false),
     /// as the kernel gives it: the x86 reset vector in real mode.
     init(id: UInt32) {
+        var regs = kvm_regs()
         // EDX holds the CPU signature, CPUID.1:EAX, or 0x600 before the guest has a CPUID.
         regs.rdx = 0x600
         regs.rip = 0xFFF0
@@ -381,6 +425,7 @@ struct VCPUArch: @unchecked Sendable {
             segment.s = s
             return segment
         }
+        var sregs = kvm_sregs()
         sregs.cs = segment(type: 11, s: 1, selector: 0xF000, base: 0xFFFF_0000)
         sregs.ds = segment(type: 3, s: 1)
         sregs.es = sregs.ds
@@ -394,10 +439,101 @@ struct VCPUArch: @unchecked Sendable {
         sregs.cr0 = 0x6000_0010  // CD, NW, ET
         // The APIC is enabled at its default base; vCPU 0 is the bootstrap processor (kvm_vcpu_is_reset_bsp).
         sregs.apic_base = 0xFEE0_0800 | (id == 0 ? 0x100 : 0)
+        self.regs = regs
+        self.sregs = sregs
         fpu.fcw = 0x37F
         dr6 = 0xFFFF_0FF0  // DR6_ACTIVE_LOW
         dr7 = 0x400  // DR7_FIXED_1
-        msrs[MSR_IA32_CR_PAT] = MSR_IA32_CR_PAT_DEFAULT
+        // Faults go to the guest's IDT, as on hardware; KVM's exits are what is left.
+        cpu.deliversExceptions = true
+    }
+
+    /// kvm_regs, from and to the CPU's registers.
+    var regs: kvm_regs {
+        get {
+            let s = cpu.state
+            var regs = kvm_regs()
+            regs.rax = s[.rax]; regs.rbx = s[.rbx]; regs.rcx = s[.rcx]; regs.rdx = s[.rdx]
+            regs.rsi = s[.rsi]; regs.rdi = s[.rdi]; regs.rsp = s[.rsp]; regs.rbp = s[.rbp]
+            regs.r8 = s[.r8]; regs.r9 = s[.r9]; regs.r10 = s[.r10]; regs.r11 = s[.r11]
+            regs.r12 = s[.r12]; regs.r13 = s[.r13]; regs.r14 = s[.r14]; regs.r15 = s[.r15]
+            regs.rip = s.rip
+            regs.rflags = s.rflags
+            return regs
+        }
+        set {
+            cpu.state[.rax] = newValue.rax; cpu.state[.rbx] = newValue.rbx
+            cpu.state[.rcx] = newValue.rcx; cpu.state[.rdx] = newValue.rdx
+            cpu.state[.rsi] = newValue.rsi; cpu.state[.rdi] = newValue.rdi
+            cpu.state[.rsp] = newValue.rsp; cpu.state[.rbp] = newValue.rbp
+            cpu.state[.r8] = newValue.r8; cpu.state[.r9] = newValue.r9
+            cpu.state[.r10] = newValue.r10; cpu.state[.r11] = newValue.r11
+            cpu.state[.r12] = newValue.r12; cpu.state[.r13] = newValue.r13
+            cpu.state[.r14] = newValue.r14; cpu.state[.r15] = newValue.r15
+            cpu.state.rip = newValue.rip
+            cpu.state.rflags = newValue.rflags
+        }
+    }
+
+    /// kvm_sregs, from and to the CPU's segments, control registers and
+    /// descriptor tables (the rest as set).
+    var sregs: kvm_sregs {
+        get {
+            let s = cpu.state
+            var sregs = extraSregs
+            sregs.cs = Self.segment(s.cs)
+            sregs.ds = Self.segment(s.ds)
+            sregs.es = Self.segment(s.es)
+            sregs.fs = Self.segment(s.fs)
+            sregs.gs = Self.segment(s.gs)
+            sregs.ss = Self.segment(s.ss)
+            sregs.gdt = kvm_dtable(base: s.gdtr.base, limit: s.gdtr.limit, padding: (0, 0, 0))
+            sregs.idt = kvm_dtable(base: s.idtr.base, limit: s.idtr.limit, padding: (0, 0, 0))
+            sregs.cr0 = s.cr0
+            sregs.cr2 = s.cr2
+            sregs.cr3 = s.cr3
+            sregs.cr4 = s.cr4
+            sregs.efer = s.efer
+            sregs.apic_base = s.msrs.apicBase
+            return sregs
+        }
+        set {
+            extraSregs = newValue
+            // CR0 and EFER before CS, so that the mode CS sets is derived from them.
+            cpu.state.cr0 = newValue.cr0
+            cpu.state.cr2 = newValue.cr2
+            cpu.state.cr3 = newValue.cr3
+            cpu.state.cr4 = newValue.cr4
+            cpu.state.efer = newValue.efer
+            cpu.state.cs = Self.segment(newValue.cs)
+            cpu.state.ds = Self.segment(newValue.ds)
+            cpu.state.es = Self.segment(newValue.es)
+            cpu.state.fs = Self.segment(newValue.fs)
+            cpu.state.gs = Self.segment(newValue.gs)
+            cpu.state.ss = Self.segment(newValue.ss)
+            cpu.state.gdtr = DescriptorTableRegister(base: newValue.gdt.base, limit: newValue.gdt.limit)
+            cpu.state.idtr = DescriptorTableRegister(base: newValue.idt.base, limit: newValue.idt.limit)
+            cpu.state.msrs.apicBase = newValue.apic_base
+        }
+    }
+
+    /// A segment register as kvm_segment: the VMX access-rights layout the
+    /// CPU keeps, unpacked; an unusable segment is one not present (as VMX reports it).
+    static func segment(_ segment: SegmentRegister) -> kvm_segment {
+        let a = segment.attributes
+        return kvm_segment(
+            base: segment.base, limit: segment.limit, selector: segment.selector, type: UInt8(a & 0xF),
+            present: UInt8((a >> 7) & 1), dpl: UInt8((a >> 5) & 3), db: UInt8((a >> 14) & 1), s: UInt8((a >> 4) & 1),
+            l: UInt8((a >> 13) & 1), g: UInt8((a >> 15) & 1), avl: UInt8((a >> 12) & 1),
+            unusable: a & 0x80 == 0 ? 1 : 0, padding: 0)
+    }
+
+    static func segment(_ segment: kvm_segment) -> SegmentRegister {
+        var attributes = UInt16(segment.type & 0xF) | UInt16(segment.s & 1) << 4 | UInt16(segment.dpl & 3) << 5
+            | UInt16(segment.present & 1) << 7 | UInt16(segment.avl & 1) << 12 | UInt16(segment.l & 1) << 13
+            | UInt16(segment.db & 1) << 14 | UInt16(segment.g & 1) << 15
+        if segment.unusable != 0 { attributes = 0 }
+        return SegmentRegister(selector: segment.selector, base: segment.base, limit: segment.limit, attributes: attributes)
     }
 
     /// The XCR0 bits the guest's CPUID leaf 0xD allows, within what SoftKVM supports.
@@ -406,30 +542,19 @@ struct VCPUArch: @unchecked Sendable {
         return (UInt64(leaf.eax) | UInt64(leaf.edx) << 32) & softSupportedXCR0
     }
 
+    /// An MSR for KVM_GET_MSRS: those in the list, and EFER, APIC base and
+    /// the FS/GS bases that travel in kvm_sregs too.
     func getMSR(_ index: UInt32) -> UInt64? {
-        switch index {
-        case MSR_EFER: return sregs.efer
-        case MSR_IA32_APICBASE: return sregs.apic_base
-        case MSR_FS_BASE: return sregs.fs.base
-        case MSR_GS_BASE: return sregs.gs.base
-        case _ where msrsToSave.contains(index): return msrs[index] ?? 0
-        default: return nil
-        }
+        guard Self.accessibleMSRs.contains(index) else { return nil }
+        return cpu.readMSR(index)
     }
 
     mutating func setMSR(_ index: UInt32, _ data: UInt64) -> Bool {
-        switch index {
-        case MSR_EFER:
-            guard data & ~(EFER_SCE | EFER_LME | EFER_LMA | EFER_NX) == 0 else { return false }
-            sregs.efer = data
-        case MSR_IA32_APICBASE: sregs.apic_base = data
-        case MSR_FS_BASE: sregs.fs.base = data
-        case MSR_GS_BASE: sregs.gs.base = data
-        case _ where msrsToSave.contains(index): msrs[index] = data
-        default: return false
-        }
-        return true
+        guard Self.accessibleMSRs.contains(index) else { return false }
+        return cpu.writeMSR(index, data, host: true)
     }
+
+    static let accessibleMSRs: Set<UInt32> = Set(msrsToSave + [MSR_EFER, MSR_IA32_APICBASE, MSR_FS_BASE, MSR_GS_BASE])
 }
 
 /// A vCPU (`struct kvm_vcpu`). It holds its VM, as the kernel's vCPU holds

@@ -24,6 +24,9 @@ public struct PortIOExit: Equatable, Sendable {
     public var isWrite: Bool
     /// The value written (for `out`); 0 for `in`, which the host answers with `completeInput`.
     public var data: UInt64
+    /// Elements of a string `ins`, answered all at once with
+    /// `completeStringInput`; 1 for every other access.
+    public var count: Int = 1
 }
 
 /// A guest-physical access outside RAM.
@@ -37,7 +40,8 @@ public struct MMIOExit: Equatable, Sendable {
 
 /// Why `run` returned.
 public enum X86Exit: Equatable, Sendable {
-    /// The instruction is complete (RIP is past it); an `in` waits for `completeInput`.
+    /// An `out` is complete (RIP is past it); an `in` stays at its
+    /// instruction until `completeInput` (as KVM shows it to user space).
     case io(PortIOExit)
     /// A write has been done (RIP past the instruction, or at a REP string
     /// instruction that continues); a read restarts its instruction, which
@@ -45,13 +49,16 @@ public enum X86Exit: Equatable, Sendable {
     case mmio(MMIOExit)
     /// HLT at CPL 0; RIP is past it.
     case halt
-    /// A fault, with RIP at the faulting instruction. Delivery through the
-    /// IDT does not exist yet: the host sees every exception.
+    /// A fault, with RIP at the faulting instruction, when
+    /// `deliversExceptions` is off (otherwise the guest's IDT gets it).
     case exception(vector: UInt8, errorCode: UInt32?)
+    /// A triple fault: an exception while delivering a double fault.
+    case shutdown
     /// `maxInstructions` instructions completed.
     case instructionLimit
-    /// Code fetched or a page table read from outside RAM: KVM reports
-    /// such an access as an emulation failure.
+    /// Code fetched or a page table read from outside RAM, or what the CPU
+    /// does not model yet (32-bit paging, an interrupt needing a stack
+    /// switch, a task gate...): KVM reports these as an emulation failure.
     case emulationFailure(address: UInt64)
 }
 
@@ -60,23 +67,86 @@ public enum Vector: UInt8, Sendable {
     case de = 0, db = 1, bp = 3, ud = 6, nm = 7, df = 8, ts = 10, np = 11, ss = 12, gp = 13, pf = 14
 }
 
-/// Guest-physical RAM: `size` bytes at `base`, mapped at guest-physical 0.
-/// Every access is checked against `size`; anything above is MMIO.
-public struct PhysicalMemory {
-    public let base: UnsafeMutableRawPointer
-    public let size: UInt64
+/// One range of guest-physical memory backed by host memory: a KVM memory
+/// slot as the CPU sees it.
+public struct PhysicalRange: @unchecked Sendable {
+    public var guestAddress: UInt64
+    public var size: UInt64
+    public var host: UnsafeMutableRawPointer
+    /// Guest writes become MMIO exits and leave the memory unchanged.
+    public var readOnly: Bool
+    /// One bit per 4 KiB page of the range, set on each guest write; nil
+    /// when the range's writes are not logged. The owner keeps it allocated
+    /// while the CPU uses the range.
+    public var dirtyBitmap: UnsafeMutablePointer<UInt64>?
 
-    /// The caller keeps `base..<base+size` allocated and unaliased by Swift
-    /// arrays for as long as a CPU uses it.
-    public init(base: UnsafeMutableRawPointer, size: Int) {
-        self.base = base
-        self.size = UInt64(size)
+    public init(guestAddress: UInt64, size: UInt64, host: UnsafeMutableRawPointer, readOnly: Bool = false,
+                dirtyBitmap: UnsafeMutablePointer<UInt64>? = nil) {
+        self.guestAddress = guestAddress
+        self.size = size
+        self.host = host
+        self.readOnly = readOnly
+        self.dirtyBitmap = dirtyBitmap
     }
+}
+
+/// Guest-physical memory: ranges of host memory at guest addresses, sorted
+/// and not overlapping. Every access is checked against them; anything
+/// outside is MMIO.
+public struct PhysicalMemory: @unchecked Sendable {
+    public let ranges: [PhysicalRange]
+
+    /// `size` bytes of RAM at `base`, mapped at guest-physical 0. The caller
+    /// keeps `base..<base+size` allocated and unaliased by Swift arrays for
+    /// as long as a CPU uses it.
+    public init(base: UnsafeMutableRawPointer, size: Int) {
+        ranges = [PhysicalRange(guestAddress: 0, size: UInt64(size), host: base)]
+    }
+
+    /// Several ranges; the same obligations hold for each.
+    public init(ranges: [PhysicalRange]) {
+        self.ranges = ranges.filter { $0.size > 0 }.sorted { $0.guestAddress < $1.guestAddress }
+    }
+
+    /// The range holding `address`, by binary search.
+    func range(containing address: UInt64) -> PhysicalRange? {
+        var low = 0, high = ranges.count
+        while low < high {
+            let middle = (low + high) / 2
+            let range = ranges[middle]
+            if address < range.guestAddress {
+                high = middle
+            } else if address - range.guestAddress >= range.size {
+                low = middle + 1
+            } else {
+                return range
+            }
+        }
+        return nil
+    }
+}
+
+/// The last range an access hit, kept inline so that the common access is
+/// one subtraction and one compare.
+struct HotRange {
+    var start: UInt64 = 0
+    var size: UInt64 = 0
+    var host: UnsafeMutableRawPointer? = nil
+    var dirtyBitmap: UnsafeMutablePointer<UInt64>? = nil
 }
 
 public struct X86CPU {
     public var state: CPUState
-    public let memory: PhysicalMemory
+    /// Guest-physical memory. Setting it drops the cached ranges (and the
+    /// TLB keeps physical addresses, so it stays valid).
+    public var memory: PhysicalMemory {
+        didSet {
+            hotRead = HotRange()
+            hotWrite = HotRange()
+        }
+    }
+    var hotRead = HotRange()
+    var hotWrite = HotRange()
     var pending: X86Exit = .instructionLimit
     /// An MMIO exit stored by a write; the loop stops after the instruction.
     var mmioWritePending = false
@@ -84,6 +154,17 @@ public struct X86CPU {
     var mmioReadAnswer: (address: UInt64, value: UInt64)? = nil
     /// The register an `in` waits to fill (size in bytes, 0 if none).
     var inputSize = 0
+    /// Where RIP goes when the `in` is answered.
+    var inputNextRIP: UInt64 = 0
+    /// An OUTS whose last element went out: the next `run` moves past it.
+    var outputCompletionRIP: UInt64? = nil
+    /// The string `ins` waiting for its data (count 0 if none).
+    var stringInput = StringInput()
+    /// Whether faults go through the guest's IDT (as on a real CPU) rather
+    /// than out to the host as `.exception`.
+    public var deliversExceptions = false
+    /// The CPUID leaves the guest sees, as KVM_SET_CPUID2 gives them.
+    public var cpuid: [CPUIDLeaf] = []
     /// A direct-mapped TLB of 4 KiB linear pages (see Memory.swift).
     var tlb = InlineArray<256, TLBEntry>(repeating: TLBEntry())
     var tlbGeneration: UInt64 = ~0
@@ -97,6 +178,7 @@ public struct X86CPU {
     public mutating func completeInput(_ value: UInt64) {
         guard inputSize > 0 else { return }
         state.write(0, value, size: inputSize, legacyHighBytes: false)
+        state.rip = inputNextRIP
         inputSize = 0
     }
 
@@ -108,11 +190,25 @@ public struct X86CPU {
 
     /// Runs until an exit or until `maxInstructions` instructions completed.
     public mutating func run(maxInstructions: Int) -> X86Exit {
+        if let next = outputCompletionRIP {
+            outputCompletionRIP = nil
+            state.rip = next
+            state.rflags &= ~RFLAGS.rf
+        }
         var executed = 0
         while executed < maxInstructions {
             var insn = Instruction()
-            guard decode(&insn) else { return pending }
-            guard execute(&insn) else { return pending }
+            // RF suppresses instruction breakpoints for one instruction: it
+            // is cleared when the instruction that saw it set completes (not
+            // by the IRET that loads it).
+            let resumeFlag = state.flags.bits & RFLAGS.rf
+            guard decode(&insn), execute(&insn) else {
+                guard deliversExceptions, case .exception(let vector, let errorCode) = pending,
+                      deliverException(vector, errorCode: errorCode) else { return pending }
+                executed += 1
+                continue
+            }
+            if resumeFlag != 0 { state.flags.bits &= ~RFLAGS.rf }
             executed += 1
             if mmioWritePending {
                 mmioWritePending = false

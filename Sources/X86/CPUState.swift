@@ -67,9 +67,13 @@ public enum CPUMode: Sendable, Equatable {
 /// Control-register and EFER bits the CPU acts on.
 public enum ControlBits {
     public static let cr0PE: UInt64 = 1 << 0
+    public static let cr0ET: UInt64 = 1 << 4
+    public static let cr0NW: UInt64 = 1 << 29
+    public static let cr0CD: UInt64 = 1 << 30
     public static let cr0WP: UInt64 = 1 << 16
     public static let cr0PG: UInt64 = 1 << 31
     public static let cr4PAE: UInt64 = 1 << 5
+    public static let eferSCE: UInt64 = 1 << 0
     public static let eferLME: UInt64 = 1 << 8
     public static let eferLMA: UInt64 = 1 << 10
     public static let eferNXE: UInt64 = 1 << 11
@@ -111,6 +115,8 @@ public struct CPUState {
     public private(set) var mode: CPUMode
     public var gdtr: DescriptorTableRegister
     public var idtr: DescriptorTableRegister
+    /// The MSRs that are plain storage (EFER and the FS/GS bases live above).
+    public var msrs = ModelSpecificRegisters()
 
     /// The state after RESET (Intel SDM Vol. 3 table 10-1): real mode,
     /// CS:IP = F000:FFF0 with CS base FFFF0000.
@@ -257,6 +263,42 @@ public struct CPUState {
         default: setReg(index, value)
         }
     }
+}
+
+/// MSRs whose value the CPU keeps but does not act on yet.
+public struct ModelSpecificRegisters: Hashable, Sendable {
+    public var tsc: UInt64 = 0
+    /// Enabled at the default base; bit 8 (BSP) is for the owner to set.
+    public var apicBase: UInt64 = 0xFEE0_0800
+    public var sysenterCS: UInt64 = 0
+    public var sysenterESP: UInt64 = 0
+    public var sysenterEIP: UInt64 = 0
+    /// The power-on PAT (Intel SDM 11.12.4).
+    public var pat: UInt64 = 0x0007_0406_0007_0406
+    public var star: UInt64 = 0
+    public var lstar: UInt64 = 0
+    public var cstar: UInt64 = 0
+    public var syscallMask: UInt64 = 0
+    public var kernelGSBase: UInt64 = 0
+    public init() {}
+}
+
+/// MSR numbers the CPU knows.
+public enum MSR {
+    public static let tsc: UInt32 = 0x10
+    public static let apicBase: UInt32 = 0x1B
+    public static let sysenterCS: UInt32 = 0x174
+    public static let sysenterESP: UInt32 = 0x175
+    public static let sysenterEIP: UInt32 = 0x176
+    public static let pat: UInt32 = 0x277
+    public static let efer: UInt32 = 0xC000_0080
+    public static let star: UInt32 = 0xC000_0081
+    public static let lstar: UInt32 = 0xC000_0082
+    public static let cstar: UInt32 = 0xC000_0083
+    public static let syscallMask: UInt32 = 0xC000_0084
+    public static let fsBase: UInt32 = 0xC000_0100
+    public static let gsBase: UInt32 = 0xC000_0101
+    public static let kernelGSBase: UInt32 = 0xC000_0102
 }
 
 /// RFLAGS bit positions.

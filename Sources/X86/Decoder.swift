@@ -79,9 +79,9 @@ extension X86CPU {
         let start = linear(SegmentRegisterName.cs.rawValue, rip)
         // Common case: 16 bytes inside one page of RAM.
         if start & 0xFFF <= 0x1000 - 16, let physical = translate(start, .fetch),
-           physical < memory.size, memory.size - physical >= 16 {
-            window.low = memory.base.loadUnaligned(fromByteOffset: Int(physical), as: UInt64.self)
-            window.high = memory.base.loadUnaligned(fromByteOffset: Int(physical) + 8, as: UInt64.self)
+           let host = hostPointer(physical, size: 16, write: false) {
+            window.low = host.loadUnaligned(as: UInt64.self)
+            window.high = host.loadUnaligned(fromByteOffset: 8, as: UInt64.self)
             window.available = 15
             return true
         }
@@ -91,8 +91,8 @@ extension X86CPU {
             guard let physical = translate(address, .fetch) else { break }
             var p = physical
             while address != pageEnd && window.available < 15 {
-                guard p < memory.size else { break }
-                window.append(memory.base.load(fromByteOffset: Int(p), as: UInt8.self))
+                guard let host = hostPointer(p, size: 1, write: false) else { break }
+                window.append(host.load(as: UInt8.self))
                 address &+= 1
                 p &+= 1
             }

@@ -50,6 +50,8 @@ extension X86CPU {
             case 2, 4:
                 // Branches set RIP themselves.
                 return executeControlFlow(&insn)
+            case 5:
+                return executeFarJump(&insn)
             default:
                 return undefined()
             }
@@ -71,6 +73,30 @@ extension X86CPU {
             guard executeFlagInstruction(&insn) else { return false }
         case 0x118...0x11F:  // hint NOPs, 0F 1F /0 the multi-byte NOP
             break
+        // System instructions set RIP themselves.
+        case 0x101:
+            return executeGroup7(&insn)
+        case 0x120, 0x122:
+            return executeMoveControl(&insn)
+        case 0x130, 0x132:
+            return executeMSR(&insn)
+        case 0x131:  // RDTSC: the TSC MSR's value, counting nothing yet
+            state.setReg(0, state.msrs.tsc & 0xFFFF_FFFF)
+            state.setReg(2, state.msrs.tsc >> 32)
+        case 0x1A2:
+            return executeCPUID(&insn)
+        case 0xEA:
+            return executeFarJump(&insn)
+        case 0x1A3, 0x1AB, 0x1B3, 0x1BB, 0x1BA:
+            return executeBitTest(&insn)
+        case 0x6C...0x6F:
+            return executeStringPortIO(&insn)
+        case 0xCC, 0xCD:
+            return executeSoftwareInterrupt(&insn)
+        case 0xCF:
+            return executeIRET(&insn)
+        case 0x10B:  // UD2
+            return undefined()
         default:
             return undefined()
         }

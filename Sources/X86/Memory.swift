@@ -68,18 +68,19 @@ extension X86CPU {
         var entry: UInt64 = 0
         while true {
             entryAddress = table + ((address >> shift) & 0x1FF) * 8
-            guard entryAddress + 8 <= memory.size else {
+            guard let entryPointer = hostPointer(entryAddress, size: 8, write: false) else {
                 pending = .emulationFailure(address: entryAddress)
                 return nil
             }
-            entry = memory.base.loadUnaligned(fromByteOffset: Int(entryAddress), as: UInt64.self)
+            entry = entryPointer.loadUnaligned(as: UInt64.self)
             if entry & 1 == 0 { return pageFault(address, access, present: false) }
             writable = writable && entry & 2 != 0
             userOK = userOK && entry & 4 != 0
             if nxe && entry & (1 << 63) != 0 { executable = false }
             if entry & 0x20 == 0 {
                 entry |= 0x20
-                memory.base.storeBytes(of: entry, toByteOffset: Int(entryAddress), as: UInt64.self)
+                // A table in a read-only slot keeps its A bit clear, as a ROM would.
+                hostPointer(entryAddress, size: 8, write: true)?.storeBytes(of: entry, as: UInt64.self)
             }
             // PS in a PDPTE (1 GiB) or PDE (2 MiB) ends the walk.
             if shift == 12 || ((shift == 30 || shift == 21) && entry & 0x80 != 0) { break }
@@ -92,7 +93,7 @@ extension X86CPU {
         }
         if access == .fetch && !executable { return pageFault(address, access, present: true) }
         if access == .write && entry & 0x40 == 0 {
-            memory.base.storeBytes(of: entry | 0x40, toByteOffset: Int(entryAddress), as: UInt64.self)
+            hostPointer(entryAddress, size: 8, write: true)?.storeBytes(of: entry | 0x40, as: UInt64.self)
         }
         let pageMask: UInt64 = (1 << shift) - 1
         let physical = (entry & 0x000F_FFFF_FFFF_F000 & ~pageMask) | (address & pageMask)
@@ -151,19 +152,56 @@ extension X86CPU {
 
     // MARK: Physical access
 
+    /// The host address of `size` bytes at guest-physical `address`, or nil
+    /// when they are not all in one range (or, for a write, in a read-only
+    /// one). A write marks its pages in the range's dirty log.
+    @inline(__always)
+    mutating func hostPointer(_ address: UInt64, size: Int, write: Bool) -> UnsafeMutableRawPointer? {
+        let hot = write ? hotWrite : hotRead
+        let offset = address &- hot.start
+        if offset < hot.size && hot.size - offset >= UInt64(size), let host = hot.host {
+            if write, let bitmap = hot.dirtyBitmap { markDirty(bitmap, offset, size) }
+            return host + Int(offset)
+        }
+        return hostPointerSlow(address, size: size, write: write)
+    }
+
+    mutating func hostPointerSlow(_ address: UInt64, size: Int, write: Bool) -> UnsafeMutableRawPointer? {
+        guard let range = memory.range(containing: address) else { return nil }
+        let offset = address - range.guestAddress
+        guard range.size - offset >= UInt64(size), !(write && range.readOnly) else { return nil }
+        let hot = HotRange(start: range.guestAddress, size: range.size, host: range.host, dirtyBitmap: range.dirtyBitmap)
+        if write {
+            hotWrite = hot
+            if let bitmap = range.dirtyBitmap { markDirty(bitmap, offset, size) }
+        } else {
+            hotRead = hot
+        }
+        return range.host + Int(offset)
+    }
+
+    /// Marks the first and last page of an access (at most two: accesses
+    /// are split at page boundaries before they get here).
+    @inline(__always)
+    func markDirty(_ bitmap: UnsafeMutablePointer<UInt64>, _ offset: UInt64, _ size: Int) {
+        let first = offset >> 12
+        let last = (offset &+ UInt64(size) &- 1) >> 12
+        bitmap[Int(first >> 6)] |= 1 << (first & 63)
+        if last != first { bitmap[Int(last >> 6)] |= 1 << (last & 63) }
+    }
+
     @inline(__always)
     mutating func readPhysical(_ address: UInt64, size: Int) -> UInt64? {
-        if address < memory.size && memory.size - address >= UInt64(size) {
-            let offset = Int(address)
+        if let host = hostPointer(address, size: size, write: false) {
             switch size {
-            case 1: return UInt64(memory.base.load(fromByteOffset: offset, as: UInt8.self))
-            case 2: return UInt64(memory.base.loadUnaligned(fromByteOffset: offset, as: UInt16.self))
-            case 4: return UInt64(memory.base.loadUnaligned(fromByteOffset: offset, as: UInt32.self))
-            case 8: return memory.base.loadUnaligned(fromByteOffset: offset, as: UInt64.self)
+            case 1: return UInt64(host.load(as: UInt8.self))
+            case 2: return UInt64(host.loadUnaligned(as: UInt16.self))
+            case 4: return UInt64(host.loadUnaligned(as: UInt32.self))
+            case 8: return host.loadUnaligned(as: UInt64.self)
             default:  // the piece of an access split at a page boundary
                 var value: UInt64 = 0
                 for i in 0..<size {
-                    value |= UInt64(memory.base.load(fromByteOffset: offset + i, as: UInt8.self)) << UInt64(i * 8)
+                    value |= UInt64(host.load(fromByteOffset: i, as: UInt8.self)) << UInt64(i * 8)
                 }
                 return value
             }
@@ -178,16 +216,15 @@ extension X86CPU {
 
     @inline(__always)
     mutating func writePhysical(_ address: UInt64, _ value: UInt64, size: Int) {
-        if address < memory.size && memory.size - address >= UInt64(size) {
-            let offset = Int(address)
+        if let host = hostPointer(address, size: size, write: true) {
             switch size {
-            case 1: memory.base.storeBytes(of: UInt8(truncatingIfNeeded: value), toByteOffset: offset, as: UInt8.self)
-            case 2: memory.base.storeBytes(of: UInt16(truncatingIfNeeded: value), toByteOffset: offset, as: UInt16.self)
-            case 4: memory.base.storeBytes(of: UInt32(truncatingIfNeeded: value), toByteOffset: offset, as: UInt32.self)
-            case 8: memory.base.storeBytes(of: value, toByteOffset: offset, as: UInt64.self)
+            case 1: host.storeBytes(of: UInt8(truncatingIfNeeded: value), as: UInt8.self)
+            case 2: host.storeBytes(of: UInt16(truncatingIfNeeded: value), as: UInt16.self)
+            case 4: host.storeBytes(of: UInt32(truncatingIfNeeded: value), as: UInt32.self)
+            case 8: host.storeBytes(of: value, as: UInt64.self)
             default:
                 for i in 0..<size {
-                    memory.base.storeBytes(of: UInt8(truncatingIfNeeded: value >> UInt64(i * 8)), toByteOffset: offset + i, as: UInt8.self)
+                    host.storeBytes(of: UInt8(truncatingIfNeeded: value >> UInt64(i * 8)), toByteOffset: i, as: UInt8.self)
                 }
             }
             return

@@ -1,3 +1,4 @@
+import Accelerators
 import ArgumentParser
 import KVM
 
@@ -14,7 +15,7 @@ struct Info: ParsableCommand {
         var usable: [Accelerator: Hypervisor] = [:]
         for accelerator in [Accelerator.host, .soft] {
             do {
-                let hypervisor = try Hypervisor(accelerator: accelerator)
+                let hypervisor = try Hypervisor.open(accelerator)
                 usable[accelerator] = hypervisor
                 print("  \(pad(accelerator.rawValue, 6))usable")
             } catch {

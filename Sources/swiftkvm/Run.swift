@@ -1,3 +1,4 @@
+import Accelerators
 import ArgumentParser
 import Glibc
 import KVM
@@ -20,7 +21,7 @@ struct Run: ParsableCommand {
     func run() throws {
         let result: BuiltinGuest.RunResult
         do {
-            let hypervisor = try Hypervisor(accelerator: acceleratorOptions.accel)
+            let hypervisor = try Hypervisor.open(acceleratorOptions.accel)
             let guest = try BuiltinGuest(hypervisor: hypervisor)
             result = try guest.run { byte in
                 var byte = byte

@@ -11,7 +11,7 @@ struct SwiftKVMCommand: ParsableCommand {
 
 /// The accelerator choice every subcommand that opens a hypervisor takes.
 struct AcceleratorOptions: ParsableArguments {
-    @Option(name: .long, help: "The accelerator: host (/dev/kvm), soft (SoftKVM), or auto (host where usable).")
+    @Option(name: .long, help: "The accelerator: host (/dev/kvm), soft (SoftKVM, a software CPU), or auto (host where /dev/kvm is usable, else soft).")
     var accel: Accelerator = .automatic
 }
 

@@ -39,10 +39,8 @@ struct PreloadConformanceTests {
         let host = try CPrograms.runOnHost(program)
         try #require(host.status == 0 && host.lines.contains("done"), "the guest did not finish on the host: \(host)")
         let soft = try CPrograms.runOnSoftKVM(program)
-        withKnownIssue("SoftKVM's KVM_RUN answers ENOSYS until it is wired to the soft CPU") {
-            #expect(soft.lines == host.lines)
-            #expect(soft.status == host.status)
-        }
+        #expect(soft.lines == host.lines)
+        #expect(soft.status == host.status)
     }
 
     @Test func guestDebugControlIsAnsweredAsOnHostKVM() throws {

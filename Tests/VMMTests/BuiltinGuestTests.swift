@@ -1,11 +1,15 @@
+import Accelerators
 import Foundation
 import KVM
 import Testing
 import VMM
 
-/// Boots the built-in guest on the host's /dev/kvm, collecting what it prints.
-private func runBuiltinGuest(output: (UInt8) -> Void = { _ in }) throws -> BuiltinGuest.RunResult {
-    let guest = try BuiltinGuest(hypervisor: Hypervisor(accelerator: .host))
+/// The accelerators this machine can run the guest on: SoftKVM always, the host where /dev/kvm is.
+private let accelerators: [Accelerator] = HostKVM.isAvailable ? [.host, .soft] : [.soft]
+
+/// Boots the built-in guest on `accelerator`, collecting what it prints.
+private func runBuiltinGuest(on accelerator: Accelerator, output: (UInt8) -> Void = { _ in }) throws -> BuiltinGuest.RunResult {
+    let guest = try BuiltinGuest(hypervisor: Hypervisor.open(accelerator))
     return try guest.run(output: output)
 }
 
@@ -20,9 +24,9 @@ private func adler32(_ bytes: [UInt8]) -> UInt32 {
     return b << 16 | a
 }
 
-@Test(.enabled(if: HostKVM.isAvailable))
-func builtinGuestPrintsBannerAndALinePerMode() throws {
-    let result = try runBuiltinGuest()
+@Test(arguments: accelerators)
+func builtinGuestPrintsBannerAndALinePerMode(_ accelerator: Accelerator) throws {
+    let result = try runBuiltinGuest(on: accelerator)
     let lines = String(decoding: result.output, as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: false)
     #expect(lines.count == 6)
     #expect(Array(lines.prefix(4)) == [
@@ -34,9 +38,9 @@ func builtinGuestPrintsBannerAndALinePerMode() throws {
     #expect(lines.last == "")
 }
 
-@Test(.enabled(if: HostKVM.isAvailable))
-func builtinGuestPrintsTheAdler32OfItsImage() throws {
-    let result = try runBuiltinGuest()
+@Test(arguments: accelerators)
+func builtinGuestPrintsTheAdler32OfItsImage(_ accelerator: Accelerator) throws {
+    let result = try runBuiltinGuest(on: accelerator)
     let text = String(decoding: result.output, as: UTF8.self)
     let line = try #require(text.split(separator: "\n").first { $0.hasPrefix("adler32: 0x") })
     let printed = try #require(UInt32(line.dropFirst("adler32: 0x".count), radix: 16))
@@ -44,18 +48,18 @@ func builtinGuestPrintsTheAdler32OfItsImage() throws {
     #expect(printed == adler32(BuiltinGuest.image))
 }
 
-@Test(.enabled(if: HostKVM.isAvailable))
-func builtinGuestEndsWithSuccessStatusOnDebugExitPort() throws {
-    let result = try runBuiltinGuest()
+@Test(arguments: accelerators)
+func builtinGuestEndsWithSuccessStatusOnDebugExitPort(_ accelerator: Accelerator) throws {
+    let result = try runBuiltinGuest(on: accelerator)
     #expect(result.status == BuiltinGuest.successStatus)
     // Each byte is an LSR read and a THR write; the status write is one more.
     #expect(result.exitCount >= 2 * result.output.count + 1)
 }
 
-@Test(.enabled(if: HostKVM.isAvailable))
-func builtinGuestHandsEachSerialByteToTheCallbackInOrder() throws {
+@Test(arguments: accelerators)
+func builtinGuestHandsEachSerialByteToTheCallbackInOrder(_ accelerator: Accelerator) throws {
     var streamed: [UInt8] = []
-    let result = try runBuiltinGuest { streamed.append($0) }
+    let result = try runBuiltinGuest(on: accelerator) { streamed.append($0) }
     #expect(!streamed.isEmpty)
     #expect(streamed == result.output)
 }
@@ -86,4 +90,13 @@ func committedBuiltinGuestImageMatchesTheAssembledSource() throws {
     let rebuilt = try Data(contentsOf: scratch)
     let committed = try Data(contentsOf: repositoryRoot.appendingPathComponent("Sources/VMM/BuiltinGuest.generated.swift"))
     #expect(rebuilt == committed, "Sources/VMM/BuiltinGuest.generated.swift is stale: run scripts/build-builtin-guest.sh")
+}
+
+/// The soft CPU against the host, exit for exit: the same output, status
+/// and number of KVM_RUN returns.
+@Test(.enabled(if: HostKVM.isAvailable))
+func builtinGuestRunsTheSameOnSoftKVMAsOnTheHost() throws {
+    let host = try runBuiltinGuest(on: .host)
+    let soft = try runBuiltinGuest(on: .soft)
+    #expect(soft == host)
 }

@@ -12,6 +12,14 @@
 static inline size_t swiftkvm_run_mmio_data_offset(void) { return offsetof(struct kvm_run, mmio.data); }
 static inline size_t swiftkvm_run_immediate_exit_offset(void) { return offsetof(struct kvm_run, immediate_exit); }
 
+/// Atomically replaces `*word` with `value` and returns what it held: how
+/// SoftKVM takes a dirty-log word while a vCPU thread may be setting bits in
+/// it (the kernel's xchg in kvm_get_dirty_log_protect). Swift's atomics
+/// cannot be placed on memory it does not own.
+static inline uint64_t swiftkvm_atomic_exchange_u64(uint64_t *word, uint64_t value) {
+    return __atomic_exchange_n(word, value, __ATOMIC_SEQ_CST);
+}
+
 /// ioctl(2) with a pointer argument. Swift cannot call the variadic libc
 /// ioctl, so the C target gives it fixed arities. Returns -1 and sets errno
 /// on failure, like the libc call.

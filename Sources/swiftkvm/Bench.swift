@@ -1,15 +1,26 @@
+import Accelerators
 import ArgumentParser
 import CKVMBench
 import Foundation
 import GuestMemory
 import KVM
 
+/// `swiftkvm bench`: the measurements the project tracks, each a ratio or a
+/// rate taken in one run.
+struct Bench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Measure SwiftKVM: the API's exit overhead, and the soft CPU's speed.",
+        subcommands: [PortIOBench.self, CPUBench.self],
+        defaultSubcommand: PortIOBench.self)
+}
+
 /// `swiftkvm bench port-io`: the cost of a port-I/O exit handled through the
 /// Swift API against the same loop written in C on raw ioctls, measured
 /// side by side in one process on one vCPU.
-struct Bench: ParsableCommand {
+struct PortIOBench: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Measure the KVM API's overhead: port-I/O exits through Swift against raw ioctls in C.")
+        commandName: "port-io",
+        abstract: "Port-I/O exits through the Swift API against raw ioctls in C, on the host's /dev/kvm.")
 
     @Option(help: "Port-I/O exits per round.")
     var exits = 20_000
@@ -117,4 +128,71 @@ enum BenchError: Error, CustomStringConvertible {
 
 extension Duration {
     var seconds: Double { Double(components.seconds) + Double(components.attoseconds) * 1e-18 }
+}
+
+/// `swiftkvm bench cpu`: guest instructions per second of a CPU-bound loop
+/// (integer arithmetic, a load, a store, a call and a return, a branch) in
+/// flat 32-bit protected mode, on the chosen accelerator.
+struct CPUBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "cpu",
+        abstract: "Guest instructions per second of a CPU-bound loop (use a release build).")
+
+    @Option(help: "Loop iterations (9 instructions each).")
+    var iterations: UInt32 = 5_000_000
+
+    @Option(help: "The accelerator: soft, or host (which on kvm_pvm emulates ~1 M instructions/s: lower --iterations).")
+    var accel: Accelerator = .soft
+
+    /// Instructions per loop iteration: add, mov store, mov load, xor, call, inc, ret, dec, jnz.
+    static let instructionsPerIteration = 9
+
+    /// The loop at 0x1000, 32-bit code.
+    static func code(iterations: UInt32) -> [UInt8] {
+        let count = withUnsafeBytes(of: iterations.littleEndian, Array.init)
+        return [0xB9] + count + [          // 1000: mov ecx, iterations
+            0xBE, 0x00, 0x20, 0x00, 0x00,  // 1005: mov esi, 0x2000
+            0x01, 0xD8,                    // 100a: add eax, ebx
+            0x89, 0x06,                    // 100c: mov [esi], eax
+            0x8B, 0x56, 0x04,              // 100e: mov edx, [esi+4]
+            0x31, 0xC2,                    // 1011: xor edx, eax
+            0xE8, 0x06, 0x00, 0x00, 0x00,  // 1013: call 101e
+            0x49,                          // 1018: dec ecx
+            0x75, 0xEF,                    // 1019: jnz 100a
+            0xE6, 0x10,                    // 101b: out 0x10, al
+            0xF4,                          // 101d: hlt
+            0x43,                          // 101e: inc ebx
+            0xC3,                          // 101f: ret
+        ]
+    }
+
+    func run() throws {
+        let hypervisor = try Hypervisor.open(accel)
+        let vm = try hypervisor.createVM()
+        let memory = try GuestMemoryRegion(size: 0x10000)
+        try memory.write(CPUBench.code(iterations: iterations), at: 0x1000)
+        try vm.setMemoryRegion(slot: 0, guestAddress: 0, region: memory)
+        let vcpu = try vm.createVCPU(id: 0)
+        var special = try vcpu.specialRegisters()
+        special.cr0 |= 1
+        special.cs = Segment(base: 0, limit: 0xFFFF_FFFF, selector: 8, type: 0xB, db: true, g: true)
+        let data = Segment(base: 0, limit: 0xFFFF_FFFF, selector: 0x10, type: 0x3, db: true, g: true)
+        (special.ds, special.es, special.ss, special.fs, special.gs) = (data, data, data, data, data)
+        try vcpu.setSpecialRegisters(special)
+        var registers = Registers()
+        registers.rip = 0x1000
+        registers.rsp = 0x8000
+        registers.rflags = 2
+        try vcpu.setRegisters(registers)
+
+        let start = ContinuousClock.now
+        let exit = try vcpu.run()
+        let elapsed = (ContinuousClock.now - start).seconds
+        guard case .io(let io) = exit, io.port == 0x10 else {
+            throw ValidationError("the benchmark loop ended with \(exit) instead of its port write")
+        }
+        let instructions = Double(iterations) * Double(CPUBench.instructionsPerIteration) + 2
+        print("CPU-bound loop on \(hypervisor.accelerator): \(iterations) iterations, \(Int(instructions)) instructions")
+        print(String(format: "  %.3f s, %.1f M guest instructions/s", elapsed, instructions / elapsed / 1e6))
+    }
 }

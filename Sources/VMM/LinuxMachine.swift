@@ -1,0 +1,548 @@
+import Devices
+import Foundation
+import GuestMemory
+import KVM
+import LinuxBoot
+import Synchronization
+
+/// How a machine ended when nothing went wrong, and the exit status the
+/// CLI gives for it.
+public enum MachineOutcome: Sendable, Equatable {
+    /// The guest powered off (ACPI S5, or KVM's shutdown system event): status 0.
+    case poweredOff
+    /// The host stopped the machine (`stop()`, Ctrl-A x on the console): status 0.
+    case stopped
+    /// The guest reset the machine (i8042 pulse, 0xcf9, the FADT reset
+    /// register, KVM's reset event), as `reboot` or a panic with `panic=-1`
+    /// does. The machine does not reboot: it ends with status 2, so a
+    /// script can tell a reboot or panic from a clean poweroff.
+    case reset
+
+    public var exitStatus: Int32 {
+        switch self {
+        case .poweredOff, .stopped: 0
+        case .reset: 2
+        }
+    }
+}
+
+/// Why a machine could not be built or did not run to an outcome.
+public enum MachineError: Error, CustomStringConvertible {
+    case configuration(MachineConfigurationError)
+    case kvm(KVMError)
+    case memory(GuestMemoryError)
+    case boot(LinuxBootError)
+    case bus(BusError)
+    case file(path: String, reason: String)
+    /// The vCPU did not take the warm-up run before the boot state.
+    case warmUp(vcpu: UInt32, exit: VCPUExit)
+    /// A triple fault, or a shutdown KVM reported (`KVM_EXIT_SHUTDOWN`).
+    case shutdown(vcpu: UInt32, rip: UInt64?)
+    /// KVM could not go on (`KVM_EXIT_INTERNAL_ERROR`), for instance an instruction it cannot emulate.
+    case internalError(vcpu: UInt32, rip: UInt64?, InternalError)
+    /// The guest crashed as KVM reported it (`KVM_SYSTEM_EVENT_CRASH`).
+    case guestCrash(vcpu: UInt32, rip: UInt64?)
+    /// An exit the machine has no answer for.
+    case unexpectedExit(vcpu: UInt32, rip: UInt64?, VCPUExit)
+
+    public var description: String {
+        func at(_ rip: UInt64?) -> String { rip.map { " at RIP 0x\(String($0, radix: 16))" } ?? "" }
+        switch self {
+        case .configuration(let error): return error.description
+        case .kvm(let error): return error.description
+        case .memory(let error): return error.description
+        case .boot(let error): return "\(error)"
+        case .bus(let error): return error.description
+        case .file(let path, let reason): return "cannot read \(path): \(reason)"
+        case .warmUp(let vcpu, let exit):
+            return "vCPU \(vcpu) did not run its warm-up instruction before the boot state: it gave \(exit)"
+        case .shutdown(let vcpu, let rip):
+            return "vCPU \(vcpu) shut down\(at(rip)) (KVM_EXIT_SHUTDOWN): a triple fault, the guest's state was beyond repair"
+        case .internalError(let vcpu, let rip, let error):
+            let data = error.data.map { "0x" + String($0, radix: 16) }.joined(separator: " ")
+            return "vCPU \(vcpu) stopped\(at(rip)) with KVM_EXIT_INTERNAL_ERROR, suberror \(error.suberror) (1: an instruction KVM could not emulate), data [\(data)]"
+        case .guestCrash(let vcpu, let rip):
+            return "the guest reported a crash on vCPU \(vcpu)\(at(rip)) (KVM_SYSTEM_EVENT_CRASH)"
+        case .unexpectedExit(let vcpu, let rip, let exit):
+            return "vCPU \(vcpu) gave an exit the machine cannot answer\(at(rip)): \(exit)"
+        }
+    }
+}
+
+/// RAM as the boot loaders see it: one region from 0, and with more than
+/// 3 GiB the rest in a second region from 4 GiB, leaving the PCI hole.
+final class MachineMemory: GuestPhysicalMemory {
+    let low: GuestMemoryRegion
+    let high: GuestMemoryRegion?
+
+    init(size: UInt64) throws(GuestMemoryError) {
+        let lowSize = min(size, MemoryMap.lowMemoryTop)
+        low = try GuestMemoryRegion(size: Int(lowSize))
+        high = size > lowSize ? try GuestMemoryRegion(size: Int(size - lowSize)) : nil
+    }
+
+    var guestMemorySize: UInt64 { UInt64(low.size) }
+
+    private func locate(_ address: UInt64, count: Int) throws(GuestMemoryError) -> (GuestMemoryRegion, Int) {
+        if address < UInt64(low.size) { return (low, Int(address)) }
+        if let high, address >= MemoryMap.fourGiB, let offset = Int(exactly: address - MemoryMap.fourGiB) {
+            return (high, offset)
+        }
+        throw .outOfRange(offset: Int(clamping: address), count: count, size: low.size)
+    }
+
+    func writeGuest(_ bytes: some Collection<UInt8>, at address: UInt64) throws(GuestMemoryError) {
+        let (region, offset) = try locate(address, count: bytes.count)
+        try region.write(bytes, at: offset)
+    }
+
+    func readGuest(at address: UInt64, count: Int) throws(GuestMemoryError) -> [UInt8] {
+        let (region, offset) = try locate(address, count: count)
+        return try region.read(at: offset, count: count)
+    }
+}
+
+/// The state vCPU threads and devices share to end the machine: the
+/// first outcome (or error) wins, then every vCPU is kicked out of KVM_RUN.
+final class MachineControl: @unchecked Sendable {
+    let stopping = Atomic<Bool>(false)
+    private let condition = NSCondition()
+    private var result: Result<MachineOutcome, MachineError>?
+    private var kickers: [VCPUKicker] = []
+    private var runningThreads = 0
+
+    func setKickers(_ kickers: [VCPUKicker]) {
+        condition.withLock { self.kickers = kickers }
+    }
+
+    func finish(_ result: Result<MachineOutcome, MachineError>) {
+        let kickers: [VCPUKicker] = condition.withLock {
+            if self.result == nil { self.result = result }
+            condition.broadcast()
+            return self.kickers
+        }
+        stopping.store(true, ordering: .sequentiallyConsistent)
+        for kicker in kickers { kicker.kick() }
+    }
+
+    func threadStarted() { condition.withLock { runningThreads += 1 } }
+
+    func threadEnded() {
+        condition.withLock {
+            runningThreads -= 1
+            condition.broadcast()
+        }
+    }
+
+    var threadCount: Int { condition.withLock { runningThreads } }
+
+    /// Blocks until an outcome is set and every vCPU thread has ended.
+    func wait() -> Result<MachineOutcome, MachineError> {
+        condition.lock()
+        defer { condition.unlock() }
+        while true {
+            if let result, runningThreads == 0 { return result }
+            condition.wait()
+        }
+    }
+
+    /// Like `wait`, giving up after `timeout` seconds with nil.
+    func wait(timeout: Double) -> Result<MachineOutcome, MachineError>? {
+        let deadline = Date(timeIntervalSinceNow: timeout)
+        condition.lock()
+        defer { condition.unlock() }
+        while true {
+            if let result, runningThreads == 0 { return result }
+            if !condition.wait(until: deadline) { return nil }
+        }
+    }
+}
+
+/// The 16550 on COM1 and the host's bytes waiting for room in its FIFO:
+/// the FIFO takes 16, a paste can be longer, so the rest goes in as the guest reads.
+final class SerialPortDevice: BusDevice {
+    let uart: Serial16550
+    private var pending: [UInt8] = []
+    private var pendingStart = 0
+
+    init(uart: Serial16550) { self.uart = uart }
+
+    func feed(_ bytes: some Sequence<UInt8>) {
+        pending.append(contentsOf: bytes)
+        topUp()
+    }
+
+    private func topUp() {
+        let count = min(uart.receiveSpace, pending.count - pendingStart)
+        guard count > 0 else { return }
+        uart.receive(pending[pendingStart..<pendingStart + count])
+        pendingStart += count
+        if pendingStart == pending.count {
+            pending.removeAll(keepingCapacity: true)
+            pendingStart = 0
+        }
+    }
+
+    func read(offset: UInt64, size: Int) -> UInt64 {
+        var value: UInt64 = 0
+        for byte in 0..<size { value |= UInt64(uart.read(offset: Int(offset) + byte)) << (8 * UInt64(byte)) }
+        if pendingStart < pending.count { topUp() }
+        return value
+    }
+
+    func write(offset: UInt64, size: Int, value: UInt64) {
+        for byte in 0..<size { uart.write(offset: Int(offset) + byte, value: UInt8(truncatingIfNeeded: value >> (8 * UInt64(byte)))) }
+    }
+}
+
+final class PowerManagementDevice: BusDevice {
+    let pm: ACPIPowerManagement
+    init(_ pm: ACPIPowerManagement) { self.pm = pm }
+    func read(offset: UInt64, size: Int) -> UInt64 { UInt64(pm.read(offset: Int(offset), size: min(size, 4))) }
+    func write(offset: UInt64, size: Int, value: UInt64) {
+        pm.write(offset: Int(offset), size: min(size, 4), value: UInt32(truncatingIfNeeded: value))
+    }
+}
+
+/// The reset control register at 0xcf9 (PIIX/ICH): writing SYS_RST (bit 1)
+/// with RST_CPU (bit 2) resets the machine; the FADT's reset register points here too.
+final class ResetControlDevice: BusDevice {
+    static let systemReset: UInt8 = 0x02
+    static let resetCPU: UInt8 = 0x04
+    private var value: UInt8 = 0
+    private let reset: () -> Void
+    init(reset: @escaping () -> Void) { self.reset = reset }
+    func read(offset: UInt64, size: Int) -> UInt64 { UInt64(value) }
+    func write(offset: UInt64, size: Int, value: UInt64) {
+        let byte = UInt8(truncatingIfNeeded: value)
+        if byte & Self.resetCPU != 0 {
+            reset()
+        } else {
+            self.value = byte & Self.systemReset
+        }
+    }
+}
+
+/// What a vCPU thread holds, let go before the thread reports its end.
+private final class ThreadReferences: @unchecked Sendable {
+    private(set) var machine: LinuxMachine?
+    private(set) var vcpu: VCPU?
+    init(machine: LinuxMachine, vcpu: VCPU) {
+        self.machine = machine
+        self.vcpu = vcpu
+    }
+    func clear() {
+        machine = nil
+        vcpu = nil
+    }
+}
+
+/// A PC that boots Linux: RAM with the legacy and PCI holes, the in-kernel
+/// PIC, IOAPIC, LAPICs and PIT, the kernel, initrd, command line, zero page
+/// and ACPI tables of `LinuxBoot`, and the legacy devices on the port bus:
+/// COM1 (IRQ 4), the i8042 (reset), the RTC, the ACPI PM registers
+/// (poweroff), POST port 0x80 and reset control at 0xcf9. One thread per
+/// vCPU runs it; the bus and devices are behind one lock.
+public final class LinuxMachine: @unchecked Sendable {
+    public static let tssAddress: UInt64 = 0xfffb_d000
+    /// The page before the TSS's three, still outside RAM and below the IOAPIC.
+    public static let identityMapAddress: UInt64 = 0xfffb_c000
+    public static let com1Port: UInt16 = 0x3f8
+    public static let com1IRQ: UInt32 = 4
+    public static let keyboardIRQ: UInt32 = 1
+    public static let auxIRQ: UInt32 = 12
+    public static let rtcPort: UInt16 = 0x70
+    public static let postPort: UInt16 = 0x80
+    public static let resetControlPort: UInt16 = 0xcf9
+    /// Where vCPU 0 runs one `out` before the boot state goes in (see `warmUp`).
+    static let warmUpAddress: UInt64 = 0xf00
+    static let warmUpPort: UInt16 = 0xf0
+
+    public let configuration: MachineConfiguration
+    public let vm: VirtualMachine
+    public let vcpus: [VCPU]
+    public let boot: PreparedLinuxBoot
+    /// Port I/O and MMIO; touch them only with `withDevices`.
+    public let ports = Bus()
+    public let mmio = Bus()
+    let memory: MachineMemory
+    let control = MachineControl()
+    private let deviceLock = NSLock()
+    private let serial: SerialPortDevice
+    private let started = Atomic<Bool>(false)
+
+    /// Builds the machine on `hypervisor`. `output` receives each byte the
+    /// guest writes to COM1, on a vCPU thread.
+    public init(configuration: MachineConfiguration, hypervisor: Hypervisor,
+                output: @escaping @Sendable (UInt8) -> Void) throws(MachineError) {
+        do { try configuration.validate() } catch { throw .configuration(error) }
+        self.configuration = configuration
+        let kernel = try Self.readFile(configuration.kernelPath)
+        let initrd = try configuration.initrdPath.map { (path) throws(MachineError) in try Self.readFile(path) }
+
+        do { memory = try MachineMemory(size: configuration.memorySize) } catch { throw .memory(error) }
+        let bootConfiguration = LinuxBootConfiguration(kernel: kernel, initrd: initrd, commandLine: configuration.commandLine,
+                                                       cpuCount: configuration.cpuCount, memorySize: configuration.memorySize)
+        do { boot = try LinuxBoot.prepare(bootConfiguration, in: memory) } catch { throw .boot(error) }
+        do { try memory.writeGuest([0xe6, UInt8(Self.warmUpPort)], at: Self.warmUpAddress) } catch { throw .memory(error) }
+
+        do {
+            vm = try hypervisor.createVM()
+            try vm.setTSSAddress(Self.tssAddress)
+            try vm.setIdentityMapAddress(Self.identityMapAddress)
+            try vm.setMemoryRegion(slot: 0, guestAddress: 0, region: memory.low)
+            if let high = memory.high {
+                try vm.setMemoryRegion(slot: 1, guestAddress: MemoryMap.fourGiB, region: high)
+            }
+            // The irqchip before any vCPU, so each gets an in-kernel LAPIC.
+            try vm.createIrqchip()
+            try vm.createPIT(flags: .speakerDummy)
+            let supported = try hypervisor.supportedCPUID()
+            var vcpus: [VCPU] = []
+            for id in 0..<UInt32(configuration.cpuCount) {
+                let vcpu = try vm.createVCPU(id: id)
+                try vcpu.setCPUID(Self.cpuid(supported, apicID: id))
+                vcpus.append(vcpu)
+            }
+            self.vcpus = vcpus
+        } catch {
+            throw .kvm(error)
+        }
+
+        let vm = self.vm
+        let control = self.control
+        func irq(_ line: UInt32) -> (Bool) -> Void {
+            { level in
+                do throws(KVMError) { try vm.setIRQLine(line, level: level) } catch { control.finish(.failure(.kvm(error))) }
+            }
+        }
+        serial = SerialPortDevice(uart: Serial16550(interrupt: irq(Self.com1IRQ), output: output))
+        try wireDevices(acpi: bootConfiguration.acpi, irq: irq)
+
+        try warmUp(vcpus[0])
+        do { try vcpus[0].applyBootState(boot.cpuState) } catch { throw .kvm(error) }
+        control.setKickers(vcpus.map(\.kicker))
+    }
+
+    private static func readFile(_ path: String) throws(MachineError) -> [UInt8] {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw .file(path: path, reason: "it does not exist or cannot be read")
+        }
+        return [UInt8](data)
+    }
+
+    /// The supported CPUID with this vCPU's APIC id where the kernel looks
+    /// for it: leaf 1 EBX[31:24] (initial APIC id) and EDX of the x2APIC
+    /// topology leaves 0xB and 0x1F, which Linux trusts over the MADT.
+    static func cpuid(_ supported: [CPUIDEntry], apicID: UInt32) -> [CPUIDEntry] {
+        supported.map { entry in
+            var entry = entry
+            switch entry.function {
+            case 1: entry.ebx = entry.ebx & 0x00ff_ffff | apicID << 24
+            case 0xb, 0x1f: entry.edx = apicID
+            default: break
+            }
+            return entry
+        }
+    }
+
+    /// `acpi` is what the tables were written with: the devices answer at the ports the FADT names.
+    private func wireDevices(acpi: ACPIConfiguration, irq: (UInt32) -> (Bool) -> Void) throws(MachineError) {
+        let control = self.control
+        let keyboard = I8042(keyboardInterrupt: irq(Self.keyboardIRQ), auxInterrupt: irq(Self.auxIRQ),
+                             reset: { control.finish(.success(.reset)) })
+        let rtc = CMOSRTC(clock: {
+            var now = timespec()
+            clock_gettime(CLOCK_REALTIME, &now)
+            return RTCInstant(seconds: Int64(now.tv_sec), nanoseconds: Int32(now.tv_nsec))
+        })
+        let pm = ACPIPowerManagement(sleepTypeS5: acpi.sleepTypeS5, clock: {
+            var now = timespec()
+            clock_gettime(CLOCK_MONOTONIC, &now)
+            return UInt64(now.tv_sec) * 1_000_000_000 + UInt64(now.tv_nsec)
+        }, interrupt: irq(UInt32(acpi.sciIRQ)), powerOff: { control.finish(.success(.poweredOff)) })
+        do {
+            try ports.register(serial, at: UInt64(Self.com1Port), size: 8, name: "COM1 16550A")
+            try ports.register(ByteRegisterDevice(read: { keyboard.read(offset: I8042.dataOffset + $0) },
+                                                  write: { keyboard.write(offset: I8042.dataOffset + $0, value: $1) }),
+                               at: 0x60, size: 1, name: "i8042 data")
+            try ports.register(ByteRegisterDevice(read: { keyboard.read(offset: I8042.commandOffset + $0) },
+                                                  write: { keyboard.write(offset: I8042.commandOffset + $0, value: $1) }),
+                               at: 0x64, size: 1, name: "i8042 command")
+            try ports.register(ByteRegisterDevice(read: rtc.read(offset:), write: { rtc.write(offset: $0, value: $1) }),
+                               at: UInt64(Self.rtcPort), size: 2, name: "CMOS RTC")
+            try ports.register(PowerManagementDevice(pm), at: UInt64(acpi.pm1aEventPort),
+                               size: UInt64(ACPIPowerManagement.size), name: "ACPI PM")
+            try ports.register(IgnoredDevice(), at: UInt64(Self.postPort), size: 1, name: "POST")
+            try ports.register(ResetControlDevice(reset: { control.finish(.success(.reset)) }),
+                               at: UInt64(acpi.resetPort), size: 1, name: "reset control")
+        } catch {
+            throw .bus(error)
+        }
+    }
+
+    /// Runs one `out` in real mode before the boot state goes in: on
+    /// kvm_pvm, state set before a vCPU's first KVM_RUN can be lost.
+    private func warmUp(_ vcpu: VCPU) throws(MachineError) {
+        do {
+            var special = try vcpu.specialRegisters()
+            special.cs.base = 0
+            special.cs.selector = 0
+            try vcpu.setSpecialRegisters(special)
+            var registers = Registers()
+            registers.rip = Self.warmUpAddress
+            try vcpu.setRegisters(registers)
+            for _ in 0..<4 {
+                let exit = try vcpu.run()
+                if case .io(let io) = exit, io.port == Self.warmUpPort { return }
+                guard exit == .interrupted else { throw MachineError.warmUp(vcpu: vcpu.id, exit: exit) }
+            }
+            throw MachineError.warmUp(vcpu: vcpu.id, exit: .interrupted)
+        } catch let error as MachineError {
+            throw error
+        } catch let error as KVMError {
+            throw .kvm(error)
+        } catch {
+            throw .warmUp(vcpu: vcpu.id, exit: .interrupted)
+        }
+    }
+
+    /// Runs `body` with the devices locked, as the vCPU threads do.
+    public func withDevices<T>(_ body: () throws -> T) rethrows -> T {
+        deviceLock.lock()
+        defer { deviceLock.unlock() }
+        return try body()
+    }
+
+    /// Gives `bytes` to COM1's receiver, as typed on its line.
+    public func sendInput(_ bytes: some Sequence<UInt8>) {
+        withDevices { serial.feed(bytes) }
+    }
+
+    /// Starts one thread per vCPU. Call once.
+    public func start() {
+        guard !started.exchange(true, ordering: .sequentiallyConsistent) else { return }
+        for vcpu in vcpus {
+            control.threadStarted()
+            // The thread drops the machine and the vCPU before it reports its
+            // end, so that once `wait` returns, releasing the machine closes
+            // its descriptors even while Foundation still holds the Thread.
+            let references = ThreadReferences(machine: self, vcpu: vcpu)
+            let control = self.control
+            let thread = Thread {
+                if let machine = references.machine, let vcpu = references.vcpu { machine.runLoop(vcpu) }
+                references.clear()
+                control.threadEnded()
+            }
+            thread.name = "vCPU \(vcpu.id)"
+            thread.start()
+        }
+    }
+
+    /// Ends the machine from the host: its outcome is `.stopped` unless it had already ended.
+    public func stop() {
+        control.finish(.success(.stopped))
+    }
+
+    /// Blocks until the machine has ended and all its vCPU threads with it.
+    public func wait() throws(MachineError) -> MachineOutcome {
+        try control.wait().get()
+    }
+
+    /// `wait` for at most `timeout` seconds; nil when the machine still runs.
+    public func wait(timeout: Double) throws(MachineError) -> MachineOutcome? {
+        try control.wait(timeout: timeout)?.get()
+    }
+
+    /// `start` then `wait`.
+    public func run() throws(MachineError) -> MachineOutcome {
+        start()
+        return try wait()
+    }
+
+    /// vCPU threads still running.
+    public var runningThreadCount: Int { control.threadCount }
+
+    private func runLoop(_ vcpu: VCPU) {
+        while !control.stopping.load(ordering: .relaxed) {
+            let exit: VCPUExit
+            do {
+                exit = try vcpu.run()
+            } catch {
+                control.finish(.failure(.kvm(error)))
+                return
+            }
+            switch exit {
+            case .io(let io):
+                handle(io, on: vcpu)
+            case .mmio(let access):
+                deviceLock.lock()
+                if access.isWrite {
+                    mmio.write(access.address, size: Int(access.length), value: access.value)
+                    deviceLock.unlock()
+                } else {
+                    let value = mmio.read(access.address, size: Int(access.length))
+                    deviceLock.unlock()
+                    answer(vcpu, value)
+                }
+            case .interrupted, .halt, .irqWindowOpen:
+                continue
+            case .shutdown:
+                control.finish(.failure(.shutdown(vcpu: vcpu.id, rip: try? vcpu.registers().rip)))
+            case .internalError(let error):
+                control.finish(.failure(.internalError(vcpu: vcpu.id, rip: try? vcpu.registers().rip, error)))
+            case .systemEvent(let event):
+                switch event.type {
+                case 1: control.finish(.success(.poweredOff))  // KVM_SYSTEM_EVENT_SHUTDOWN
+                case 2: control.finish(.success(.reset))  // KVM_SYSTEM_EVENT_RESET
+                default: control.finish(.failure(.guestCrash(vcpu: vcpu.id, rip: try? vcpu.registers().rip)))
+                }
+            default:
+                control.finish(.failure(.unexpectedExit(vcpu: vcpu.id, rip: try? vcpu.registers().rip, exit)))
+            }
+        }
+    }
+
+    private func handle(_ io: PortIO, on vcpu: VCPU) {
+        let port = UInt64(io.port), size = Int(io.size)
+        if io.direction == .out {
+            deviceLock.lock()
+            if io.count == 1 {
+                ports.write(port, size: size, value: UInt64(io.value))
+            } else {
+                var index = 0
+                let data = io.stringData
+                while index + size <= data.count {
+                    var value: UInt64 = 0
+                    for byte in 0..<size { value |= UInt64(data[index + byte]) << (8 * UInt64(byte)) }
+                    ports.write(port, size: size, value: value)
+                    index += size
+                }
+            }
+            deviceLock.unlock()
+            return
+        }
+        if io.count == 1 {
+            deviceLock.lock()
+            let value = ports.read(port, size: size)
+            deviceLock.unlock()
+            answer(vcpu, value)
+            return
+        }
+        // String input (`rep insb`): rare, so an array is fine here.
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(io.length)
+        deviceLock.lock()
+        for _ in 0..<io.count {
+            let value = ports.read(port, size: size)
+            for byte in 0..<size { bytes.append(UInt8(truncatingIfNeeded: value >> (8 * UInt64(byte)))) }
+        }
+        deviceLock.unlock()
+        do { try vcpu.setInput(bytes) } catch { control.finish(.failure(.kvm(error))) }
+    }
+
+    private func answer(_ vcpu: VCPU, _ value: UInt64) {
+        do { try vcpu.setInput(value) } catch { control.finish(.failure(.kvm(error))) }
+    }
+}
+

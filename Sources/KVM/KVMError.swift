@@ -100,7 +100,7 @@ public struct KVMError: Error, Equatable, Sendable, CustomStringConvertible {
         case (_, .notSupported), (_, .operationNotSupportedByDevice):
             return "this KVM does not support the request or device"
         case (_, .inappropriateIOCTLForDevice):
-            return "the descriptor is not a KVM object of the kind this request needs"
+            return "this KVM object does not know the request (an accelerator without it, or the wrong kind of descriptor)"
         case (_, .invalidArgument):
             return "the kernel rejected the argument"
         case (_, .badAddress):

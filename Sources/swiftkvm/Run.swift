@@ -4,21 +4,26 @@ import Glibc
 import KVM
 import VMM
 
-/// `swiftkvm run`: boots a guest and prints its serial console. With no
-/// guest given, it boots the built-in guest; options for a kernel and an
-/// initrd come here later.
+/// `swiftkvm run`: boots a guest and prints its serial console: a Linux
+/// kernel with `--kernel`, otherwise the built-in guest.
 struct Run: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Boot a guest and print its serial console.",
         discussion: """
+            With --kernel, boots a Linux bzImage or ELF vmlinux (with --initrd, --cmdline, \
+            --memory, --cpus) on the serial console; Ctrl-A x quits on a terminal. \
             With no guest given, boots SwiftKVM's built-in guest, which walks from real mode \
             to long mode and prints a checksum of itself. Exits with the status the guest \
             writes to the debug-exit port (0x501).
             """)
 
     @OptionGroup var acceleratorOptions: AcceleratorOptions
+    @OptionGroup var linux: LinuxRunOptions
 
     func run() throws {
+        if linux.kernel != nil {
+            return try runLinux(linux, accelerator: acceleratorOptions.accel)
+        }
         let result: BuiltinGuest.RunResult
         do {
             let hypervisor = try Hypervisor.open(acceleratorOptions.accel)

@@ -1,3 +1,4 @@
+import Accelerators
 import ArgumentParser
 import KVM
 import VMM
@@ -42,7 +43,7 @@ func runLinux(_ options: LinuxRunOptions, accelerator: Accelerator) throws {
     let outcome: MachineOutcome
     do {
         guard let configuration = try options.machineConfiguration() else { return }
-        let machine = try LinuxMachine(configuration: configuration, hypervisor: try Hypervisor(accelerator: accelerator),
+        let machine = try LinuxMachine(configuration: configuration, hypervisor: try Hypervisor.open(accelerator),
                                        output: { Console.output($0) })
         let console = try Console()
         defer {

@@ -251,9 +251,10 @@ extension SoftBackend {
         run.pointee.if_flag = arch.cpu.state.rflags & RFLAGS.if != 0 ? 1 : 0
         run.pointee.cr8 = arch.extraSregs.cr8
         run.pointee.apic_base = arch.cpu.state.msrs.apicBase
-        // With an in-kernel PIC always 1; with none, when IF is set and no
-        // interrupt is queued.
-        run.pointee.ready_for_interrupt_injection = irqchip != nil || (run.pointee.if_flag != 0 && arch.queuedInterrupt == nil) ? 1 : 0
+        // With an in-kernel PIC always 1; with none, when an interrupt is
+        // allowed (kvm_arch_interrupt_allowed: IF and no STI or MOV SS
+        // shadow) and none is queued.
+        run.pointee.ready_for_interrupt_injection = irqchip != nil || (arch.cpu.interruptsEnabled && arch.queuedInterrupt == nil) ? 1 : 0
     }
 
     /// Builds the CPU's view of guest memory from the VM's slots when they

@@ -214,6 +214,48 @@ struct WiringDifferentialTests {
         expectSame(host.2, soft.2, "master PIC state at the end")
     }
 
+    /// IRQ 4 is raised while the guest runs with IF clear (it has exited to
+    /// user space); STI; HLT then takes it after HLT, not before, because of
+    /// STI's one-instruction shadow: the frame's IP is past the HLT.
+    @Test func pendingInterruptIsTakenAfterTheSTIShadow() throws {
+        let code: [UInt8] = [
+            0xB0, 0x11, 0xE6, 0x20,  // ICW1
+            0xB0, 0x20, 0xE6, 0x21,  // ICW2: base 0x20
+            0xB0, 0x04, 0xE6, 0x21,  // ICW3
+            0xB0, 0x01, 0xE6, 0x21,  // ICW4
+            0xB0, 0xEF, 0xE6, 0x21,  // mask all but IRQ 4
+            0xE6, 0x10,              // out 0x10, al: user space raises IRQ 4 here
+            0xFB,                    // sti
+            0xF4,                    // hlt
+            0xB0, 0x99, 0xE6, 0xF1,  // mov al, 0x99; out 0xf1, al
+        ]
+        func run(_ backend: Backend) throws -> ([RunStep], [UInt8]) {
+            let guest = try RealModeGuest(hypervisor: backend.hypervisor(), code: code, irqchip: true)
+            try guest.memory.store(UInt32(0x0000_2000), at: 0x24 * 4)
+            try guest.memory.write([0xB0, 0x77, 0xE6, 0x30, 0xB0, 0x20, 0xE6, 0x20, 0xCF], at: 0x2000)
+            var stack: [UInt8]?
+            let run = try steps(guest, maxExits: 4) { exit in
+                if exit == .io(PortIO(direction: .out, port: 0x10, size: 1, value: 0xEF)) {
+                    try guest.vm.setIRQLine(4, level: true)
+                    try guest.vm.setIRQLine(4, level: false)
+                } else if stack == nil {
+                    stack = try guest.memory.read(at: 0x8000 - 6, count: 6)
+                }
+            }
+            return (run, stack ?? [])
+        }
+        let host = try run(.host)
+        let soft = try run(.soft)
+        #expect(host.0.map(\.exit) == [
+            .io(PortIO(direction: .out, port: 0x10, size: 1, value: 0xEF)),
+            .io(PortIO(direction: .out, port: 0x30, size: 1, value: 0x77)),
+            .io(PortIO(direction: .out, port: 0xF1, size: 1, value: 0x99)),
+        ])
+        #expect(host.1.count == 6 && host.1[0] == 0x18 && host.1[1] == 0x10)
+        expectSame(host.0, soft.0, "exits and registers")
+        expectSame(host.1, soft.1, "interrupt frame")
+    }
+
     /// HLT with IF clear and an irqchip: KVM_RUN blocks (no KVM_EXIT_HLT)
     /// until a kick ends it with EINTR; the vCPU stays halted, and the next
     /// KVM_RUN blocks again.

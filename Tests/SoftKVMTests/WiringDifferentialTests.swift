@@ -285,3 +285,22 @@ struct WiringDifferentialTests {
         expectSame(host, try run(.soft), "KVM_INTERRUPT")
     }
 }
+
+@Suite("HLT with an in-kernel irqchip on SoftKVM")
+struct SoftHaltTests {
+    /// The halted vCPU sleeps: the thread inside KVM_RUN uses almost no CPU
+    /// time over half a second of HLT before the kick ends it.
+    @Test func haltedVCPUSleepsInsteadOfSpinning() throws {
+        let guest = try RealModeGuest(hypervisor: Backend.soft.hypervisor(), code: [0xFA, 0xF4], irqchip: true)
+        func threadCPUTime() -> Double {
+            var time = timespec()
+            clock_gettime(CLOCK_THREAD_CPUTIME_ID, &time)
+            return Double(time.tv_sec) + Double(time.tv_nsec) / 1e9
+        }
+        let before = threadCPUTime()
+        #expect(try guest.vcpu.runWithDeadline(seconds: 0.5) == .interrupted)
+        let used = threadCPUTime() - before
+        #expect(used < 0.1, "KVM_RUN used \(used) s of CPU time while halted")
+        #expect(try guest.vcpu.mpState() == .halted)
+    }
+}

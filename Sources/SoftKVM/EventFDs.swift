@@ -310,14 +310,18 @@ struct IOEventFDs: Sendable {
     /// on `bus` (.pio or .mmio). When an ioeventfd takes it, its eventfd is
     /// signalled and the write is handled: no exit.
     func write(_ bus: IOBus, address: UInt64, length: Int, value: UInt64) -> Bool {
-        let buses: [IOBus] = bus == .mmio ? [.fastMMIO, .mmio] : [bus]
-        for b in buses {
-            if let hit = items.first(where: { $0.bus == b && $0.matches(address: address, length: length, value: value) }) {
-                signalEventFD(hit.descriptor)
-                return true
-            }
+        // The fast MMIO bus first, as the kernel tries it on an MMIO exit.
+        // No array of buses: this runs on every port and MMIO write exit.
+        if bus == .mmio && signalFirst(on: .fastMMIO, address: address, length: length, value: value) { return true }
+        return signalFirst(on: bus, address: address, length: length, value: value)
+    }
+
+    private func signalFirst(on bus: IOBus, address: UInt64, length: Int, value: UInt64) -> Bool {
+        guard let hit = items.first(where: { $0.bus == bus && $0.matches(address: address, length: length, value: value) }) else {
+            return false
         }
-        return false
+        signalEventFD(hit.descriptor)
+        return true
     }
 
     func closeAll() {

@@ -217,8 +217,17 @@ public final class UnwiredLocalAPICs: LocalAPICBus {
     }
 
     private let state = Mutex(State())
+    /// Signalled when the PIC's output rises: a halted vCPU sleeps on it
+    /// (the kernel's kvm_vcpu_kick of a blocked vCPU). -1 if none could be made.
+    let wakeup: Int32
 
-    public init() {}
+    public init() {
+        wakeup = eventfd(0, Int32(EFD_CLOEXEC | EFD_NONBLOCK))
+    }
+
+    deinit {
+        if wakeup >= 0 { _ = Glibc.close(wakeup) }
+    }
 
     /// At reset only the bootstrap processor, vCPU 0, has LINT0 unmasked
     /// as ExtINT (KVM_X86_QUIRK_LINT0_REENABLED).
@@ -252,7 +261,10 @@ public final class UnwiredLocalAPICs: LocalAPICBus {
         return Int32(matched) * accepted
     }
 
-    public func picOutputChanged(_ level: Bool) { state.withLock { $0.intr = level } }
+    public func picOutputChanged(_ level: Bool) {
+        state.withLock { $0.intr = level }
+        if level && wakeup >= 0 { signalEventFD(wakeup) }
+    }
 
     /// The messages sent since the last call, oldest first.
     public func takeMessages() -> [APICMessage] {

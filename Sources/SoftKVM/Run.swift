@@ -22,6 +22,8 @@ extension SoftBackend {
         // The kernel returns EINTR for immediate_exit before entering the
         // guest, and leaves exit_reason as it was (only a pending signal sets KVM_EXIT_INTR).
         if run.pointee.immediate_exit != 0 { return fail(.interrupted) }
+        // Read once: KVM_CREATE_IRQCHIP is refused once a vCPU exists.
+        let irqchip = vcpu.vm.irqchip
         return vcpu.arch.withLock { arch in
             arch.hasRun = true
             complete_userspace_io(&arch, vcpu)
@@ -32,34 +34,145 @@ extension SoftBackend {
                 arch.queuedInterrupt = nil
                 if let exit = arch.cpu.deliverExternalInterrupt(vector) {
                     handleExit(exit, &arch, vcpu)
-                    post_kvm_run_save(arch, run)
+                    post_kvm_run_save(arch, run, irqchip: irqchip)
                     return 0
                 }
+            }
+            // A vCPU that halted with an in-kernel LAPIC blocks again until
+            // it has an interrupt (vcpu_run's kvm_vcpu_block).
+            if let irqchip, arch.mpState == UInt32(KVM_MP_STATE_HALTED),
+               !waitForInterrupt(&arch, vcpu, irqchip) {
+                return interrupted(arch, run, irqchip: irqchip)
             }
             while true {
                 refreshMemoryView(&arch, vcpu.vm)
-                // An interrupt window asked for: exit as soon as IF allows an
-                // interrupt, checking after each instruction until it does.
-                let windowRequested = run.pointee.request_interrupt_window != 0
-                if windowRequested && arch.cpu.interruptsEnabled {
-                    run.pointee.exit_reason = UInt32(KVM_EXIT_IRQ_WINDOW_OPEN)
-                    post_kvm_run_save(arch, run)
-                    return 0
+                var stepOne = false
+                if let irqchip {
+                    // The PIC's INTR, through the BSP's LINT0 (ExtINT at
+                    // reset): taken at an instruction boundary when IF allows,
+                    // the vector from the INTA cycle (kvm_cpu_get_interrupt).
+                    if takesPICInterrupts(vcpu, irqchip) {
+                        if arch.cpu.interruptsEnabled {
+                            let vector = irqchip.picAcknowledge()
+                            if let exit = arch.cpu.deliverExternalInterrupt(vector) {
+                                handleExit(exit, &arch, vcpu)
+                                post_kvm_run_save(arch, run, irqchip: irqchip)
+                                return 0
+                            }
+                        } else {
+                            // Pending but masked by IF: look again after each instruction.
+                            stepOne = true
+                        }
+                    }
+                } else {
+                    // An interrupt window asked for (only without an in-kernel
+                    // PIC, as dm_request_for_irq_injection): exit as soon as
+                    // IF allows an interrupt, checking after each instruction.
+                    let windowRequested = run.pointee.request_interrupt_window != 0
+                    if windowRequested && arch.cpu.interruptsEnabled {
+                        run.pointee.exit_reason = UInt32(KVM_EXIT_IRQ_WINDOW_OPEN)
+                        post_kvm_run_save(arch, run, irqchip: irqchip)
+                        return 0
+                    }
+                    stepOne = windowRequested
                 }
-                let exit = arch.cpu.run(maxInstructions: windowRequested ? 1 : runSliceInstructions)
+                let exit = arch.cpu.run(maxInstructions: stepOne ? 1 : runSliceInstructions)
                 if case .instructionLimit = exit {
                     // A kick between slices: the signal the kernel would see.
-                    if run.pointee.immediate_exit != 0 {
-                        run.pointee.exit_reason = UInt32(KVM_EXIT_INTR)
-                        post_kvm_run_save(arch, run)
-                        return fail(.interrupted)
-                    }
+                    if run.pointee.immediate_exit != 0 { return interrupted(arch, run, irqchip: irqchip) }
+                    continue
+                }
+                if handledInKernel(exit, &arch, vcpu, irqchip) { continue }
+                if case .halt = exit, let irqchip {
+                    // kvm_emulate_halt with an in-kernel LAPIC: no exit, the
+                    // vCPU sleeps until an interrupt can be delivered.
+                    if !waitForInterrupt(&arch, vcpu, irqchip) { return interrupted(arch, run, irqchip: irqchip) }
                     continue
                 }
                 handleExit(exit, &arch, vcpu)
-                post_kvm_run_save(arch, run)
+                post_kvm_run_save(arch, run, irqchip: irqchip)
                 return 0
             }
+        }
+    }
+
+    /// KVM_RUN ended by a signal or kick: EINTR with KVM_EXIT_INTR.
+    func interrupted(_ arch: VCPUArch, _ run: UnsafeMutablePointer<kvm_run>, irqchip: SoftIrqchip?) -> Int32 {
+        run.pointee.exit_reason = UInt32(KVM_EXIT_INTR)
+        post_kvm_run_save(arch, run, irqchip: irqchip)
+        return fail(.interrupted)
+    }
+
+    /// kvm_cpu_has_extint: the PIC's output is high and this vCPU's LAPIC
+    /// takes it (kvm_apic_accept_pic_intr: at reset only the BSP's LINT0 is
+    /// ExtINT; SoftKVM has no LAPIC to reprogram that yet).
+    func takesPICInterrupts(_ vcpu: SoftVCPU, _ irqchip: SoftIrqchip) -> Bool {
+        vcpu.id == 0 && irqchip.picOutput
+    }
+
+    /// kvm_vcpu_block for a halted vCPU: sleeps on the irqchip's wakeup
+    /// eventfd until an interrupt is deliverable (true), or until a kick or
+    /// `immediate_exit` ends KVM_RUN (false). The kick's signal interrupts
+    /// the poll; the timeout covers a signal that lands between the check
+    /// of `immediate_exit` and the poll. IOAPIC messages do not wake it:
+    /// with every LAPIC at reset they are refused, as on the host.
+    func waitForInterrupt(_ arch: inout VCPUArch, _ vcpu: SoftVCPU, _ irqchip: SoftIrqchip) -> Bool {
+        arch.mpState = UInt32(KVM_MP_STATE_HALTED)
+        let wakeup = (irqchip.bus as? UnwiredLocalAPICs)?.wakeup ?? -1
+        while true {
+            // Drained before the check, so that a raise after the check leaves it readable.
+            if wakeup >= 0 {
+                var count: UInt64 = 0
+                _ = withUnsafeMutableBytes(of: &count) { Glibc.read(wakeup, $0.baseAddress, 8) }
+            }
+            if arch.cpu.interruptsEnabled && takesPICInterrupts(vcpu, irqchip) {
+                arch.mpState = UInt32(KVM_MP_STATE_RUNNABLE)
+                return true
+            }
+            if vcpu.run.pointee.immediate_exit != 0 { return false }
+            var entry = pollfd(fd: wakeup, events: Int16(POLLIN), revents: 0)
+            _ = poll(&entry, 1, 50)
+        }
+    }
+
+    /// The kernel's in-kernel devices on the PIO and MMIO buses, tried
+    /// before an exit to user space (kernel_pio, vcpu_mmio_write/read):
+    /// the PIC and IOAPIC, ioeventfds, coalesced zones. True when the
+    /// access was handled and the guest goes on. Only single accesses are
+    /// taken; string I/O (REP INS/OUTS) still exits.
+    func handledInKernel(_ exit: X86Exit, _ arch: inout VCPUArch, _ vcpu: SoftVCPU, _ irqchip: SoftIrqchip?) -> Bool {
+        switch exit {
+        case .io(let io) where io.count == 1:
+            if let irqchip, irqchip.handlesPort(io.port) {
+                if io.isWrite {
+                    irqchip.portWrite(io.port, value: UInt8(truncatingIfNeeded: io.data), length: io.size)
+                } else {
+                    if arch.cpu.hasStringInput { return false }
+                    arch.cpu.completeInput(UInt64(irqchip.portRead(io.port, length: io.size)))
+                }
+                return true
+            }
+            guard io.isWrite else { return false }
+            let address = UInt64(io.port)
+            if vcpu.vm.ioeventfds.withLock({ $0.write(.pio, address: address, length: io.size, value: io.data) }) { return true }
+            return vcpu.vm.coalesced.write(address: address, length: io.size, value: io.data, pio: true)
+        case .mmio(let access) where access.size <= 8:
+            if let irqchip, irqchip.handlesMMIO(access.address) {
+                if access.isWrite {
+                    irqchip.mmioWrite(access.address, length: access.size, value: access.data)
+                } else {
+                    arch.cpu.completeMMIORead(address: access.address,
+                                              value: irqchip.mmioRead(access.address, length: access.size))
+                }
+                return true
+            }
+            guard access.isWrite else { return false }
+            if vcpu.vm.ioeventfds.withLock({ $0.write(.mmio, address: access.address, length: access.size, value: access.data) }) {
+                return true
+            }
+            return vcpu.vm.coalesced.write(address: access.address, length: access.size, value: access.data, pio: false)
+        default:
+            return false
         }
     }
 
@@ -134,12 +247,14 @@ extension SoftBackend {
     }
 
     /// The state the kernel copies into kvm_run after every exit.
-    func post_kvm_run_save(_ arch: VCPUArch, _ run: UnsafeMutablePointer<kvm_run>) {
+    func post_kvm_run_save(_ arch: VCPUArch, _ run: UnsafeMutablePointer<kvm_run>, irqchip: SoftIrqchip?) {
         run.pointee.if_flag = arch.cpu.state.rflags & RFLAGS.if != 0 ? 1 : 0
         run.pointee.cr8 = arch.extraSregs.cr8
         run.pointee.apic_base = arch.cpu.state.msrs.apicBase
-        // With no irqchip, an interrupt can be injected when IF is set and none is queued.
-        run.pointee.ready_for_interrupt_injection = run.pointee.if_flag != 0 && arch.queuedInterrupt == nil ? 1 : 0
+        // With an in-kernel PIC always 1; with none, when an interrupt is
+        // allowed (kvm_arch_interrupt_allowed: IF and no STI or MOV SS
+        // shadow) and none is queued.
+        run.pointee.ready_for_interrupt_injection = irqchip != nil || (arch.cpu.interruptsEnabled && arch.queuedInterrupt == nil) ? 1 : 0
     }
 
     /// Builds the CPU's view of guest memory from the VM's slots when they

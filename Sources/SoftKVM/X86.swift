@@ -219,6 +219,8 @@ extension SoftBackend {
                 return kvm_vcpu_ioctl_set_cpuid2(&arch, arg)
             case KVMRequest.interrupt.number:
                 guard let irq = UserMemory.read(kvm_interrupt.self, from: arg) else { return fail(.badAddress) }
+                // With the PIC in the kernel, interrupts come from it, not from user space.
+                if vcpu.vm.irqchip != nil { return fail(.noSuchAddressOrDevice) }
                 return kvm_vcpu_ioctl_interrupt(&arch, irq)
             case KVMRequest.getMSRs.number:
                 return msr_io(&arch, arg, write: false)

@@ -150,6 +150,10 @@ public struct X86CPU {
     var pending: X86Exit = .instructionLimit
     /// An MMIO exit stored by a write; the loop stops after the instruction.
     var mmioWritePending = false
+    /// The one-instruction interrupt shadow after an STI that set IF, and
+    /// after a load of SS (MOV SS, POP SS): no external interrupt before
+    /// the next instruction completes.
+    public var interruptShadow = false
     /// The host's answer to an MMIO read, taken by the restarted instruction.
     var mmioReadAnswer: (address: UInt64, value: UInt64)? = nil
     /// The register an `in` waits to fill (size in bytes, 0 if none).
@@ -202,6 +206,8 @@ public struct X86CPU {
             // is cleared when the instruction that saw it set completes (not
             // by the IRET that loads it).
             let resumeFlag = state.flags.bits & RFLAGS.rf
+            // The shadow covers this instruction only; STI or an SS load here sets it anew.
+            interruptShadow = false
             guard decode(&insn), execute(&insn) else {
                 guard deliversExceptions, case .exception(let vector, let errorCode) = pending,
                       deliverException(vector, errorCode: errorCode) else { return pending }

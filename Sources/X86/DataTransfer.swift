@@ -21,7 +21,9 @@ extension X86CPU {
             let target = insn.reg & 7
             guard target < 6 && target != SegmentRegisterName.cs.rawValue else { return undefined() }
             guard let selector = readOperand(insn, size: 2) else { return false }
-            return loadSegment(target, selector: UInt16(truncatingIfNeeded: selector))
+            guard loadSegment(target, selector: UInt16(truncatingIfNeeded: selector)) else { return false }
+            if target == SegmentRegisterName.ss.rawValue { interruptShadow = true }
+            return true
         case 0xA0...0xA3:  // moffs
             let s = op & 1 == 0 ? 1 : size
             let segment = insn.segmentOverride >= 0 ? insn.segmentOverride : SegmentRegisterName.ds.rawValue
@@ -187,6 +189,7 @@ extension X86CPU {
         guard let value = top(size: size) else { return false }
         guard loadSegment(segment, selector: UInt16(truncatingIfNeeded: value)) else { return false }
         commitPop(size: size)
+        if segment == SegmentRegisterName.ss.rawValue { interruptShadow = true }
         return true
     }
 

@@ -148,7 +148,13 @@ extension X86CPU {
         case 0xFD: state.flags.bits |= RFLAGS.df
         case 0xFA, 0xFB:
             guard ioPrivileged() else { return fault(.gp, errorCode: 0) }
-            if insn.opcode == 0xFA { state.flags.bits &= ~RFLAGS.if } else { state.flags.bits |= RFLAGS.if }
+            if insn.opcode == 0xFA {
+                state.flags.bits &= ~RFLAGS.if
+            } else {
+                // Only an STI that sets IF opens a shadow.
+                if state.flags.bits & RFLAGS.if == 0 { interruptShadow = true }
+                state.flags.bits |= RFLAGS.if
+            }
         case 0x9E:  // SAHF: SF ZF AF PF CF from AH
             let ah = (state.reg(0) >> 8) & 0xFF
             let keep = state.flags.materialized & RFLAGS.of

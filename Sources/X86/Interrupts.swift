@@ -246,15 +246,16 @@ extension X86CPU {
 }
 
 extension X86CPU {
-    /// Whether an external interrupt would be taken now: IF is set (the
-    /// one-instruction shadow of STI and MOV SS is not modelled yet).
-    public var interruptsEnabled: Bool { state.flags.bits & RFLAGS.if != 0 }
+    /// Whether an external interrupt would be taken now: IF is set and no
+    /// STI or SS-load shadow covers this instruction boundary.
+    public var interruptsEnabled: Bool { state.flags.bits & RFLAGS.if != 0 && !interruptShadow }
 
     /// Delivers external interrupt `vector` before the next instruction, as
     /// an interrupt controller's INTR does (or KVM's event injection, which
     /// does not look at IF). Returns nil when delivered, or the exit that
     /// delivery ended in (a shutdown, an emulation failure...).
     public mutating func deliverExternalInterrupt(_ vector: UInt8) -> X86Exit? {
+        interruptShadow = false
         if deliver(vector, errorCode: nil, returnRIP: state.rip, software: false) { return nil }
         // A fault while delivering an interrupt is delivered in turn (an interrupt is benign).
         guard case .exception(let second, let errorCode) = pending else { return pending }

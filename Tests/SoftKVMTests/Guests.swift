@@ -14,9 +14,11 @@ struct RealModeGuest {
     let memory: GuestMemoryRegion
     let vcpu: VCPU
 
-    init(hypervisor: Hypervisor, code: [UInt8]) throws {
+    /// With `irqchip`, the VM gets the in-kernel PIC and IOAPIC before its vCPU.
+    init(hypervisor: Hypervisor, code: [UInt8], irqchip: Bool = false) throws {
         self.hypervisor = hypervisor
         vm = try hypervisor.createVM()
+        if irqchip { try vm.createIrqchip() }
         memory = try GuestMemoryRegion(size: RealModeGuest.memorySize)
         try memory.write(code, at: Int(RealModeGuest.codeAddress))
         try vm.setMemoryRegion(slot: 0, guestAddress: 0, region: memory)

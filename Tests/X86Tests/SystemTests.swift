@@ -364,6 +364,19 @@ struct ExternalInterruptTests {
         #expect(m.load64(0x8000 - 12) & 0xFFFF_FFFF == Machine.codeAddress)
     }
 
+    @Test func stiThatSetsIFAndSSLoadsHoldOffInterruptsForOneInstruction() {
+        // sti; nop; sti; mov ss, ax; nop; pop ss; nop
+        let m = Machine(.real, code: [0xFB, 0x90, 0xFB, 0x8E, 0xD0, 0x90, 0x17, 0x90])
+        m.cpu.state.rflags = 0x2
+        var enabled: [Bool] = []
+        for _ in 0..<7 {
+            #expect(m.cpu.step() == .instructionLimit)
+            enabled.append(m.cpu.interruptsEnabled)
+        }
+        // An STI with IF already set opens no shadow.
+        #expect(enabled == [false, true, true, false, true, false, true])
+    }
+
     @Test func externalInterruptWithoutAGateEndsInShutdown() {
         let m = Machine(.protected32, code: [hlt])
         m.cpu.state.idtr = DescriptorTableRegister(base: 0x600, limit: 0)

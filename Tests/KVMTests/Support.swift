@@ -50,19 +50,3 @@ struct RealModeGuest {
         try vcpu.handle.call(.setRegs, &regs)
     }
 }
-
-extension VCPU {
-    /// Runs the vCPU, kicking it if it has not exited within `seconds`, so
-    /// that a guest that loops where the test expected an exit fails the
-    /// test (with `.interrupted`) instead of hanging the run.
-    func runWithDeadline(seconds: Double = 5) throws -> VCPUExit {
-        let kicker = self.kicker
-        let done = DispatchSemaphore(value: 0)
-        let watchdog = Thread {
-            if done.wait(timeout: .now() + seconds) == .timedOut { kicker.kick() }
-        }
-        watchdog.start()
-        defer { done.signal() }
-        return try run()
-    }
-}

@@ -181,6 +181,7 @@ struct WiringDifferentialTests {
             let eventFD = try EventFD(nonBlocking: true)
             if raise == .irqfd { try guest.vm.registerIRQFD(eventFD, gsi: 4) }
             let vm = guest.vm
+            let raised = DispatchSemaphore(value: 0)
             let raiser = Thread {
                 // Long enough for the guest to reach HLT on either backend.
                 Thread.sleep(forTimeInterval: 0.3)
@@ -191,6 +192,7 @@ struct WiringDifferentialTests {
                 case .irqfd:
                     try? eventFD.signal()
                 }
+                raised.signal()
             }
             raiser.start()
             // The frame as the handler's first exit sees it.
@@ -198,6 +200,9 @@ struct WiringDifferentialTests {
             let run = try steps(guest, maxExits: 4) { _ in
                 if stack == nil { stack = try guest.memory.read(at: 0x8000 - 6, count: 6) }
             }
+            // The woken guest can reach its last exit before the raiser has
+            // lowered the line (SoftKVM wakes fast): read the chip only after.
+            raised.wait()
             return (run, stack ?? [], try guest.vm.irqchipState(.picMaster).bytes)
         }
         let host = try run(.host)
@@ -211,15 +216,7 @@ struct WiringDifferentialTests {
         #expect(host.1.count == 6 && host.1[0] == 0x16 && host.1[1] == 0x10 && host.1[2] == 0 && host.1[3] == 0 && host.1[5] & 0x02 != 0)
         expectSame(host.0, soft.0, "exits and registers")
         expectSame(host.1, soft.1, "interrupt frame")
-        // Open bug: after KVM_IRQ_LINE raises and at once lowers IRQ 4 while
-        // the guest is halted, SoftKVM's master PIC ends with last_irr bit 4
-        // still set (byte 0 is 0x10) where the host has 0, though the same
-        // raise and lower with no guest running agree. The exits and the
-        // frame match; the end state is compared as a known issue until the
-        // race is found.
-        withKnownIssue("SoftKVM keeps last_irr after a raise/lower that wakes a halted vCPU", isIntermittent: true) {
-            expectSame(host.2, soft.2, "master PIC state at the end")
-        }
+        expectSame(host.2, soft.2, "master PIC state at the end")
     }
 
     /// IRQ 4 is raised while the guest runs with IF clear (it has exited to

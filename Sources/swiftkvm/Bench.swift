@@ -144,6 +144,9 @@ struct CPUBench: ParsableCommand {
     @Option(help: "The accelerator: soft, or host (which on kvm_pvm emulates ~1 M instructions/s: lower --iterations).")
     var accel: Accelerator = .soft
 
+    @Flag(help: "Also run the same loop under qemu-system-x86_64 -accel tcg (Debian's qemu-system-x86), as a multiboot kernel assembled with binutils.")
+    var qemu = false
+
     /// Instructions per loop iteration: add, mov store, mov load, xor, call, inc, ret, dec, jnz.
     static let instructionsPerIteration = 9
 
@@ -194,5 +197,79 @@ struct CPUBench: ParsableCommand {
         let instructions = Double(iterations) * Double(CPUBench.instructionsPerIteration) + 2
         print("CPU-bound loop on \(hypervisor.accelerator): \(iterations) iterations, \(Int(instructions)) instructions")
         print(String(format: "  %.3f s, %.1f M guest instructions/s", elapsed, instructions / elapsed / 1e6))
+        if qemu {
+            let qemuSeconds = try QEMULoop.seconds(iterations: iterations)
+            let qemuRate = Double(iterations) * Double(CPUBench.instructionsPerIteration) / qemuSeconds
+            print(String(format: "qemu-system-x86_64 -accel tcg, same loop: %.3f s (start-up subtracted), %.1f M guest instructions/s", qemuSeconds, qemuRate / 1e6))
+            print(String(format: "  ratio %.2f (QEMU TCG / \(hypervisor.accelerator), instructions per second)", qemuRate / (instructions / elapsed)))
+        }
+    }
+}
+
+/// The CPU benchmark's loop as a multiboot kernel for QEMU: QEMU's loader
+/// enters it in flat 32-bit protected mode, as `CPUBench` starts its own
+/// guest, and it leaves through isa-debug-exit. Start-up is measured with a
+/// one-iteration run and subtracted.
+enum QEMULoop {
+    static let source = """
+        .code32
+        .text
+        .globl _start
+        .align 4
+            .long 0x1BADB002, 0x00000003, -(0x1BADB002 + 0x00000003)
+        _start:
+            mov $ITERATIONS, %ecx
+            mov $0x200000, %esi
+            mov $0x300000, %esp
+        1:  add %ebx, %eax
+            mov %eax, (%esi)
+            mov 4(%esi), %edx
+            xor %eax, %edx
+            call 2f
+            dec %ecx
+            jnz 1b
+            mov $0, %al
+            out %al, $0xf4
+            hlt
+        2:  inc %ebx
+            ret
+
+        """
+
+    static func seconds(iterations: UInt32) throws -> Double {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("swiftkvm-qemu-\(getpid())")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let sourcePath = directory.appendingPathComponent("loop.S").path
+        try source.write(toFile: sourcePath, atomically: true, encoding: .utf8)
+        func kernel(_ count: UInt32) throws -> String {
+            let object = directory.appendingPathComponent("loop\(count).o").path
+            let elf = directory.appendingPathComponent("loop\(count).elf").path
+            try tool("as", ["--32", "--defsym", "ITERATIONS=\(count)", sourcePath, "-o", object])
+            try tool("ld", ["-m", "elf_i386", "-Ttext=0x100000", "-o", elf, object])
+            return elf
+        }
+        func run(_ elf: String) throws -> Double {
+            let start = ContinuousClock.now
+            // isa-debug-exit makes QEMU exit with (value << 1) | 1: 1 for the loop's 0.
+            try tool("qemu-system-x86_64", [
+                "-accel", "tcg", "-display", "none", "-no-reboot", "-nodefaults", "-m", "64",
+                "-device", "isa-debug-exit,iobase=0xf4,iosize=1", "-kernel", elf,
+            ], expectedStatus: 1)
+            return (ContinuousClock.now - start).seconds
+        }
+        let startUp = try run(kernel(1))
+        return try run(kernel(iterations)) - startUp
+    }
+
+    private static func tool(_ name: String, _ arguments: [String], expectedStatus: Int32 = 0) throws {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = [name] + arguments
+        try process.run()
+        process.waitUntilExit()
+        guard process.terminationStatus == expectedStatus else {
+            throw ValidationError("\(name) exited with \(process.terminationStatus) (is Debian's qemu-system-x86 / binutils installed?)")
+        }
     }
 }

@@ -381,30 +381,15 @@ public final class LinuxMachine: @unchecked Sendable {
         }
     }
 
-    /// Runs one `out` in real mode before the boot state goes in: on
-    /// kvm_pvm, state set before a vCPU's first KVM_RUN can be lost.
+    /// Runs one `out` in real mode before the boot state goes in (`VCPU.warmUp`).
     private func warmUp(_ vcpu: VCPU) throws(MachineError) {
+        let unexpected: VCPUExit?
         do {
-            var special = try vcpu.specialRegisters()
-            special.cs.base = 0
-            special.cs.selector = 0
-            try vcpu.setSpecialRegisters(special)
-            var registers = Registers()
-            registers.rip = Self.warmUpAddress
-            try vcpu.setRegisters(registers)
-            for _ in 0..<4 {
-                let exit = try vcpu.run()
-                if case .io(let io) = exit, io.port == Self.warmUpPort { return }
-                guard exit == .interrupted else { throw MachineError.warmUp(vcpu: vcpu.id, exit: exit) }
-            }
-            throw MachineError.warmUp(vcpu: vcpu.id, exit: .interrupted)
-        } catch let error as MachineError {
-            throw error
-        } catch let error as KVMError {
-            throw .kvm(error)
+            unexpected = try vcpu.warmUp(at: Self.warmUpAddress, port: Self.warmUpPort)
         } catch {
-            throw .warmUp(vcpu: vcpu.id, exit: .interrupted)
+            throw .kvm(error)
         }
+        if let unexpected { throw .warmUp(vcpu: vcpu.id, exit: unexpected) }
     }
 
     /// Runs `body` with the devices locked, as the vCPU threads do.

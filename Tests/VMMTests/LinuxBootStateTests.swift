@@ -33,18 +33,8 @@ import Testing
         try vm.setMemoryRegion(slot: 0, guestAddress: 0, region: memory)
         let vcpu = try vm.createVCPU(id: 0)
         try vcpu.setCPUID(hypervisor.supportedCPUID())
-        // State set before the first KVM_RUN can be lost on kvm_pvm: run once first.
-        var special = try vcpu.specialRegisters()
-        special.cs.base = 0
-        special.cs.selector = 0
-        try vcpu.setSpecialRegisters(special)
-        var registers = Registers()
-        registers.rip = UInt64(Self.stubAddress)
-        try vcpu.setRegisters(registers)
-        guard case .io(let warmUp) = try vcpu.run(), warmUp.port == Self.stubPort else {
-            Issue.record("the warm-up run did not reach its out")
-            return
-        }
+        let warmUpExit = try vcpu.warmUp(at: UInt64(Self.stubAddress), port: Self.stubPort)
+        try #require(warmUpExit == nil, "the warm-up run did not reach its out")
 
         try vcpu.applyBootState(state)
         var outputs: [UInt16: UInt64] = [:]

@@ -45,15 +45,8 @@ import Testing
         try vm.setMemoryRegion(slot: 0, guestAddress: 0, region: memory)
         let vcpu = try vm.createVCPU(id: 0)
         try vcpu.setCPUID(hypervisor.supportedCPUID())
-        // State set before the first KVM_RUN can be lost on kvm_pvm: run once first.
-        var special = try vcpu.specialRegisters()
-        special.cs.base = 0
-        special.cs.selector = 0
-        try vcpu.setSpecialRegisters(special)
-        var registers = Registers()
-        registers.rip = UInt64(Self.stubAddress)
-        try vcpu.setRegisters(registers)
-        _ = try vcpu.runWithDeadline(seconds: 5)
+        let warmUpExit = try vcpu.warmUp(at: UInt64(Self.stubAddress), port: 0xf0)
+        try #require(warmUpExit == nil, "the warm-up run did not reach its out")
         try vcpu.applyBootState(boot.cpuState)
 
         let uart = Serial16550(interrupt: { _ in }, output: { _ in })

@@ -141,7 +141,8 @@ public struct CPUIDEntry: Hashable, Sendable {
                   eax: entry.eax, ebx: entry.ebx, ecx: entry.ecx, edx: entry.edx)
     }
 
-    var kernelValue: kvm_cpuid_entry2 {
+    /// The entry as `struct kvm_cpuid_entry2`, for this package's backends.
+    package var kernelValue: kvm_cpuid_entry2 {
         var entry = kvm_cpuid_entry2()
         entry.function = function
         entry.index = index

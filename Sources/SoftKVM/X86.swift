@@ -63,13 +63,7 @@ let softSupportedXCR0: UInt64 = XFEATURE_MASK_FP | XFEATURE_MASK_SSE
 /// with it.
 let supportedCPUID: [kvm_cpuid_entry2] = {
     func leaf(_ function: UInt32, eax: UInt32 = 0, ebx: UInt32 = 0, ecx: UInt32 = 0, edx: UInt32 = 0) -> kvm_cpuid_entry2 {
-        var entry = kvm_cpuid_entry2()
-        entry.function = function
-        entry.eax = eax
-        entry.ebx = ebx
-        entry.ecx = ecx
-        entry.edx = edx
-        return entry
+        CPUIDEntry(function: function, eax: eax, ebx: ebx, ecx: ecx, edx: edx).kernelValue
     }
     // "SoftKVMSwift" in EBX, EDX, ECX order, as CPUID leaf 0 spells a vendor.
     let vendor: (UInt32, UInt32, UInt32) = (0x7466_6F53, 0x534D_564B, 0x7466_6977)

@@ -61,12 +61,14 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
-        .testTarget(name: "KVMTests", dependencies: ["KVM", "GuestMemory", "KVMPlatform"]),
-        .testTarget(name: "SoftKVMTests", dependencies: ["SoftKVM", "KVM", "GuestMemory", "KVMPlatform", "CLinuxKVM"]),
-        .testTarget(name: "VMMTests", dependencies: ["VMM", "KVM", "Accelerators", "LinuxBoot", "GuestMemory"]),
-        .testTarget(name: "PreloadTests"),
+        // The host-/dev/kvm skip rule the test targets share.
+        .target(name: "HostKVMSupport", path: "Tests/HostKVMSupport"),
+        .testTarget(name: "KVMTests", dependencies: ["HostKVMSupport", "KVM", "GuestMemory", "KVMPlatform"]),
+        .testTarget(name: "SoftKVMTests", dependencies: ["HostKVMSupport", "SoftKVM", "KVM", "GuestMemory", "KVMPlatform", "CLinuxKVM"]),
+        .testTarget(name: "VMMTests", dependencies: ["HostKVMSupport", "VMM", "KVM", "Accelerators", "LinuxBoot", "GuestMemory"]),
+        .testTarget(name: "PreloadTests", dependencies: ["HostKVMSupport"]),
         .testTarget(name: "LinuxBootTests", dependencies: ["LinuxBoot", "GuestMemory"]),
         .testTarget(name: "DevicesTests", dependencies: ["Devices"]),
-        .testTarget(name: "X86Tests", dependencies: ["X86", "KVM", "GuestMemory"]),
+        .testTarget(name: "X86Tests", dependencies: ["HostKVMSupport", "X86", "KVM", "GuestMemory"]),
     ]
 )

@@ -1,12 +1,6 @@
 import Foundation
 import Testing
-
-/// Whether the host's /dev/kvm is there, or required (CI sets
-/// SWIFTKVM_REQUIRE_HOST_KVM=1, so that a missing one fails instead of skipping).
-enum HostKVM {
-    static var isRequired: Bool { ProcessInfo.processInfo.environment["SWIFTKVM_REQUIRE_HOST_KVM"] == "1" }
-    static var isAvailable: Bool { FileManager.default.isReadableFile(atPath: "/dev/kvm") || isRequired }
-}
+@_exported import HostKVMSupport  // HostKVM, for every file of this test target
 
 /// What a program printed and how it ended.
 struct Outcome: Equatable, CustomStringConvertible {

@@ -4,12 +4,7 @@ import Foundation
 @testable import SoftKVM
 import SystemPackage
 import Testing
-
-/// Whether the host's /dev/kvm can serve as the oracle (see KVMTests/Support.swift).
-enum HostKVM {
-    static var isRequired: Bool { ProcessInfo.processInfo.environment["SWIFTKVM_REQUIRE_HOST_KVM"] == "1" }
-    static var isAvailable: Bool { FileManager.default.isReadableFile(atPath: "/dev/kvm") || isRequired }
-}
+@_exported import HostKVMSupport  // HostKVM, for every file of this test target
 
 /// The two implementations of the kernel side of KVM a test body runs on.
 enum Backend: String, CaseIterable, CustomTestStringConvertible, Sendable {

@@ -1,14 +1,7 @@
 import Foundation
 import Testing
 @testable import X86
-
-/// Whether differential tests can use the host's /dev/kvm. CI sets
-/// SWIFTKVM_REQUIRE_HOST_KVM=1, so that a missing /dev/kvm fails there
-/// instead of skipping (as in KVMTests).
-enum HostKVM {
-    static var isRequired: Bool { ProcessInfo.processInfo.environment["SWIFTKVM_REQUIRE_HOST_KVM"] == "1" }
-    static var isAvailable: Bool { FileManager.default.isReadableFile(atPath: "/dev/kvm") || isRequired }
-}
+@_exported import HostKVMSupport  // HostKVM, for every file of this test target
 
 /// A software CPU over 1 MiB of zeroed RAM, with `code` at 0x1000 and RSP at
 /// 0x8000, in one of three flat set-ups. The long-mode set-up identity-maps

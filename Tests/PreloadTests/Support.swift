@@ -1,6 +1,6 @@
 import Foundation
 import Testing
-@_exported import HostKVMSupport  // HostKVM, for every file of this test target
+@_exported import KVMTestSupport  // HostKVM and RealModeGuest, for every file of this test target
 
 /// What a program printed and how it ended.
 struct Outcome: Equatable, CustomStringConvertible {

@@ -4,7 +4,7 @@ import Foundation
 @testable import SoftKVM
 import SystemPackage
 import Testing
-@_exported import HostKVMSupport  // HostKVM, for every file of this test target
+@_exported import KVMTestSupport  // HostKVM and RealModeGuest, for every file of this test target
 
 /// The two implementations of the kernel side of KVM a test body runs on.
 enum Backend: String, CaseIterable, CustomTestStringConvertible, Sendable {

@@ -79,19 +79,3 @@ import Testing
         #expect(writes.map(\.value) == [0x03, 0x00, 0x00, 0x03, 0x83, 12, 0x00, 0x03])
     }
 }
-
-extension VCPU {
-    /// Runs the vCPU, kicking it if it has not exited within `seconds`, so a
-    /// guest that never reaches the expected exit fails the test with
-    /// `.interrupted` instead of hanging the run.
-    func runWithDeadline(seconds: Double) throws -> VCPUExit {
-        let kicker = self.kicker
-        let done = DispatchSemaphore(value: 0)
-        let watchdog = Thread {
-            if done.wait(timeout: .now() + seconds) == .timedOut { kicker.kick() }
-        }
-        watchdog.start()
-        defer { done.signal() }
-        return try run()
-    }
-}

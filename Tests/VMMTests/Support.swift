@@ -1,2 +1,2 @@
-// HostKVM, the shared host-/dev/kvm skip rule, for every file of this test target.
-@_exported import HostKVMSupport
+// HostKVM, RealModeGuest and runWithDeadline, shared, for every file of this test target.
+@_exported import KVMTestSupport

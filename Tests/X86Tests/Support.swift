@@ -1,7 +1,7 @@
 import Foundation
 import Testing
 @testable import X86
-@_exported import HostKVMSupport  // HostKVM, for every file of this test target
+@_exported import KVMTestSupport  // HostKVM and RealModeGuest, for every file of this test target
 
 /// A software CPU over 1 MiB of zeroed RAM, with `code` at 0x1000 and RSP at
 /// 0x8000, in one of three flat set-ups. The long-mode set-up identity-maps

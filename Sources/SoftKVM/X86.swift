@@ -120,7 +120,8 @@ extension SoftBackend {
     func kvm_vm_ioctl_check_extension(_ vm: SoftVM?, _ arg: UInt) -> Int32 {
         switch UInt32(truncatingIfNeeded: arg) {
         case Capability.setTSSAddr.rawValue, Capability.mpState.rawValue, Capability.extCPUID.rawValue,
-             Capability.vcpuEvents.rawValue, Capability.debugregs.rawValue, Capability.xcrs.rawValue:
+             Capability.vcpuEvents.rawValue, Capability.debugregs.rawValue, Capability.xcrs.rawValue,
+             Capability.setIdentityMapAddr.rawValue:
             return 1
         case Capability.irqchip.rawValue, Capability.irqInjectStatus.rawValue, Capability.ioapicPolarityIgnored.rawValue,
              Capability.signalMSI.rawValue:
@@ -136,6 +137,8 @@ extension SoftBackend {
         switch request {
         case KVMRequest.setTSSAddr.number:
             return kvm_vm_ioctl_set_tss_addr(vm, arg)
+        case KVMRequest.setIdentityMapAddr.number:
+            return kvm_vm_ioctl_set_identity_map_addr(vm, arg)
         case KVMRequest.createIrqchip.number:
             return kvm_vm_ioctl_create_irqchip(vm)
         case KVMRequest.getIrqchip.number, KVMRequest.setIrqchip.number:
@@ -150,6 +153,17 @@ extension SoftBackend {
     func kvm_vm_ioctl_set_tss_addr(_ vm: SoftVM, _ addr: UInt) -> Int32 {
         if addr > UInt(UInt32.max - 3 * UInt32(PAGE_SIZE) + 1) { return fail(.invalidArgument) }
         vm.arch.withLock { $0.tssAddress = UInt64(addr) }
+        return 0
+    }
+
+    /// KVM_SET_IDENTITY_MAP_ADDR: refused once a vCPU exists (the kernel
+    /// checks created_vcpus before reading the address). SoftKVM's CPU needs
+    /// no identity-mapped page table for unpaged protected mode (EPT does),
+    /// so the address is only kept.
+    func kvm_vm_ioctl_set_identity_map_addr(_ vm: SoftVM, _ arg: UInt) -> Int32 {
+        if vm.vcpus.withLock({ $0.created }) > 0 { return fail(.invalidArgument) }
+        guard let address = UserMemory.read(UInt64.self, from: arg) else { return fail(.badAddress) }
+        vm.arch.withLock { $0.identityMapAddress = address }
         return 0
     }
 
@@ -361,6 +375,7 @@ extension SoftBackend {
 /// x86 VM state (`struct kvm_arch`).
 struct KVMArch: Sendable {
     var tssAddress: UInt64 = 0
+    var identityMapAddress: UInt64 = 0
 }
 
 /// A vCPU's x86 state (`struct kvm_vcpu_arch`). The architectural state

@@ -29,7 +29,7 @@ struct DifferentialTests {
     /// Capabilities whose value SoftKVM gives as the host does.
     @Test(arguments: [
         Capability.userMemory, .setTSSAddr, .mpState, .maxVCPUs, .maxVCPUID, .nrMemslots, .nrVCPUs,
-        .immediateExit, .readonlyMem, .extCPUID, .vcpuEvents, .debugregs, .xcrs, .checkExtensionVM,
+        .immediateExit, .readonlyMem, .setIdentityMapAddr, .extCPUID, .vcpuEvents, .debugregs, .xcrs, .checkExtensionVM,
         .destroyMemoryRegionWorks, .joinMemoryRegionsWorks, .syncMMU, .multiAddressSpace, Capability(rawValue: 100_000),
     ])
     func capabilityAgrees(_ capability: Capability) throws {
@@ -90,6 +90,21 @@ struct DifferentialTests {
                 ("crossing 4 GiB", outcome { () throws(KVMError) in try vm.setTSSAddress(0xFFFF_E000) }),
                 ("far above", outcome { () throws(KVMError) in try vm.setTSSAddress(0xF_FFFF_FFFF_F000) }),
             ]
+        }
+    }
+
+    @Test func identityMapAddressRulesAgree() throws {
+        try expectSameOnBothBackends { hypervisor in
+            let backend = hypervisor.handle.backend
+            let vm = try hypervisor.createVM()
+            var results: [(String, Outcome)] = [
+                ("before vCPUs", outcome { () throws(KVMError) in try vm.setIdentityMapAddress(0xFFFB_C000) }),
+                ("again", outcome { () throws(KVMError) in try vm.setIdentityMapAddress(0xFEFF_C000) }),
+                ("bad pointer", rawOutcome(backend, vm.rawDescriptor, KVMRequest.setIdentityMapAddr.number, value: 8)),
+            ]
+            _ = try vm.createVCPU(id: 0)
+            results.append(("after a vCPU", outcome { () throws(KVMError) in try vm.setIdentityMapAddress(0xFFFB_C000) }))
+            return results
         }
     }
 

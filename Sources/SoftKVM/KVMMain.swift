@@ -63,7 +63,7 @@ extension SoftBackend {
         switch UInt32(truncatingIfNeeded: arg) {
         case Capability.userMemory.rawValue, Capability.destroyMemoryRegionWorks.rawValue,
              Capability.joinMemoryRegionsWorks.rawValue, Capability.checkExtensionVM.rawValue,
-             Capability.immediateExit.rawValue:
+             Capability.immediateExit.rawValue, Capability.deviceCtrl.rawValue:
             return 1
         // SoftKVM's CPU reads guest memory through the slot's host address,
         // so user space changes to that memory are always seen (the sense of SYNC_MMU).
@@ -128,6 +128,8 @@ extension SoftBackend {
         case KVMRequest.unregisterCoalescedMMIO.number:
             guard let zone = UserMemory.read(kvm_coalesced_mmio_zone.self, from: arg) else { return fail(.badAddress) }
             return vm.coalesced.unregister(zone)
+        case KVMRequest.createDevice.number:
+            return kvm_ioctl_create_device(vm, arg)
         default:
             return kvm_arch_vm_ioctl(vm, request, arg)
         }
@@ -350,6 +352,8 @@ final class SoftVM: Sendable {
     let ioeventfds = Mutex(IOEventFDs())
     /// The coalesced MMIO ring and zones.
     let coalesced: CoalescedMMIO
+    /// `kvm->devices`, under `kvm->lock` in the kernel.
+    let devices = Mutex<[SoftDevice]>([])
 
     var irqchip: SoftIrqchip? { irqchipSlot.withLock { $0 } }
 

@@ -10,7 +10,7 @@ struct PreloadConformanceTests {
     /// capabilities, memory slots, vCPU creation, dirty log, irqfd and
     /// ioeventfd, the coalesced ring in the vCPU mapping, bad pointers,
     /// threads and a forked child, /dev/kvm opened in a constructor.
-    @Test(arguments: ["system", "memslots", "vcpus", "dirtylog", "eventfds", "coalesced", "badpointer", "threads", "constructor"])
+    @Test(arguments: ["system", "memslots", "vcpus", "dirtylog", "eventfds", "coalesced", "devices", "badpointer", "threads", "constructor"])
     func programPrintsTheSameUnderExecAsOnHostKVM(name: String) throws {
         let program = try CPrograms.build(name)
         let host = try CPrograms.runOnHost(program)

@@ -511,18 +511,16 @@ final class SoftPIT: Sendable {
         stopping.store(true, ordering: .releasing)
         signalEventFD(reinjection.work)
         if let handle = thread.withLock({ $0 }) { pthread_join(handle, nil) }
-        setReinjectUnlocked(false)
+        setReinject(false)
     }
 
     // MARK: Reinjection
 
-    /// kvm_pit_set_reinject, with the PIT's lock held: the irqchip tells
-    /// the PIT of GSI 0's acknowledgements and unmasking only in reinject mode.
+    /// kvm_pit_set_reinject, with the PIT's lock held (or as the PIT goes):
+    /// the irqchip tells the PIT of GSI 0's acknowledgements and unmasking
+    /// only in reinject mode. It takes the irqchip's lock, which is always
+    /// taken after the PIT's, never before.
     private func setReinject(_ reinject: Bool) {
-        setReinjectUnlocked(reinject)
-    }
-
-    private func setReinjectUnlocked(_ reinject: Bool) {
         if reinjection.reinject.load(ordering: .sequentiallyConsistent) == reinject { return }
         let owner = ObjectIdentifier(self)
         if reinject {

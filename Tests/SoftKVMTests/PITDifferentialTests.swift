@@ -368,4 +368,64 @@ struct PITDifferentialTests {
         }
         #expect(soft.3 == host.3)
     }
+
+    enum Reinjection: String, CaseIterable, CustomTestStringConvertible {
+        /// The default: ticks the guest missed are injected one per EOI.
+        case on
+        /// KVM_REINJECT_CONTROL with 0: missed ticks are lost.
+        case off
+        /// On, but the guest masked IRQ 0 while it was away: unmasking forgets them.
+        case onMaskedMeanwhile
+        var testDescription: String { rawValue }
+    }
+
+    /// Counter 0 at 20 Hz; the guest leaves with interrupts off (an exit
+    /// during which user space waits 400 ms, eight periods), then counts
+    /// four ticks. With reinjection the missed ticks come one after each
+    /// EOI, at once; without, or when the guest unmasked IRQ 0 after
+    /// masking it, the PIC held one and the next three come a period apart.
+    @Test(arguments: Reinjection.allCases)
+    func missedTicksAreReinjectedOnePerEOI(_ reinjection: Reinjection) throws {
+        let mask = reinjection == .onMaskedMeanwhile
+        let main = Code.start + picInit
+            + Code.out(0x43, 0x34) + Code.out(0x40, 0x0B) + Code.out(0x40, 0xE9)  // 59659: 50 ms
+            + [0xFA]  // cli
+            + (mask ? Code.out(0x21, 0xFF) : [])
+            + Code.out(0x10, 0x00)  // user space waits here
+            + (mask ? Code.out(0x21, 0xFE) : [])
+            + [0xFB]  // sti
+            + [0xF4, 0x80, 0x3E, 0x00, 0x30, 0x04, 0x72, 0xF8]  // wait: hlt; cmp byte [0x3000], 4; jb wait
+            + Code.end
+        let handler: [UInt8] = [0xFE, 0x06, 0x00, 0x30] + Code.out(0x20, 0x20) + [0xCF]
+        func run(_ backend: Backend) throws -> ([VCPUExit], Double) {
+            let hypervisor = try backend.hypervisor()
+            let guest = try RealModeGuest(hypervisor: hypervisor, code: main, irqchip: true)
+            try guest.vm.createPIT(flags: .speakerDummy)
+            if reinjection == .off {
+                let control = UnsafeMutableRawPointer.allocate(byteCount: 64, alignment: 8)
+                defer { control.deallocate() }
+                control.initializeMemory(as: UInt8.self, repeating: 0, count: 64)
+                #expect(raw(hypervisor, guest.vm, .reinjectControl, control) == .ok(0))
+            }
+            try guest.memory.store(UInt32(0x0000_2000), at: 0x20 * 4)
+            try guest.memory.write(handler, at: 0x2000)
+            var resumed: Int64 = 0
+            let exits = try runToEnd(guest) { exit in
+                if exit == .io(PortIO(direction: .out, port: 0x10, size: 1, value: 0)) {
+                    usleep(400_000)
+                    resumed = ktime_get()
+                }
+            }
+            return (exits, Double(ktime_get() - resumed) / 1e9)
+        }
+        for backend in Backend.available {
+            let (exits, seconds) = try run(backend)
+            #expect(exits.last == .io(PortIO(direction: .out, port: 0xF1, size: 1, value: 0x99)), "\(backend): \(exits)")
+            if reinjection == .on {
+                #expect(seconds < 0.05, "\(backend): four ticks took \(seconds) s after the wait")
+            } else {
+                #expect(seconds > 0.1, "\(backend): four ticks took \(seconds) s after the wait")
+            }
+        }
+    }
 }

@@ -36,9 +36,15 @@ final class DeviceTimer: @unchecked Sendable {
             return !started && !stopped
         }
         guard first else { return }
-        // The thread holds the timer, not the machine, and ends at `stop`.
-        let thread = Thread { [self] in
-            run()
+        // The thread holds the timer (not the machine) until `stop`, and
+        // lets go of it before it says so: Foundation keeps the closure a
+        // while after, which must not keep the devices, and through their
+        // interrupts the VM, alive.
+        let holder = Holder(self)
+        let ended = self.ended
+        let thread = Thread {
+            holder.timer?.run()
+            holder.timer = nil
             ended.signal()
         }
         thread.name = "device timer"
@@ -62,6 +68,11 @@ final class DeviceTimer: @unchecked Sendable {
             rescheduled = true
             condition.signal()
         }
+    }
+
+    private final class Holder: @unchecked Sendable {
+        var timer: DeviceTimer?
+        init(_ timer: DeviceTimer) { self.timer = timer }
     }
 
     private func run() {

@@ -464,7 +464,7 @@ final class SoftPIT: Sendable {
 
     private func startThreadIfNeeded() {
         thread.withLock { thread in
-            guard thread == nil else { return }
+            guard thread == nil, !stopping.load(ordering: .acquiring) else { return }
             let context = Unmanaged.passRetained(self).toOpaque()
             var handle = pthread_t()
             let r = pthread_create(&handle, nil, { context in

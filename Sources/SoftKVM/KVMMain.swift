@@ -346,6 +346,8 @@ final class SoftVM: Sendable {
     let arch = Mutex(KVMArch())
     /// The in-kernel PICs and IOAPIC, once KVM_CREATE_IRQCHIP made them.
     let irqchipSlot = Mutex<SoftIrqchip?>(nil)
+    /// The in-kernel PIT, once KVM_CREATE_PIT2 made it (`kvm->arch.vpit`).
+    let pitSlot = Mutex<SoftPIT?>(nil)
     /// The irqfds and their thread, from the first KVM_IRQFD.
     let irqfds = Mutex<IRQFDs?>(nil)
     /// `kvm->ioeventfds`.
@@ -356,6 +358,7 @@ final class SoftVM: Sendable {
     let devices = Mutex<[SoftDevice]>([])
 
     var irqchip: SoftIrqchip? { irqchipSlot.withLock { $0 } }
+    var pit: SoftPIT? { pitSlot.withLock { $0 } }
 
     struct VCPUBookkeeping: Sendable {
         var created = 0
@@ -367,9 +370,10 @@ final class SoftVM: Sendable {
         self.coalesced = coalesced
     }
 
-    /// kvm_destroy_vm: the irqfd thread stops, the eventfds are let go.
+    /// kvm_destroy_vm: the irqfd and PIT threads stop, the eventfds are let go.
     deinit {
         irqfds.withLock { $0?.stop() }
+        pitSlot.withLock { $0?.stop() }
         ioeventfds.withLock { $0.closeAll() }
     }
 }

@@ -152,6 +152,7 @@ extension SoftBackend {
                 }
                 return true
             }
+            if kernel_pio_pit(io, &arch, vcpu) { return true }
             guard io.isWrite else { return false }
             let address = UInt64(io.port)
             if vcpu.vm.ioeventfds.withLock({ $0.write(.pio, address: address, length: io.size, value: io.data) }) { return true }

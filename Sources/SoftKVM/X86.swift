@@ -126,6 +126,9 @@ extension SoftBackend {
         case Capability.irqchip.rawValue, Capability.irqInjectStatus.rawValue, Capability.ioapicPolarityIgnored.rawValue,
              Capability.signalMSI.rawValue:
             return 1
+        case Capability.pit.rawValue, Capability.pit2.rawValue, Capability.pitState2.rawValue,
+             Capability.reinjectControl.rawValue:
+            return 1
         default:
             return 0
         }
@@ -143,6 +146,11 @@ extension SoftBackend {
             return kvm_vm_ioctl_create_irqchip(vm)
         case KVMRequest.getIrqchip.number, KVMRequest.setIrqchip.number:
             return kvm_vm_ioctl_irqchip(vm, arg, set: request == KVMRequest.setIrqchip.number)
+        case KVMRequest.createPIT.number, KVMRequest.createPIT2.number:
+            return kvm_vm_ioctl_create_pit(vm, arg, legacy: request == KVMRequest.createPIT.number)
+        case KVMRequest.getPIT.number, KVMRequest.setPIT.number, KVMRequest.getPIT2.number, KVMRequest.setPIT2.number,
+             KVMRequest.reinjectControl.number:
+            return kvm_vm_ioctl_pit(vm, request, arg)
         default:
             return fail(.inappropriateIOCTLForDevice)
         }

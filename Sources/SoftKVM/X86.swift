@@ -383,15 +383,25 @@ struct KVMArch: Sendable {
 /// it, so that what KVM_GET_* gives is what the guest runs with.
 struct VCPUArch: @unchecked Sendable {
     var cpu = X86CPU(memory: PhysicalMemory(ranges: []))
-    /// What kvm_sregs holds that the CPU does not model yet: TR, LDTR, CR8
-    /// and the interrupt bitmap, kept as set.
+    /// What kvm_sregs holds that the CPU does not model yet: CR8 and the
+    /// interrupt bitmap, kept as set.
     var extraSregs = kvm_sregs()
     var fpu = kvm_fpu()
     var mpState = UInt32(KVM_MP_STATE_RUNNABLE)
     var events = kvm_vcpu_events()
-    var db: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
-    var dr6: UInt64 = 0
-    var dr7: UInt64 = 0
+    /// DR0-3, DR6 and DR7 live in the CPU, where MOV DR reads and writes them.
+    var db: (UInt64, UInt64, UInt64, UInt64) {
+        get { (cpu.state.dr0, cpu.state.dr1, cpu.state.dr2, cpu.state.dr3) }
+        set { (cpu.state.dr0, cpu.state.dr1, cpu.state.dr2, cpu.state.dr3) = newValue }
+    }
+    var dr6: UInt64 {
+        get { cpu.state.dr6 }
+        set { cpu.state.dr6 = newValue }
+    }
+    var dr7: UInt64 {
+        get { cpu.state.dr7 }
+        set { cpu.state.dr7 = newValue }
+    }
     var xcr0: UInt64 = XFEATURE_MASK_FP
     var cpuid: [kvm_cpuid_entry2] = [] {
         didSet {
@@ -500,6 +510,8 @@ struct VCPUArch: @unchecked Sendable {
             sregs.fs = Self.segment(s.fs)
             sregs.gs = Self.segment(s.gs)
             sregs.ss = Self.segment(s.ss)
+            sregs.tr = Self.segment(s.tr)
+            sregs.ldt = Self.segment(s.ldtr)
             sregs.gdt = kvm_dtable(base: s.gdtr.base, limit: s.gdtr.limit, padding: (0, 0, 0))
             sregs.idt = kvm_dtable(base: s.idtr.base, limit: s.idtr.limit, padding: (0, 0, 0))
             sregs.cr0 = s.cr0
@@ -524,6 +536,8 @@ struct VCPUArch: @unchecked Sendable {
             cpu.state.fs = Self.segment(newValue.fs)
             cpu.state.gs = Self.segment(newValue.gs)
             cpu.state.ss = Self.segment(newValue.ss)
+            cpu.state.tr = Self.segment(newValue.tr)
+            cpu.state.ldtr = Self.segment(newValue.ldt)
             cpu.state.gdtr = DescriptorTableRegister(base: newValue.gdt.base, limit: newValue.gdt.limit)
             cpu.state.idtr = DescriptorTableRegister(base: newValue.idt.base, limit: newValue.idt.limit)
             cpu.state.msrs.apicBase = newValue.apic_base

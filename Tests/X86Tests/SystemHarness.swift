@@ -316,3 +316,58 @@ extension CPUState {
         return s
     }
 }
+
+extension SystemGuest {
+    /// 32-bit protected mode without paging: GDT at 0x6000 with 0x08 code
+    /// DPL 0, 0x10 data DPL 0, 0x1B code DPL 3, 0x23 data DPL 3, 0x28 a
+    /// 32-bit TSS at 0x8000 (SS0:ESP0 = 0x10:0xA000), 0x30 a 32-bit call
+    /// gate of DPL 3 to 0x08:0xD500 copying two parameters, 0x38 an LDT at
+    /// 0x6800 (three entries), 0x40 data with base 0xE000 and limit 0xFF,
+    /// 0x48 expand-down data above 0x7FFF, 0x50 read-only data, 0x58 a
+    /// conforming code segment; 8-byte gates in the IDT at 0x7000.
+    static let callGate: UInt16 = 0x30, ldt: UInt16 = 0x38, smallData: UInt16 = 0x40
+    static let expandDown: UInt16 = 0x48, readOnly: UInt16 = 0x50, conforming: UInt16 = 0x58, tss32: UInt16 = 0x28
+
+    static func protected32(code: [UInt8]) -> SystemGuest {
+        var guest = SystemGuest()
+        let gate: UInt64 = UInt64(handlers + 0x500) & 0xFFFF | UInt64(0x08) << 16 | 2 << 32 | UInt64(0xEC) << 40
+            | (UInt64(handlers + 0x500) >> 16) << 48
+        let gdt: [UInt64] = [
+            0,
+            descriptor(type: 0xB, dpl: 0), descriptor(type: 0x3, dpl: 0),
+            descriptor(type: 0xB, dpl: 3), descriptor(type: 0x3, dpl: 3),
+            descriptor(type: 0x9, dpl: 0, s: false, db: false, base: UInt32(tssAddress), limit: 0x67, g: false),
+            gate,
+            descriptor(type: 0x2, dpl: 0, s: false, db: false, base: 0x6800, limit: 0x17, g: false),
+            descriptor(type: 0x3, dpl: 0, base: 0xE000, limit: 0xFF, g: false),
+            descriptor(type: 0x7, dpl: 0, base: 0, limit: 0x7FFF, g: false),
+            descriptor(type: 0x1, dpl: 0),
+            descriptor(type: 0xF, dpl: 0),
+        ]
+        for (i, d) in gdt.enumerated() { guest.store64(d, at: SystemGuest.gdt + i * 8) }
+        guest.store32(UInt32(kernelStack), at: tssAddress + 4)
+        guest.store32(0x10, at: tssAddress + 8)
+        guest.write(code, at: SystemGuest.code)
+        var s = SpecialRegisters()
+        s.cr0 = 0x11
+        s.cs = Segment(base: 0, limit: 0xFFFF_FFFF, selector: 0x08, type: 0xB, db: true, g: true)
+        let data = Segment(base: 0, limit: 0xFFFF_FFFF, selector: 0x10, type: 0x3, db: true, g: true)
+        (s.ds, s.es, s.fs, s.gs, s.ss) = (data, data, data, data, data)
+        s.tr = Segment(base: UInt64(tssAddress), limit: 0x67, selector: tss32, type: 0xB, s: false)
+        s.ldt = Segment(base: 0, limit: 0xFFFF, selector: 0, type: 0x2, s: false)
+        s.gdt = DescriptorTable(base: UInt64(SystemGuest.gdt), limit: UInt16(gdt.count * 8 - 1))
+        s.idt = DescriptorTable(base: UInt64(idt), limit: 0x7FF)
+        guest.special = s
+        guest.registers.rip = UInt64(SystemGuest.code)
+        guest.registers.rsp = kernelStack
+        guest.registers.rflags = 2
+        return guest
+    }
+
+    /// A 32-bit interrupt (0xE) or trap (0xF) gate to CS 0x08.
+    mutating func gate32(_ vector: Int, handler: UInt32, type: UInt8 = 0xE, dpl: UInt8 = 0) {
+        let low = UInt64(handler & 0xFFFF) | UInt64(0x08) << 16 | UInt64(0x80 | dpl << 5 | type) << 40
+            | UInt64(handler >> 16) << 48
+        store64(low, at: SystemGuest.idt + vector * 8)
+    }
+}

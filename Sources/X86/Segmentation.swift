@@ -191,6 +191,11 @@ extension X86CPU {
             _ = fault(segment == SegmentRegisterName.ss.rawValue ? .ss : .gp, errorCode: 0)
             return nil
         }
+        // The common flat case: a present, expand-up, writable data segment of 4 GiB.
+        let s = state[segmentIndex: segment]
+        if s.limit == 0xFFFF_FFFF && s.attributes & 0x9E == 0x92 && offset &+ UInt64(size) <= 0x1_0000_0000 {
+            return (s.base &+ offset) & 0xFFFF_FFFF
+        }
         return legacyLinear(segment, offset, size: size, write: write)
     }
 

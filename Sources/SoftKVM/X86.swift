@@ -67,15 +67,16 @@ let supportedCPUID: [kvm_cpuid_entry2] = {
     }
     // "SoftKVMSwift" in EBX, EDX, ECX order, as CPUID leaf 0 spells a vendor.
     let vendor: (UInt32, UInt32, UInt32) = (0x7466_6F53, 0x534D_564B, 0x7466_6977)
-    // TSC MSR PAE PGE CMOV PAT. Not FPU, CX8, SEP, FXSR, SSE or SSE2: X86
-    // has no x87, CMPXCHG8B, SYSENTER, FXSAVE or SSE yet, and a guest told
+    // PSE TSC MSR PAE SEP PGE CMOV PAT PSE-36. Not FPU, CX8, FXSR, SSE or
+    // SSE2: X86 has no x87, CMPXCHG8B, FXSAVE or SSE yet, and a guest told
     // otherwise would take #UD where it expects the instruction to work.
-    let leaf1EDX: UInt32 = (1 << 4) | (1 << 5) | (1 << 6) | (1 << 13) | (1 << 15) | (1 << 16)
+    let leaf1EDX: UInt32 = (1 << 3) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 11) | (1 << 13) | (1 << 15) | (1 << 16)
+        | (1 << 17)
     return [
         leaf(0, eax: 1, ebx: vendor.0, ecx: vendor.2, edx: vendor.1),
         leaf(1, eax: 0x600, edx: leaf1EDX),
         leaf(0x8000_0000, eax: 0x8000_0001),
-        leaf(0x8000_0001, ecx: 1 << 0, edx: (1 << 20) | (1 << 29)),  // LAHF; NX LM (no SYSCALL yet)
+        leaf(0x8000_0001, ecx: 1 << 0, edx: (1 << 11) | (1 << 20) | (1 << 29)),  // LAHF; SYSCALL NX LM
     ]
 }()
 
@@ -391,15 +392,25 @@ struct KVMArch: Sendable {
 /// it, so that what KVM_GET_* gives is what the guest runs with.
 struct VCPUArch: @unchecked Sendable {
     var cpu = X86CPU(memory: PhysicalMemory(ranges: []))
-    /// What kvm_sregs holds that the CPU does not model yet: TR, LDTR, CR8
-    /// and the interrupt bitmap, kept as set.
+    /// What kvm_sregs holds that the CPU does not model yet: CR8 and the
+    /// interrupt bitmap, kept as set.
     var extraSregs = kvm_sregs()
     var fpu = kvm_fpu()
     var mpState = UInt32(KVM_MP_STATE_RUNNABLE)
     var events = kvm_vcpu_events()
-    var db: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
-    var dr6: UInt64 = 0
-    var dr7: UInt64 = 0
+    /// DR0-3, DR6 and DR7 live in the CPU, where MOV DR reads and writes them.
+    var db: (UInt64, UInt64, UInt64, UInt64) {
+        get { (cpu.state.dr0, cpu.state.dr1, cpu.state.dr2, cpu.state.dr3) }
+        set { (cpu.state.dr0, cpu.state.dr1, cpu.state.dr2, cpu.state.dr3) = newValue }
+    }
+    var dr6: UInt64 {
+        get { cpu.state.dr6 }
+        set { cpu.state.dr6 = newValue }
+    }
+    var dr7: UInt64 {
+        get { cpu.state.dr7 }
+        set { cpu.state.dr7 = newValue }
+    }
     var xcr0: UInt64 = XFEATURE_MASK_FP
     var cpuid: [kvm_cpuid_entry2] = [] {
         didSet {
@@ -508,6 +519,8 @@ struct VCPUArch: @unchecked Sendable {
             sregs.fs = Self.segment(s.fs)
             sregs.gs = Self.segment(s.gs)
             sregs.ss = Self.segment(s.ss)
+            sregs.tr = Self.segment(s.tr)
+            sregs.ldt = Self.segment(s.ldtr)
             sregs.gdt = kvm_dtable(base: s.gdtr.base, limit: s.gdtr.limit, padding: (0, 0, 0))
             sregs.idt = kvm_dtable(base: s.idtr.base, limit: s.idtr.limit, padding: (0, 0, 0))
             sregs.cr0 = s.cr0
@@ -532,6 +545,8 @@ struct VCPUArch: @unchecked Sendable {
             cpu.state.fs = Self.segment(newValue.fs)
             cpu.state.gs = Self.segment(newValue.gs)
             cpu.state.ss = Self.segment(newValue.ss)
+            cpu.state.tr = Self.segment(newValue.tr)
+            cpu.state.ldtr = Self.segment(newValue.ldt)
             cpu.state.gdtr = DescriptorTableRegister(base: newValue.gdt.base, limit: newValue.gdt.limit)
             cpu.state.idtr = DescriptorTableRegister(base: newValue.idt.base, limit: newValue.idt.limit)
             cpu.state.msrs.apicBase = newValue.apic_base

@@ -172,6 +172,10 @@ public struct X86CPU {
     /// A direct-mapped TLB of 4 KiB linear pages (see Memory.swift).
     var tlb = InlineArray<256, TLBEntry>(repeating: TLBEntry())
     var tlbGeneration: UInt64 = ~0
+    var tlbFullGeneration: UInt64 = ~0
+    /// Set while the CPU reads or writes system tables (GDT, LDT, IDT,
+    /// TSS) or pushes a frame at a new CPL: supervisor accesses whatever CS says.
+    var implicitSupervisor = false
 
     public init(memory: PhysicalMemory, state: CPUState = CPUState()) {
         self.memory = memory

@@ -117,6 +117,8 @@ public struct CPUState {
     public var idtr: DescriptorTableRegister
     /// The MSRs that are plain storage (EFER and the FS/GS bases live above).
     public var msrs = ModelSpecificRegisters()
+    /// DR0-DR3, DR6, DR7 (Debug.swift).
+    public var debugRegisters = DebugRegisterFile()
 
     /// The state after RESET (Intel SDM Vol. 3 table 10-1): real mode,
     /// CS:IP = F000:FFF0 with CS base FFFF0000.

@@ -97,6 +97,10 @@ extension X86CPU {
             return executeIRET(&insn)
         case 0x10B:  // UD2
             return undefined()
+        case 0xF1:
+            return executeICEBP(&insn)
+        case 0x121, 0x123:
+            return executeMoveDebug(&insn)
         default:
             return undefined()
         }

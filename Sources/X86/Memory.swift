@@ -268,11 +268,15 @@ extension X86CPU {
 
     @inline(__always)
     mutating func read(_ segment: Int, _ offset: UInt64, size: Int) -> UInt64? {
-        readLinear(linear(segment, offset), size: size)
+        let address = linear(segment, offset)
+        if debugUnit.dataBreakpoints != 0 { noteDataAccess(address, size: size, write: false) }
+        return readLinear(address, size: size)
     }
 
     @inline(__always)
     mutating func write(_ segment: Int, _ offset: UInt64, _ value: UInt64, size: Int) -> Bool {
-        writeLinear(linear(segment, offset), value, size: size)
+        let address = linear(segment, offset)
+        if debugUnit.dataBreakpoints != 0 { noteDataAccess(address, size: size, write: true) }
+        return writeLinear(address, value, size: size)
     }
 }

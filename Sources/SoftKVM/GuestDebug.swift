@@ -147,7 +147,7 @@ extension SoftBackend {
         arch.queuedInterrupt = events.interrupt.injected != 0 ? events.interrupt.nr : nil
         arch.interruptSoft = events.interrupt.soft != 0
         if events.flags & UInt32(KVM_VCPUEVENT_VALID_SHADOW) != 0 {
-            arch.cpu.interruptShadowKind = events.interrupt.shadow & (InterruptShadow.ssLoad | InterruptShadow.sti)
+            arch.cpu.interruptShadowKind = events.interrupt.shadow
         }
         arch.events.nmi.injected = events.nmi.injected
         if events.flags & UInt32(KVM_VCPUEVENT_VALID_NMI_PENDING) != 0 { arch.events.nmi.pending = events.nmi.pending }

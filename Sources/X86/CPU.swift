@@ -202,6 +202,8 @@ public struct X86CPU {
         state.write(0, value, size: inputSize, legacyHighBytes: false)
         state.rip = inputNextRIP
         inputSize = 0
+        // The IN is done: a shadow it was in ends.
+        interruptShadow = false
     }
 
     /// Answers the read of the last `.mmio` exit; the next `run` restarts the
@@ -233,10 +235,14 @@ public struct X86CPU {
             // by the IRET that loads it).
             let resumeFlag = state.flags.bits & RFLAGS.rf
             // The shadow covers this instruction only; STI or an SS load here sets it anew.
+            let shadow = interruptShadowKind
             interruptShadow = false
             guard decode(&insn), execute(&insn) else {
                 guard deliversExceptions, case .exception(let vector, let errorCode) = pending,
-                      deliverException(vector, errorCode: errorCode) else { return pending }
+                      deliverException(vector, errorCode: errorCode) else {
+                    if Self.leavesInstructionPending(pending) { interruptShadowKind = shadow }
+                    return pending
+                }
                 executed += 1
                 continue
             }
@@ -252,6 +258,16 @@ public struct X86CPU {
 
     /// Executes one instruction.
     public mutating func step() -> X86Exit { run(maxInstructions: 1) }
+
+    /// An exit that leaves its instruction to finish (an IN waiting for its
+    /// answer) or to restart (an MMIO read): the interrupt shadow over it holds.
+    static func leavesInstructionPending(_ exit: X86Exit) -> Bool {
+        switch exit {
+        case .io(let io): return !io.isWrite
+        case .mmio(let access): return !access.isWrite
+        default: return false
+        }
+    }
 
     // MARK: Faults as return values
 

@@ -304,7 +304,8 @@ extension X86CPU {
         let ownerStep = hostDebug.singleStep
         let resumeFlag = state.flags.bits & RFLAGS.rf
         // Intel CPUs hold off instruction breakpoints in a MOV SS shadow.
-        let afterSSLoad = interruptShadowKind & InterruptShadow.ssLoad != 0
+        let shadow = interruptShadowKind
+        let afterSSLoad = shadow & InterruptShadow.ssLoad != 0
         interruptShadow = false
         if debugUnit.codeBreakpoints != 0 && resumeFlag == 0 && !afterSSLoad {
             let hits = codeBreakpointHits(linearRIP())
@@ -318,7 +319,7 @@ extension X86CPU {
         }
         var insn = Instruction()
         debugUnit.hits = 0
-        guard decode(&insn) else { return debugStepFailed(ownerStep: ownerStep) }
+        guard decode(&insn) else { return debugStepFailed(ownerStep: ownerStep, shadow: shadow) }
         if insn.opcode == 0xCC && hostDebug.softwareBreakpoints {
             // KVM intercepts #BP: RIP stays at the INT3 and the guest sees nothing.
             debugUnit.pendingTraps = 0
@@ -327,7 +328,7 @@ extension X86CPU {
         debugUnit.stepping = singleStep || ownerStep
         let completed = execute(&insn)
         debugUnit.stepping = false
-        guard completed else { return debugStepFailed(ownerStep: ownerStep) }
+        guard completed else { return debugStepFailed(ownerStep: ownerStep, shadow: shadow) }
         if resumeFlag != 0 { state.flags.bits &= ~RFLAGS.rf }
         let traps = debugUnit.pendingTraps | debugUnit.hits | (singleStep ? DR6.bs : 0)
         let owner = ownerStep || debugUnit.pendingOwnerStep
@@ -363,7 +364,8 @@ extension X86CPU {
 
     /// The instruction did not complete in this step: it faulted (its traps
     /// go; the owner, single-stepping, stops at the handler), or it exits.
-    mutating func debugStepFailed(ownerStep: Bool) -> X86Exit? {
+    mutating func debugStepFailed(ownerStep: Bool, shadow: UInt8) -> X86Exit? {
+        if Self.leavesInstructionPending(pending) { interruptShadowKind = shadow }
         let tf = debugUnit.pendingTraps
         debugUnit.pendingTraps = 0
         debugUnit.pendingOwnerStep = false

@@ -70,13 +70,16 @@ extension SoftBackend {
     /// The CPU's page walk without its side effects. As in the kernel, the
     /// walk is the system's (permissions are not checked), so `writeable`
     /// is always 1 and `usermode` 0; an unmapped address gives `valid` 0 and
-    /// the physical address INVALID_GPA.
+    /// the physical address INVALID_GPA (all ones).
     func kvm_arch_vcpu_ioctl_translate(_ arch: inout VCPUArch, _ vm: SoftVM, _ arg: UInt) -> Int32 {
         guard var translation = UserMemory.read(kvm_translation.self, from: arg) else { return fail(.badAddress) }
         refreshMemoryView(&arch, vm)
-        let physical = arch.cpu.translateForDebugger(translation.linear_address)
-        translation.physical_address = physical ?? UInt64.max
-        translation.valid = physical != nil ? 1 : 0
+        // INVALID_GPA stands for a failed walk, so an identity map of it is "not valid" too.
+        let physical = arch.cpu.translateForDebugger(
+            translation.linear_address, gigabytePages: arch.guestHasSupportedFeature(function: 0x8000_0001, edxBit: 26),
+            pse36: arch.guestHasSupportedFeature(function: 1, edxBit: 17)) ?? UInt64.max
+        translation.physical_address = physical
+        translation.valid = physical != UInt64.max ? 1 : 0
         translation.writeable = 1
         translation.usermode = 0
         return UserMemory.write(translation, to: arg) ? 0 : fail(.badAddress)
@@ -193,5 +196,15 @@ extension SoftBackend {
                                         instructionLength: soft ? arch.eventExitInstructionLength : 0)
         }
         return nil
+    }
+}
+
+extension VCPUArch {
+    /// guest_cpu_cap_has: the guest's CPUID has the feature and SoftKVM supports it.
+    func guestHasSupportedFeature(function: UInt32, edxBit: UInt32) -> Bool {
+        let bit: UInt32 = 1 << edxBit
+        let guest = cpuid.first { $0.function == function }.map { $0.edx & bit != 0 } ?? false
+        let supported = supportedCPUID.first { $0.function == function }.map { $0.edx & bit != 0 } ?? false
+        return guest && supported
     }
 }

@@ -456,44 +456,69 @@ extension X86CPU {
 
 extension X86CPU {
     /// The guest-physical address of linear `address` under the present
-    /// paging mode, or nil where the walk finds a page not present or a
-    /// table outside memory. Unlike the CPU's own walk it changes nothing:
-    /// no accessed or dirty bits, no TLB fill, no fault (KVM_TRANSLATE).
-    /// As KVM's walker, it ignores permissions and does not ask for a
-    /// canonical address.
-    public func translateForDebugger(_ address: UInt64) -> UInt64? {
+    /// paging mode, or nil where the walk finds a page not present, a
+    /// reserved bit set or a table outside memory. Unlike the CPU's own
+    /// walk it changes nothing: no accessed or dirty bits, no TLB fill, no
+    /// fault. It is KVM's walk for KVM_TRANSLATE: with the system's rights
+    /// (no permission is checked), no canonical check, and the reserved
+    /// bits KVM derives from the guest's CPUID (MAXPHYADDR from leaf
+    /// 0x80000008, 36 without it; NX only with EFER.NXE). 1 GiB pages and
+    /// PSE-36 are allowed as the owner says (KVM: where both the guest's
+    /// CPUID and KVM's support have them).
+    public func translateForDebugger(_ address: UInt64, gigabytePages: Bool, pse36: Bool) -> UInt64? {
         let cr0 = state.cr0, cr4 = state.cr4
         guard cr0 & ControlBits.cr0PG != 0 else { return address }
+        let maxPhysical = guestMaxPhysicalAddressBits
+        // Bits maxPhysical...51 and, without NXE, bit 63.
+        var highReserved = (maxPhysical < 52 ? ((1 << 52) - 1) & ~((1 << maxPhysical) - 1) : 0) as UInt64
+        if state.efer & ControlBits.eferNXE == 0 { highReserved |= 1 << 63 }
+        let frameMask: UInt64 = 0x000F_FFFF_FFFF_F000
         if state.efer & ControlBits.eferLMA != 0 {
-            var table = state.cr3 & 0x000F_FFFF_FFFF_F000
+            var table = state.cr3 & frameMask
             var shift: UInt64 = 39
             while true {
                 guard let entry = loadPhysical(table + ((address >> shift) & 0x1FF) * 8, size: 8),
-                      entry & 1 != 0 else { return nil }
-                let frame = entry & 0x000F_FFFF_FFFF_F000
-                if shift == 12 || ((shift == 30 || shift == 21) && entry & 0x80 != 0) {
-                    let mask: UInt64 = (1 << shift) - 1
-                    return (frame & ~mask) | (address & mask)
+                      entry & 1 != 0, entry & highReserved == 0 else { return nil }
+                let large = entry & 0x80 != 0
+                switch shift {
+                case 39 where large: return nil
+                case 30 where large:
+                    guard gigabytePages, entry & 0x3FFF_E000 == 0 else { return nil }
+                case 21 where large:
+                    guard entry & 0x1F_E000 == 0 else { return nil }
+                default: break
                 }
-                table = frame
+                if shift == 12 || ((shift == 30 || shift == 21) && large) {
+                    let mask: UInt64 = (1 << shift) - 1
+                    return (entry & frameMask & ~mask) | (address & mask)
+                }
+                table = entry & frameMask
                 shift -= 9
             }
         }
         if cr4 & ControlBits.cr4PAE != 0 {
+            // The PDPTEs are checked when CR3 is loaded, not here.
+            highReserved |= 0x7FF0_0000_0000_0000
             guard let pdpte = loadPhysical((state.cr3 & 0xFFFF_FFE0) + ((address >> 30) & 3) * 8, size: 8),
                   pdpte & 1 != 0,
-                  let pde = loadPhysical((pdpte & 0x000F_FFFF_FFFF_F000) + ((address >> 21) & 0x1FF) * 8, size: 8),
-                  pde & 1 != 0 else { return nil }
-            if pde & 0x80 != 0 { return (pde & 0x000F_FFFF_FFE0_0000) | (address & 0x1F_FFFF) }
-            guard let pte = loadPhysical((pde & 0x000F_FFFF_FFFF_F000) + ((address >> 12) & 0x1FF) * 8, size: 8),
-                  pte & 1 != 0 else { return nil }
-            return (pte & 0x000F_FFFF_FFFF_F000) | (address & 0xFFF)
+                  let pde = loadPhysical((pdpte & frameMask) + ((address >> 21) & 0x1FF) * 8, size: 8),
+                  pde & 1 != 0, pde & highReserved == 0 else { return nil }
+            if pde & 0x80 != 0 {
+                guard pde & 0x1F_E000 == 0 else { return nil }
+                return (pde & 0x000F_FFFF_FFE0_0000) | (address & 0x1F_FFFF)
+            }
+            guard let pte = loadPhysical((pde & frameMask) + ((address >> 12) & 0x1FF) * 8, size: 8),
+                  pte & 1 != 0, pte & highReserved == 0 else { return nil }
+            return (pte & frameMask) | (address & 0xFFF)
         }
         guard let pde = loadPhysical((state.cr3 & 0xFFFF_F000) + ((address >> 22) & 0x3FF) * 4, size: 4),
               pde & 1 != 0 else { return nil }
         if pde & 0x80 != 0 && cr4 & Self.cr4PSE != 0 {
-            // A 4 MiB page; PSE-36 puts physical bits 39:32 in bits 20:13.
-            return (pde & 0xFFC0_0000) | ((pde >> 13) & 0xFF) << 32 | (address & 0x3F_FFFF)
+            // A 4 MiB page. With PSE-36, bits 13-16 are physical bits 32-35
+            // (within MAXPHYADDR) and 17-21 reserved; without it, 13-21 are.
+            let high = (pde >> 13) & 0xF
+            guard pde & (pse36 ? 0x3E_0000 : 0x3F_E000) == 0, high << 32 < (1 << maxPhysical) else { return nil }
+            return (pde & 0xFFC0_0000) | high << 32 | (address & 0x3F_FFFF)
         }
         guard let pte = loadPhysical((pde & 0xFFFF_F000) + ((address >> 12) & 0x3FF) * 4, size: 4),
               pte & 1 != 0 else { return nil }
@@ -501,6 +526,13 @@ extension X86CPU {
     }
 
     static let cr4PSE: UInt64 = 1 << 4
+
+    /// MAXPHYADDR as KVM reads it from the guest's CPUID (cpuid_query_maxphyaddr).
+    var guestMaxPhysicalAddressBits: UInt64 {
+        guard let top = findCPUID(0x8000_0000, 0), top.eax >= 0x8000_0008,
+              let leaf = findCPUID(0x8000_0008, 0) else { return 36 }
+        return UInt64(leaf.eax & 0xFF)
+    }
 
     /// `size` bytes of guest-physical memory, little-endian, or nil outside RAM.
     func loadPhysical(_ address: UInt64, size: Int) -> UInt64? {

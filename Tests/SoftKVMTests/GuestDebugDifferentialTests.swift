@@ -358,3 +358,65 @@ struct GuestDebugDifferentialTests {
         try guest.vcpu.setGuestDebug(GuestDebug(singleStep: true, blockInterrupts: block))
     }
 }
+
+/// The same in 64-bit mode at CPL 0, which the host's kvm_pvm also runs
+/// through its emulator: single-step, the guest's TF with a 64-bit #DB
+/// gate, MOV to DR7 with bits above 31 (#GP).
+@Suite("Guest debugging in long mode on both backends", .enabled(if: HostKVM.isAvailable))
+struct LongModeGuestDebugDifferentialTests {
+    /// A 64-bit #DB handler at 0x5000: pop rax; out 0x31, eax; push rax; iretq.
+    static let debugHandler: [UInt8] = [0x58, 0xE7, 0x31, 0x50, 0x48, 0xCF]
+
+    @Test func singleStepStopsAfterEachInstruction() throws {
+        let trace = try expectSameDebugTrace(code: [
+            0x48, 0xC7, 0xC0, 0x01, 0x00, 0x00, 0x00,  // mov rax, 1
+            0x50,                                      // push rax
+            0x5B,                                      // pop rbx
+            0x48, 0x8D, 0x0C, 0x18,                    // lea rcx, [rax + rbx]
+            0xE6, 0xFF,
+        ], exits: 6) { guest in
+            try enterLongMode(guest, gates: [])
+            try guest.vcpu.setGuestDebug(GuestDebug(singleStep: true))
+        }
+        #expect(trace.map(\.exit) == [
+            "debug 1 pc 0x1007 dr6 0xffff4ff0", "debug 1 pc 0x1008 dr6 0xffff4ff0", "debug 1 pc 0x1009 dr6 0xffff4ff0",
+            "debug 1 pc 0x100d dr6 0xffff4ff0", "out 0xff 0x1",
+        ])
+    }
+
+    @Test func guestTrapFlagTrapsThroughTheLongModeIDT() throws {
+        let trace = try expectSameDebugTrace(code: [
+            0x9C,                                      // pushfq
+            0x48, 0x81, 0x0C, 0x24, 0x00, 0x01, 0x00, 0x00,  // or qword [rsp], 0x100
+            0x9D,                                      // 1009: popfq
+            0x90,                                      // 100a: nop
+            0x48, 0xFF, 0xC0,                          // 100b: inc rax
+            0xE6, 0xFF,                                // 100e
+        ], exits: 6) { guest in
+            try enterLongMode(guest, gates: [(1, 0x5000)])
+            try guest.memory.write(Self.debugHandler, at: 0x5000)
+        }
+        #expect(trace.map(\.exit) == ["out 0x31 0x100b", "out 0x31 0x100e", "out 0xff 0xe"])
+    }
+
+    /// DR0-DR3 take any 64-bit value; DR6 and DR7 refuse bits above 31.
+    @Test func moveToDR7WithHighBitsIsGeneralProtection() throws {
+        var registers: [String] = []
+        let trace = try expectSameDebugTrace(code: [
+            0x48, 0xB8, 0x00, 0x10, 0x00, 0x00, 0x00, 0x80, 0xFF, 0xFF,  // mov rax, 0xffff800000001000
+            0x0F, 0x23, 0xC0,                                            // mov dr0, rax
+            0x48, 0xC7, 0xC0, 0x00, 0x04, 0x00, 0x00,                    // mov rax, 0x400
+            0x48, 0x0F, 0xBA, 0xE8, 0x20,                                // bts rax, 32
+            0x0F, 0x23, 0xF8,                                            // mov dr7, rax: #GP
+            0xE6, 0xFF,
+        ], exits: 3) { guest in
+            try enterLongMode(guest, gates: [(13, 0x5000)])
+            try guest.memory.write([0x58, 0xE7, 0x30, 0x58, 0xE7, 0x31, 0xF4], at: 0x5000)  // error code; RIP
+        } afterExit: { guest, _ in
+            let debug = try guest.vcpu.debugRegisters()
+            registers.append("\(debug.db.map { hex($0) }) dr7 \(hex(debug.dr7))")
+        }
+        #expect(trace.map(\.exit) == ["out 0x30 0x0", "out 0x31 0x1019", "halt"])
+        #expect(registers.first == "[\"0xffff800000001000\", \"0x0\", \"0x0\", \"0x0\"] dr7 0x400")
+    }
+}

@@ -156,6 +156,25 @@ struct GuestDebugTests {
         #expect(try guest.vcpu.runWithDeadline().isOut(0xFF))
     }
 
+    /// In 64-bit mode: an 8-byte write breakpoint hit by a misaligned
+    /// quadword store, then an instruction breakpoint on the next
+    /// instruction; each stop names its register.
+    @Test func longModeDataAndInstructionBreakpoints() throws {
+        let guest = try softGuest([
+            0x48, 0xC7, 0xC0, 0x00, 0x30, 0x00, 0x00,  // mov rax, 0x3000
+            0x48, 0x89, 0x40, 0x04,                    // mov [rax + 4], rax: bytes 0x3004-0x300b
+            0x90,                                      // 100b: nop
+            0xE6, 0xFF,
+        ])
+        try enterLongMode(guest, gates: [])
+        let dr7: UInt64 = 0x400 | 0x2 | 0x8 | (1 << 20) | (2 << 22)  // G0 instruction; G1 write, 8 bytes
+        try setHardwareBreakpoints(guest.vcpu, dr7: dr7, addresses: [0x100B, 0x300F])
+        #expect(try guest.vcpu.runWithDeadline() == .debug(DebugExit(exception: 1, pc: 0x100B, dr6: 0xFFFF_0FF2, dr7: dr7)))
+        #expect(try guest.vcpu.runWithDeadline() == .debug(DebugExit(exception: 1, pc: 0x100B, dr6: 0xFFFF_0FF1, dr7: dr7)))
+        try guest.vcpu.setGuestDebug(.disabled)
+        #expect(try guest.vcpu.runWithDeadline().isOut(0xFF))
+    }
+
     // MARK: Single-step around exits and events
 
     /// VMX's path (complete_fast_pio_out) stops after an OUT once it has

@@ -28,6 +28,13 @@ extension SoftBackend {
             arch.hasRun = true
             complete_userspace_io(&arch, vcpu)
             refreshMemoryView(&arch, vcpu.vm)
+            // A debug trap of the instruction before the last exit comes
+            // before what is injected now.
+            if let exit = arch.cpu.takePendingDebugTraps() {
+                handleExit(exit, &arch, vcpu)
+                post_kvm_run_save(arch, run, irqchip: irqchip)
+                return 0
+            }
             // Event injection at entry, which does not look at IF (user space
             // asks ready_for_interrupt_injection first).
             if let exit = inject_pending_event(&arch) {
@@ -43,6 +50,12 @@ extension SoftBackend {
             }
             while true {
                 refreshMemoryView(&arch, vcpu.vm)
+                // After an OUT or MMIO write served in the kernel: its traps before an interrupt.
+                if let exit = arch.cpu.takePendingDebugTraps() {
+                    handleExit(exit, &arch, vcpu)
+                    post_kvm_run_save(arch, run, irqchip: irqchip)
+                    return 0
+                }
                 var stepOne = false
                 if let irqchip {
                     // The PIC's INTR, through the BSP's LINT0 (ExtINT at

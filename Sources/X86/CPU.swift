@@ -220,7 +220,7 @@ public struct X86CPU {
             state.rflags &= ~RFLAGS.rf
         }
         refreshDebug()
-        if debugUnit.armed, let exit = takePendingDebugTraps() { return exit }
+        if let exit = takePendingDebugTraps() { return exit }
         var executed = 0
         while executed < maxInstructions {
             // Breakpoints, single-step or the owner's debugging: the slow path.

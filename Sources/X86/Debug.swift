@@ -203,7 +203,7 @@ extension X86CPU {
             default: continue
             }
             // LEN: 00 one byte, 01 two, 11 four, 10 eight.
-            let length: UInt64 = [1, 2, 8, 4][Int(len)]
+            let length: UInt64 = len == 2 ? 8 : len + 1
             debugUnit.set(i, address: registers[breakpoint: i], length: length)
         }
         debugUnit.codeBreakpoints = code
@@ -284,10 +284,14 @@ extension X86CPU {
         return deliverDebugException(bits, returnRIP: state.rip)
     }
 
-    /// Traps left pending by the exit that ended the last `run`, taken
-    /// before the next instruction. An `in` left unanswered restarts instead,
-    /// and its traps go.
-    mutating func takePendingDebugTraps() -> X86Exit? {
+    /// Takes the debug traps left pending by the exit that ended the last
+    /// `run` (after an OUT, IN, MMIO write or HLT): a #DB into the guest, or
+    /// a stop for the owner, returned. They come before any event the owner
+    /// injects next, as a trap of the last instruction comes before an
+    /// interrupt; `run` takes them itself if nothing did. An `in` left
+    /// unanswered restarts instead, and its traps go.
+    public mutating func takePendingDebugTraps() -> X86Exit? {
+        guard debugUnit.pendingTraps != 0 || debugUnit.pendingOwnerStep else { return nil }
         let bits = debugUnit.pendingTraps, ownerStep = debugUnit.pendingOwnerStep
         debugUnit.pendingTraps = 0
         debugUnit.pendingOwnerStep = false

@@ -258,6 +258,36 @@ struct GuestDebugDifferentialTests {
                 + "dr [\"0x0\", \"0x12345678\", \"0x0\", \"0x0\"] dr6 0xffff0ff0 dr7 0xffff07ff")
     }
 
+    /// KVM_SET_DEBUGREGS takes values as given, without the fixed bits a
+    /// guest's MOV would add; non-zero flags and DR6 or DR7 bits above 31
+    /// are EINVAL.
+    @Test func debugRegistersAreTakenAsGiven() throws {
+        func results(_ backend: Backend) throws -> [String] {
+            let guest = try RealModeGuest(hypervisor: backend.hypervisor(), code: [0xF4])
+            func set(_ change: (inout kvm_debugregs) -> Void) -> String {
+                var registers = kvm_debugregs()
+                change(&registers)
+                do throws(KVMError) {
+                    try guest.vcpu.handle.call(.setDebugregs, &registers)
+                } catch {
+                    return error.errno.symbolicName
+                }
+                let read = try? guest.vcpu.handle.get(.getDebugregs, kvm_debugregs.self)
+                return "\(read.map { [$0.db.0, $0.db.1, $0.db.2, $0.db.3, $0.dr6, $0.dr7, $0.flags].map { hex($0) } } ?? [])"
+            }
+            return [
+                set { _ in },
+                set { $0.db = (1, 2, 3, 0xFFFF_FFFF_FFFF_FFFF); $0.dr6 = 0xF; $0.dr7 = 0xFFFF_FFFF },
+                set { $0.flags = 1 },
+                set { $0.dr6 = 1 << 32 },
+                set { $0.dr7 = 1 << 40 },
+            ]
+        }
+        let host = try results(.host)
+        #expect(try results(.soft) == host)
+        #expect(host[2...] == ["EINVAL", "EINVAL", "EINVAL"])
+    }
+
     /// KVM_GUESTDBG_INJECT_DB and _INJECT_BP queue the exception for the
     /// next entry, into the guest's handler; the #BP returns to RIP (no
     /// software-breakpoint stop came before it to give an instruction

@@ -327,6 +327,7 @@ extension X86CPU {
         if insn.opcode == 0xCC && hostDebug.softwareBreakpoints {
             // KVM intercepts #BP: RIP stays at the INT3 and the guest sees nothing.
             debugUnit.pendingTraps = 0
+            debugUnit.pendingOwnerStep = false
             return .debug(DebugStop(vector: Vector.bp.rawValue, pc: linearRIP()))
         }
         debugUnit.stepping = singleStep || ownerStep
@@ -370,7 +371,8 @@ extension X86CPU {
     /// go; the owner, single-stepping, stops at the handler), or it exits.
     mutating func debugStepFailed(ownerStep: Bool, shadow: UInt8) -> X86Exit? {
         if Self.leavesInstructionPending(pending) { interruptShadowKind = shadow }
-        let tf = debugUnit.pendingTraps
+        // Traps held over from an SS load before this instruction.
+        let held = debugUnit.pendingTraps
         debugUnit.pendingTraps = 0
         debugUnit.pendingOwnerStep = false
         switch pending {
@@ -383,10 +385,10 @@ extension X86CPU {
             // are taken when `run` resumes. (KVM's emulator loses the owner's
             // stop after an OUT to user space: a FIXME in x86_emulate_instruction.
             // VMX's path, complete_fast_pio_out, keeps it, as here.)
-            keepDebugTraps(completedTraps(tf), ownerStep: ownerStep)
+            keepDebugTraps(completedTraps(held), ownerStep: ownerStep)
         case .halt:
             // KVM reports the HLT exit even when single-stepping (kvm_emulate_halt).
-            keepDebugTraps(completedTraps(tf), ownerStep: false)
+            keepDebugTraps(completedTraps(held), ownerStep: false)
         default:
             break
         }

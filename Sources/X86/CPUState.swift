@@ -145,11 +145,6 @@ public struct CPUState {
     public var tr = SegmentRegister(selector: 0, base: 0, limit: 0xFFFF, attributes: 0x8B)
     /// The LDT register (type 2), unusable (attributes 0) after LLDT with a null selector.
     public var ldtr = SegmentRegister(selector: 0, base: 0, limit: 0xFFFF, attributes: 0x82)
-    /// DR0-DR3, the breakpoint addresses; DR6 and DR7 as the guest and
-    /// the host last set them (acting on them is the debug logic's job).
-    public var dr0: UInt64 = 0, dr1: UInt64 = 0, dr2: UInt64 = 0, dr3: UInt64 = 0
-    public var dr6: UInt64 = 0xFFFF_0FF0
-    public var dr7: UInt64 = 0x400
     /// The four PAE PDPTEs, loaded from CR3's table when PAE paging is
     /// entered or CR3 written (as the CPU caches them); `pdptesLoaded`
     /// false makes the next walk load them (state set from outside).
@@ -157,6 +152,8 @@ public struct CPUState {
     public var pdptesLoaded = false
     /// The MSRs that are plain storage (EFER and the FS/GS bases live above).
     public var msrs = ModelSpecificRegisters()
+    /// DR0-DR3, DR6, DR7 (Debug.swift).
+    public var debugRegisters = DebugRegisterFile()
 
     /// The state after RESET (Intel SDM Vol. 3 table 10-1): real mode,
     /// CS:IP = F000:FFF0 with CS base FFFF0000.

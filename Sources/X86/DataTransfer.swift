@@ -22,7 +22,7 @@ extension X86CPU {
             guard target < 6 && target != SegmentRegisterName.cs.rawValue else { return undefined() }
             guard let selector = readOperand(insn, size: 2) else { return false }
             guard loadSegment(target, selector: UInt16(truncatingIfNeeded: selector)) else { return false }
-            if target == SegmentRegisterName.ss.rawValue { interruptShadow = true }
+            if target == SegmentRegisterName.ss.rawValue { interruptShadowKind = InterruptShadow.ssLoad }
             return true
         case 0xA0...0xA3:  // moffs
             let s = op & 1 == 0 ? 1 : size
@@ -189,7 +189,7 @@ extension X86CPU {
         guard let value = top(size: size) else { return false }
         guard loadSegment(segment, selector: UInt16(truncatingIfNeeded: value)) else { return false }
         commitPop(size: size)
-        if segment == SegmentRegisterName.ss.rawValue { interruptShadow = true }
+        if segment == SegmentRegisterName.ss.rawValue { interruptShadowKind = InterruptShadow.ssLoad }
         return true
     }
 

@@ -123,6 +123,8 @@ extension X86CPU {
             return executeIRET(&insn)
         case 0x10B:  // UD2
             return undefined()
+        case 0xF1:
+            return executeICEBP(&insn)
         default:
             return undefined()
         }

@@ -38,7 +38,9 @@ extension X86CPU {
             // restart past an instruction breakpoint (KVM sets it in the live
             // flags, where it stays after a triple fault). Real mode's FLAGS
             // image has no RF, and KVM leaves it clear there.
-            if state.mode != .real { state.rflags |= RFLAGS.rf }
+            // Not for #DB: its faults (instruction breakpoints, general
+            // detect) leave RF clear, as KVM delivers them.
+            if state.mode != .real && vector != Vector.db.rawValue { state.rflags |= RFLAGS.rf }
             if deliver(vector, errorCode: errorCode, returnRIP: state.rip, software: false) { return true }
             guard case .exception(let second, let secondCode) = pending else { return false }
             if vector == Vector.df.rawValue {
@@ -305,9 +307,14 @@ extension X86CPU {
     /// delivery ended in (a shutdown, an emulation failure...).
     public mutating func deliverExternalInterrupt(_ vector: UInt8) -> X86Exit? {
         interruptShadow = false
-        if deliver(vector, errorCode: nil, returnRIP: state.rip, software: false) { return nil }
+        if deliver(vector, errorCode: nil, returnRIP: state.rip, software: false) { return ownerStepAfterEvent() }
         // A fault while delivering an interrupt is delivered in turn (an interrupt is benign).
         guard case .exception(let second, let errorCode) = pending else { return pending }
-        return deliverException(second, errorCode: errorCode) ? nil : pending
+        return deliverException(second, errorCode: errorCode) ? ownerStepAfterEvent() : pending
+    }
+
+    /// An owner single-stepping stops at the handler an event was delivered to.
+    mutating func ownerStepAfterEvent() -> X86Exit? {
+        hostDebug.singleStep ? ownerDebugStop(DR6.bs) : nil
     }
 }

@@ -365,12 +365,14 @@ extension X86CPU {
     @inline(__always)
     mutating func read(_ segment: Int, _ offset: UInt64, size: Int) -> UInt64? {
         guard let address = checkedLinear(segment, offset, size: size, write: false) else { return nil }
+        if debugUnit.dataBreakpoints != 0 { noteDataAccess(address, size: size, write: false) }
         return readLinear(address, size: size)
     }
 
     @inline(__always)
     mutating func write(_ segment: Int, _ offset: UInt64, _ value: UInt64, size: Int) -> Bool {
         guard let address = checkedLinear(segment, offset, size: size, write: true) else { return false }
+        if debugUnit.dataBreakpoints != 0 { noteDataAccess(address, size: size, write: true) }
         return writeLinear(address, value, size: size)
     }
 }

@@ -143,50 +143,7 @@ extension X86CPU {
         return true
     }
 
-    // MARK: Debug registers, CLTS, caches
-
-    /// 0F 21 MOV r, DRn and 0F 23 MOV DRn, r: CPL 0 (#GP(0)); DR4 and DR5
-    /// are DR6 and DR7 unless CR4.DE makes them #UD, as DR8-15 are; DR6
-    /// and DR7 keep their fixed bits, and refuse upper halves (#GP(0)).
-    mutating func executeMoveDebug(_ insn: inout Instruction) -> Bool {
-        var register = insn.reg
-        guard register < 8 else { return undefined() }
-        if register == 4 || register == 5 {
-            guard state.cr4 & ControlBits.cr4DE == 0 else { return undefined() }
-            register += 2
-        }
-        guard state.privilegeLevel() == 0 else { return fault(.gp, errorCode: 0) }
-        let size = insn.mode64 ? 8 : 4
-        if insn.opcode == 0x121 {
-            let value: UInt64
-            switch register {
-            case 0: value = state.dr0
-            case 1: value = state.dr1
-            case 2: value = state.dr2
-            case 3: value = state.dr3
-            case 6: value = state.dr6
-            default: value = state.dr7
-            }
-            state.write(insn.rm, value & sizeMask(size), size: 8, legacyHighBytes: false)
-        } else {
-            let value = state.read(insn.rm, size: size, legacyHighBytes: false)
-            switch register {
-            case 0: state.dr0 = value
-            case 1: state.dr1 = value
-            case 2: state.dr2 = value
-            case 3: state.dr3 = value
-            case 6:
-                guard value >> 32 == 0 else { return fault(.gp, errorCode: 0) }
-                // B0-B3, BD, BS, BT are writable; the rest reads as fixed (DR6_FIXED_1, no RTM or bus-lock bits).
-                state.dr6 = (value & 0xE00F) | 0xFFFF_0FF0
-            default:
-                guard value >> 32 == 0 else { return fault(.gp, errorCode: 0) }
-                state.dr7 = (value & 0xFFFF_2BFF) | 0x400
-            }
-        }
-        state.rip = insn.nextRIP
-        return true
-    }
+    // MARK: CLTS, caches (MOV DR is in Debug.swift)
 
     /// 0F 06 CLTS (clears CR0.TS), 0F 08 INVD, 0F 09 WBINVD (no caches to
     /// write back): CPL 0 only.

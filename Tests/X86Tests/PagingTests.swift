@@ -144,7 +144,7 @@ struct DebugRegisterTests {
         #expect(m[.rdx] == 0x1234)
         #expect(m[.rbx] == 0x634 && m[.rsi] == m[.rbx], "DR7 without reserved bit 12, with fixed bit 10; DR5 aliases it")
         #expect(m[.rcx] == 0xFFFF_0FF0)
-        #expect(m.cpu.state.dr7 == 0x634)
+        #expect(m.cpu.state.debugRegisters.dr7 == 0x634)
     }
 
     @Test func debugRegisterRulesFault() {

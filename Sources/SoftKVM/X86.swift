@@ -67,15 +67,18 @@ let supportedCPUID: [kvm_cpuid_entry2] = {
     }
     // "SoftKVMSwift" in EBX, EDX, ECX order, as CPUID leaf 0 spells a vendor.
     let vendor: (UInt32, UInt32, UInt32) = (0x7466_6F53, 0x534D_564B, 0x7466_6977)
-    // TSC MSR PAE PGE CMOV PAT. Not FPU, CX8, SEP, FXSR, SSE or SSE2: X86
-    // has no x87, CMPXCHG8B, SYSENTER, FXSAVE or SSE yet, and a guest told
-    // otherwise would take #UD where it expects the instruction to work.
-    let leaf1EDX: UInt32 = (1 << 4) | (1 << 5) | (1 << 6) | (1 << 13) | (1 << 15) | (1 << 16)
+    // TSC MSR PAE CX8 PGE CMOV PAT. Not FPU, SEP, FXSR, SSE or SSE2: X86
+    // has no x87, SYSENTER, FXSAVE or SSE yet, and a guest told otherwise
+    // would take #UD where it expects the instruction to work.
+    let leaf1EDX: UInt32 = (1 << 4) | (1 << 5) | (1 << 6) | (1 << 8) | (1 << 13) | (1 << 15) | (1 << 16)
+    // CX16 POPCNT. Not MOVBE (no 0F 38 map yet).
+    let leaf1ECX: UInt32 = (1 << 13) | (1 << 23)
     return [
         leaf(0, eax: 1, ebx: vendor.0, ecx: vendor.2, edx: vendor.1),
-        leaf(1, eax: 0x600, edx: leaf1EDX),
+        leaf(1, eax: 0x600, ecx: leaf1ECX, edx: leaf1EDX),
         leaf(0x8000_0000, eax: 0x8000_0001),
-        leaf(0x8000_0001, ecx: 1 << 0, edx: (1 << 20) | (1 << 29)),  // LAHF; NX LM (no SYSCALL yet)
+        // LAHF, ABM (LZCNT); NX LM (no SYSCALL yet)
+        leaf(0x8000_0001, ecx: (1 << 0) | (1 << 5), edx: (1 << 20) | (1 << 29)),
     ]
 }()
 

@@ -12,7 +12,10 @@
 // slot (whose writes are exits), and one that crosses a page or a host cache
 // line. Split locks are slow on the host at best (a bus lock) and, with
 // Linux's split-lock detection, throttle or kill the process; guests do not
-// rely on them, and the lock keeps them atomic among locked instructions.
+// rely on them. The lock keeps these atomic among locked instructions of
+// every vCPU; against another thread's plain store to the same bytes, only
+// an update that leaves the value unchanged (a failing CMPXCHG) is safe, as
+// it is not written back.
 
 import CX86Atomics
 
@@ -63,14 +66,33 @@ extension X86CPU {
         case .serialized(let address):
             cx86_split_lock_acquire()
             defer { cx86_split_lock_release() }
-            guard let old = readLinear(address, size: size) else { return nil }
-            let new = update(&self, old)
+            // Write permission first: the locked access is a write even when
+            // it leaves the value as it was.
+            guard let inRAM = probeWrite(address, size: size), let old = readLinear(address, size: size) else { return nil }
+            let new = update(&self, old) & sizeMask(size)
+            // An unchanged value in RAM is not written back, so that a failing
+            // CMPXCHG cannot undo another thread's plain store in between; MMIO
+            // still sees the write cycle, as KVM gives it.
+            if new == old && inRAM { return old }
             guard writeLinear(address, new, size: size) else {
                 state.flags = flags
                 return nil
             }
             return old
         }
+    }
+
+    /// Translates the pages of a `size`-byte write at `address` (storing the
+    /// fault if one fails), and tells whether all of it is writable RAM.
+    mutating func probeWrite(_ address: UInt64, size: Int) -> Bool? {
+        let first = min(size, Int(0x1000 - (address & 0xFFF)))
+        guard let low = translate(address, .write) else { return nil }
+        var inRAM = hostPointer(low, size: first, write: true) != nil
+        if first < size {
+            guard let high = translate(address &+ UInt64(first), .write) else { return nil }
+            inRAM = inRAM && hostPointer(high, size: size - first, write: true) != nil
+        }
+        return inRAM
     }
 
     /// A read-modify-write of the memory operand at `offset` (the

@@ -106,13 +106,24 @@ extension X86CPU {
             return lockedUpdate(operand, size: size, update)
         }
         let flags = state.flags
-        guard let old = read(insn.segment, address, size: size) else { return nil }
+        guard let old = readLinear(linear(insn.segment, address), size: size, .write) else { return nil }
         let new = update(&self, old)
         guard write(insn.segment, address, new, size: size) else {
             state.flags = flags
             return nil
         }
         return old
+    }
+
+    /// The r/m operand of a read-modify-write. A memory operand is read with
+    /// the write's checks, as the CPU does: a read-only or absent page faults
+    /// with W set in the error code, before the instruction changes anything
+    /// (the flags included, which a fault on the later write would leave
+    /// changed, and which ADC, SBB, RCL and RCR read again when restarted).
+    @inline(__always)
+    mutating func readOperandForUpdate(_ insn: Instruction, size: Int) -> UInt64? {
+        if insn.mod == 3 { return state.read(insn.rm, size: size, legacyHighBytes: insn.legacyHighBytes) }
+        return readLinear(linear(insn.segment, insn.offset), size: size, .write)
     }
 
     /// A lockable instruction with LOCK (`isLockable` holds), or XCHG with

@@ -16,7 +16,7 @@ extension X86CPU {
         let bits = size * 8
         let raw = op == 0x1A4 || op == 0x1AC ? insn.immediate : state.reg(1)
         let count = Int(raw & (size == 8 ? 0x3F : 0x1F))
-        guard let destination = readOperand(insn, size: size) else { return false }
+        guard let destination = readOperandForUpdate(insn, size: size) else { return false }
         guard count != 0 else { return insn.isMemory || writeOperand(insn, destination, size: size) }
         let source = readRegister(insn, size: size)
         let mask = sizeMask(size)

@@ -130,7 +130,6 @@ extension X86CPU {
     /// memory: each one's read-modify-write as one atomic update.
     mutating func executeLocked(_ insn: inout Instruction) -> Bool {
         let op = insn.opcode
-        insn.lock = true
         switch op {
         case 0x00...0x3F:  // op Eb,Gb / Ev,Gv
             let size = op & 1 == 0 ? 1 : insn.operandSize
@@ -148,7 +147,8 @@ extension X86CPU {
         case 0x86, 0x87:
             let size = op == 0x86 ? 1 : insn.operandSize
             let source = readRegister(insn, size: size)
-            guard let old = readModifyWrite(insn, size: size, { _, _ in source }) else { return false }
+            guard let operand = lockedOperand(segment: insn.segment, offset: insn.offset, size: size),
+                  let old = lockedUpdate(operand, size: size, { _, _ in source }) else { return false }
             writeRegister(insn, old, size: size)
         case 0xF6, 0xF7:  // NOT, NEG
             let size = op == 0xF6 ? 1 : insn.operandSize

@@ -67,16 +67,19 @@ let supportedCPUID: [kvm_cpuid_entry2] = {
     }
     // "SoftKVMSwift" in EBX, EDX, ECX order, as CPUID leaf 0 spells a vendor.
     let vendor: (UInt32, UInt32, UInt32) = (0x7466_6F53, 0x534D_564B, 0x7466_6977)
-    // PSE TSC MSR PAE SEP PGE CMOV PAT PSE-36. Not FPU, CX8, FXSR, SSE or
-    // SSE2: X86 has no x87, CMPXCHG8B, FXSAVE or SSE yet, and a guest told
-    // otherwise would take #UD where it expects the instruction to work.
-    let leaf1EDX: UInt32 = (1 << 3) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 11) | (1 << 13) | (1 << 15) | (1 << 16)
-        | (1 << 17)
+    // PSE TSC MSR PAE CX8 SEP PGE CMOV PAT PSE-36. Not FPU, FXSR, SSE or
+    // SSE2: X86 has no x87, FXSAVE or SSE yet, and a guest told otherwise
+    // would take #UD where it expects the instruction to work.
+    let leaf1EDX: UInt32 = (1 << 3) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 8) | (1 << 11) | (1 << 13) | (1 << 15)
+        | (1 << 16) | (1 << 17)
+    // CX16 POPCNT. Not MOVBE (no 0F 38 map yet).
+    let leaf1ECX: UInt32 = (1 << 13) | (1 << 23)
     return [
         leaf(0, eax: 1, ebx: vendor.0, ecx: vendor.2, edx: vendor.1),
-        leaf(1, eax: 0x600, edx: leaf1EDX),
+        leaf(1, eax: 0x600, ecx: leaf1ECX, edx: leaf1EDX),
         leaf(0x8000_0000, eax: 0x8000_0001),
-        leaf(0x8000_0001, ecx: 1 << 0, edx: (1 << 11) | (1 << 20) | (1 << 29)),  // LAHF; SYSCALL NX LM
+        // LAHF, ABM (LZCNT); SYSCALL NX LM
+        leaf(0x8000_0001, ecx: (1 << 0) | (1 << 5), edx: (1 << 11) | (1 << 20) | (1 << 29)),
     ]
 }()
 

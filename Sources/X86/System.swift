@@ -310,7 +310,8 @@ extension X86CPU {
         }
         let value: UInt64
         if insn.isMemory {
-            guard let v = read(insn.segment, offset, size: size) else { return false }
+            // BTS BTR BTC read with the write's checks (see readOperandForUpdate).
+            guard let v = readLinear(linear(insn.segment, offset), size: size, operation == 0 ? .read : .write) else { return false }
             value = v
         } else {
             value = state.read(insn.rm, size: size, legacyHighBytes: false)

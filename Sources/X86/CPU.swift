@@ -54,6 +54,9 @@ public enum X86Exit: Equatable, Sendable {
     case exception(vector: UInt8, errorCode: UInt32?)
     /// A triple fault: an exception while delivering a double fault.
     case shutdown
+    /// An RDMSR or WRMSR for the owner (`interceptsMSRs`); RIP stays at the
+    /// instruction until `completeMSRAccess`.
+    case msr(MSRAccessExit)
     /// `maxInstructions` instructions completed.
     case instructionLimit
     /// Code fetched or a page table read from outside RAM, or what the CPU
@@ -176,6 +179,8 @@ public struct X86CPU {
     /// Set while the CPU reads or writes system tables (GDT, LDT, IDT,
     /// TSS) or pushes a frame at a new CPL: supervisor accesses whatever CS says.
     var implicitSupervisor = false
+    /// RDMSR and WRMSR handed to the owner (MSRIntercept.swift).
+    var msrIntercept = MSRInterceptState()
 
     public init(memory: PhysicalMemory, state: CPUState = CPUState()) {
         self.memory = memory

@@ -115,7 +115,7 @@ public struct MSRFilter: Hashable, Sendable {
     }
 
     /// No filtering: every MSR access goes to KVM.
-    public static let none = MSRFilter()
+    public static let unfiltered = MSRFilter()
 }
 
 extension VirtualMachine {
@@ -143,7 +143,7 @@ extension VirtualMachine {
     }
 
     /// Installs `filter` for every vCPU's next MSR access, replacing the
-    /// one before; `.none` removes filtering. KVM gives EINVAL for a range
+    /// one before; `.unfiltered` removes filtering. KVM gives EINVAL for a range
     /// with accesses other than read and write or none, more MSRs than
     /// `MSRFilter.maximumMSRsPerRange`, and for a deny-by-default filter with
     /// no ranges. The ioctl is KVM_X86_SET_MSR_FILTER.

@@ -222,8 +222,8 @@ extension SoftBackend {
     /// KVM_RUN after an MSR exit: kvm_run.msr.error set raises #GP(0);
     /// otherwise RDMSR takes kvm_run.msr.data and WRMSR is done. Returns
     /// the exit that delivering the #GP ended in, if it did.
+    /// With no access waiting it does nothing.
     func complete_userspace_msr(_ arch: inout VCPUArch, _ vcpu: SoftVCPU) -> X86Exit? {
-        guard arch.cpu.hasWaitingMSRAccess else { return nil }
         let answer = vcpu.run.pointee.msr
         return arch.cpu.completeMSRAccess(answer.error != 0 ? nil : answer.data)
     }

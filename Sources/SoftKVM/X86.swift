@@ -135,6 +135,14 @@ extension SoftBackend {
         case Capability.pit.rawValue, Capability.pit2.rawValue, Capability.pitState2.rawValue,
              Capability.reinjectControl.rawValue:
             return 1
+        // EnableCap.swift, MSRAccess.swift, XSave2.swift.
+        case Capability.enableCap.rawValue, Capability.x86UserSpaceMSR.rawValue, Capability.x86MSRFilter.rawValue,
+             Capability.enforcePvFeatureCPUID.rawValue:
+            return 1
+        case Capability.x86DisableExits.rawValue:
+            return Int32(softAllowedDisableExits)
+        case Capability.xsave2.rawValue:
+            return Int32(softXSave2Size)
         default:
             return 0
         }
@@ -157,6 +165,8 @@ extension SoftBackend {
         case KVMRequest.getPIT.number, KVMRequest.setPIT.number, KVMRequest.getPIT2.number, KVMRequest.setPIT2.number,
              KVMRequest.reinjectControl.number:
             return kvm_vm_ioctl_pit(vm, request, arg)
+        case KVMRequest.x86SetMSRFilter.number:
+            return kvm_vm_ioctl_set_msr_filter(vm, arg)
         default:
             return fail(.inappropriateIOCTLForDevice)
         }
@@ -250,6 +260,10 @@ extension SoftBackend {
                 return msr_io(&arch, arg, write: false)
             case KVMRequest.setMSRs.number:
                 return msr_io(&arch, arg, write: true)
+            case KVMRequest.enableCap.number:
+                return kvm_vcpu_ioctl_enable_cap(&arch, arg)
+            case KVMRequest.getXsave2.number:
+                return kvm_vcpu_ioctl_x86_get_xsave2(arch, arg)
             default:
                 return fail(.invalidArgument)
             }
@@ -363,6 +377,9 @@ extension SoftBackend {
 struct KVMArch: Sendable {
     var tssAddress: UInt64 = 0
     var identityMapAddress: UInt64 = 0
+    /// KVM_CAP_X86_USER_SPACE_MSR's exit reasons and KVM_X86_SET_MSR_FILTER's filter (MSRAccess.swift).
+    var userSpaceMSRMask: UInt32 = 0
+    var msrFilter: X86MSRFilter? = nil
 }
 
 /// A vCPU's x86 state (`struct kvm_vcpu_arch`). The architectural state
@@ -396,6 +413,8 @@ struct VCPUArch: @unchecked Sendable {
     }
     /// Whether KVM_RUN has been entered (kvm_vcpu_has_run).
     var hasRun = false
+    /// KVM_CAP_ENFORCE_PV_FEATURE_CPUID (`vcpu->arch.pv_cpuid.enforce`).
+    var pvCPUIDEnforced = false
     /// The vector KVM_INTERRUPT queued, injected at the next entry (`vcpu->arch.interrupt`).
     var queuedInterrupt: UInt8? = nil
     /// The queued interrupt is a software one (INT n, from KVM_SET_VCPU_EVENTS).
@@ -453,6 +472,8 @@ struct VCPUArch: @unchecked Sendable {
         fpu.fcw = 0x37F
         // Faults go to the guest's IDT, as on hardware; KVM's exits are what is left.
         cpu.deliversExceptions = true
+        // KVM decides every guest MSR access (MSRAccess.swift), as VMX and SVM intercept them.
+        cpu.interceptsMSRs = true
     }
 
     /// kvm_regs, from and to the CPU's registers.

@@ -226,6 +226,7 @@ extension X86CPU {
     mutating func executeMSR(_ insn: inout Instruction) -> Bool {
         guard state.privilegeLevel() == 0 else { return fault(.gp, errorCode: 0) }
         let index = UInt32(truncatingIfNeeded: state.reg(1))
+        if msrIntercept.enabled { return interceptMSR(&insn, index: index) }
         if insn.opcode == 0x132 {
             guard let value = readMSR(index) else { return fault(.gp, errorCode: 0) }
             state.setReg(0, value & 0xFFFF_FFFF)

@@ -117,6 +117,8 @@ public struct CPUState {
     public var idtr: DescriptorTableRegister
     /// The MSRs that are plain storage (EFER and the FS/GS bases live above).
     public var msrs = ModelSpecificRegisters()
+    /// x87, MMX and SSE registers (FloatingPointState.swift).
+    public var fpu = FloatingPointState.powerOn
 
     /// The state after RESET (Intel SDM Vol. 3 table 10-1): real mode,
     /// CS:IP = F000:FFF0 with CS base FFFF0000.

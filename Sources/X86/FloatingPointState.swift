@@ -210,8 +210,12 @@ public struct FloatingPointState {
     /// Writes the 512-byte FXSAVE image (SDM Vol. 1 table 10-2/10-3) into
     /// `image`: the 64-bit layout (FIP and FDP as 64-bit offsets) or the
     /// 32-bit one (offsets with FCS and FDS), `xmmCount` XMM registers (8
-    /// outside 64-bit mode). Bytes 416-511 are not written, as on the host CPU.
-    public mutating func storeFXSAVE(to image: UnsafeMutableRawPointer, layout64: Bool, xmmCount: Int) {
+    /// outside 64-bit mode). Bytes 416-511 are not written, as on the host
+    /// CPU. FXSAVE writes bytes 10-15 of each register slot as zero
+    /// (`architectural`); KVM_GET_FPU and KVM_GET_XSAVE give them as they
+    /// were set.
+    public mutating func storeFXSAVE(to image: UnsafeMutableRawPointer, layout64: Bool, xmmCount: Int,
+                                     architectural: Bool = true) {
         image.storeBytes(of: fcw, toByteOffset: 0, as: UInt16.self)
         image.storeBytes(of: fsw, toByteOffset: 2, as: UInt16.self)
         image.storeBytes(of: tags, toByteOffset: 4, as: UInt8.self)
@@ -229,8 +233,9 @@ public struct FloatingPointState {
         image.storeBytes(of: mxcsr, toByteOffset: 24, as: UInt32.self)
         image.storeBytes(of: Self.mxcsrMask, toByteOffset: 28, as: UInt32.self)
         let top = self.top
+        let slotMask: UInt128 = architectural ? (1 << 80) - 1 : ~0
         for i in 0..<8 {
-            image.storeBytes(of: physical(top + i), toByteOffset: 32 + i * 16, as: UInt128.self)
+            image.storeBytes(of: physical(top + i) & slotMask, toByteOffset: 32 + i * 16, as: UInt128.self)
         }
         for i in 0..<16 {
             image.storeBytes(of: i < xmmCount ? xmm(i) : 0, toByteOffset: 160 + i * 16, as: UInt128.self)
@@ -238,9 +243,13 @@ public struct FloatingPointState {
     }
 
     /// Loads an FXSAVE image; XMM registers past `xmmCount` keep their
-    /// values. The caller has checked MXCSR against `mxcsrMask`.
-    public mutating func loadFXSAVE(from image: UnsafeRawPointer, layout64: Bool, xmmCount: Int) {
+    /// values. The caller has checked MXCSR against `mxcsrMask`. FXRSTOR
+    /// (`architectural`) forces FCW's fixed bits and drops bytes 10-15 of
+    /// the register slots; KVM_SET_FPU and KVM_SET_XSAVE keep every byte.
+    public mutating func loadFXSAVE(from image: UnsafeRawPointer, layout64: Bool, xmmCount: Int,
+                                    architectural: Bool = true) {
         fcw = image.loadUnaligned(fromByteOffset: 0, as: UInt16.self)
+        if architectural { fcw = Self.controlWord(fcw) }
         fsw = image.loadUnaligned(fromByteOffset: 2, as: UInt16.self)
         tags = image.load(fromByteOffset: 4, as: UInt8.self)
         fop = image.loadUnaligned(fromByteOffset: 6, as: UInt16.self) & 0x7FF
@@ -257,8 +266,9 @@ public struct FloatingPointState {
         }
         mxcsr = image.loadUnaligned(fromByteOffset: 24, as: UInt32.self)
         let top = self.top
+        let slotMask: UInt128 = architectural ? (1 << 80) - 1 : ~0
         for i in 0..<8 {
-            setPhysical(top + i, image.loadUnaligned(fromByteOffset: 32 + i * 16, as: UInt128.self))
+            setPhysical(top + i, image.loadUnaligned(fromByteOffset: 32 + i * 16, as: UInt128.self) & slotMask)
         }
         for i in 0..<xmmCount {
             setXMM(i, image.loadUnaligned(fromByteOffset: 160 + i * 16, as: UInt128.self))

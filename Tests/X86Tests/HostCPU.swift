@@ -16,7 +16,7 @@ struct SIMDSnapshot: Equatable, CustomStringConvertible {
     /// What RSI points to when the instruction runs.
     var memory = [UInt8](repeating: 0, count: SIMDSnapshot.memorySize)
 
-    static let memorySize = 0x200
+    static let memorySize = 0x600
 
     var description: String {
         func hex(_ v: UInt128) -> String { String(v, radix: 16) }
@@ -42,7 +42,7 @@ enum HostCPU {
     static let flagsOffset = 0x128
     static let mmOffset = 0x180
     static let memoryOffset = 0x200
-    static let blockSize = 0x400
+    static let blockSize = 0x800
 
     static func run(_ instruction: [UInt8], _ snapshot: SIMDSnapshot) -> SIMDSnapshot {
         var code: [UInt8] = [0x41, 0x57, 0x53, 0x49, 0x89, 0xFF]  // push r15; push rbx; mov r15, rdi
@@ -127,7 +127,7 @@ enum SoftCPU {
         m.cpu.state.cr0 |= cr0
         m.cpu.state.fpu = .initialized
         for i in 0..<16 { m.cpu.state.fpu.setXMM(i, snapshot.xmm[i]) }
-        for i in 0..<8 { m.cpu.state.fpu.setPhysical(i, UInt128(snapshot.mm[i])) }
+        for i in 0..<8 { m.cpu.state.fpu.setMM(i, snapshot.mm[i]) }  // as the host stub's MOVQ loads them
         m.cpu.state.fpu.mxcsr = snapshot.mxcsr
         for (i, reg) in [GPR.rax, .rcx, .rdx, .rbx].enumerated() { m[reg] = snapshot.gpr[i] }
         m[.rsi] = memoryAddress
@@ -182,6 +182,8 @@ enum EdgeOperands {
             0x7FF0_0000_0000_0000, 0x7FF8_0000_0000_0000, 0x7FF8_1234_5678_9ABC, 0x7FF0_0000_0000_0001,
             0x7FF4_0000_0000_0000, 0x3CB0_0000_0000_0000, 0x2000_0000_0000_0000, 0x6000_0000_0000_0000,
             0x3810_0000_0000_0000, 0x380F_FFFF_F000_0000, 0x47F0_0000_0000_0000,
+            0x41DF_FFFF_FFE0_0000, 0x41E0_0000_0010_0000, 0x43E0_0000_0000_0001, 0x3FE0_0000_0000_0000,
+            0x3FF8_0000_0000_0000, 0x4004_0000_0000_0000,
         ]
         return magnitudes + magnitudes.map { $0 | 0x8000_0000_0000_0000 }
     }()

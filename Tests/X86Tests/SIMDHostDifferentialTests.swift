@@ -130,6 +130,52 @@ struct SIMDHostDifferentialTests {
         }
     }
 
+    /// Operands whose result lands next to the smallest normal (where
+    /// tininess after rounding, FTZ and UE decide) or the largest finite
+    /// value (OE, and rounding to the largest finite value or infinity).
+    @Test(arguments: [
+        form("MULSS", 0xF3, 0x59), form("DIVSS", 0xF3, 0x5E), form("ADDSS", 0xF3, 0x58), form("SUBSS", 0xF3, 0x5C),
+        form("MULSD", 0xF2, 0x59, double: true), form("DIVSD", 0xF2, 0x5E, double: true),
+        form("ADDSD", 0xF2, 0x58, double: true), form("SUBSD", 0xF2, 0x5C, double: true),
+        form("CVTSD2SS", 0xF2, 0x5A, double: true),
+    ])
+    func rangeBoundariesMatchTheHost(_ testCase: Case) {
+        var random = SplitMix(seed: 0xB0DE ^ UInt64(testCase.bytes.reduce(0) { $0 &* 7 &+ Int($1) }))
+        let exponentBits: UInt64 = testCase.double ? 11 : 8
+        let fractionBits: UInt64 = testCase.double ? 52 : 23
+        let bias = Int((1 << (exponentBits - 1)) - 1)
+        let isMultiply = testCase.bytes.contains(0x59), isDivide = testCase.bytes.contains(0x5E)
+        func value(exponent: Int, nearOne: Bool) -> UInt64 {
+            let biased = UInt64(max(1, min(exponent + bias, (1 << Int(exponentBits)) - 2)))
+            var fraction = random.next() & ((1 << fractionBits) - 1)
+            if nearOne { fraction = random.next() % 2 == 0 ? fraction >> (fractionBits - 3) : ((1 << fractionBits) - 1) ^ (fraction >> (fractionBits - 3)) }
+            let sign: UInt64 = random.next() % 4 == 0 ? 1 << (exponentBits + fractionBits) : 0
+            return sign | biased << fractionBits | fraction
+        }
+        var failures = 0
+        var boundaryHits = 0
+        for _ in 0..<800 where failures < 3 {
+            var before = SIMDSnapshot()
+            before.mxcsr = EdgeOperands.mxcsr(&random)
+            let low = random.next() % 2 == 0
+            let target = low ? 1 - bias - Int(random.next() % 3) : bias - Int(random.next() % 2)
+            let first = Int(random.next() % UInt64(bias)) - bias / 2
+            let second: Int
+            if isMultiply { second = target - first } else if isDivide { second = first - target } else { second = target }
+            let a = value(exponent: isMultiply || isDivide ? first : target, nearOne: true)
+            let b = value(exponent: second, nearOne: true)
+            let (x, y) = testCase.bytes.contains(0x5A)
+                ? (UInt64(0), value(exponent: low ? -127 - Int(random.next() % 24) : 127, nearOne: true))
+                : (a, b)
+            before.xmm[0] = UInt128(x)
+            before.xmm[1] = UInt128(y)
+            if HostCPU.run(testCase.bytes, before).mxcsr & (MXCSRFlag.underflow | MXCSRFlag.overflow) != 0 { boundaryHits += 1 }
+            if !Self.check(testCase, before) { failures += 1 }
+        }
+        // The operands must really reach the boundaries.
+        #expect(boundaryHits > 100, "only \(boundaryHits) of 800 results underflowed or overflowed")
+    }
+
     // MARK: Integer
 
     static let integerOps: [UInt8] = [

@@ -232,6 +232,11 @@ extension X86CPU {
 
     /// 0F 2A, 2C, 2D, 5A, 5B, E6.
     mutating func executeSSEConversion(_ insn: inout Instruction, _ op: Int, _ prefix: Int) -> Bool {
+        // An encoding that does not exist is #UD before any #NM.
+        switch (op, prefix) {
+        case (0x5B, 0xF2), (0xE6, 0): return undefined()
+        default: break
+        }
         guard sseReady() else { return false }
         let mxcsr = state.fpu.mxcsr
         var env = FloatEnvironment(mxcsr: mxcsr)

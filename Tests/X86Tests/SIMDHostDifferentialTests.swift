@@ -47,6 +47,12 @@ struct SIMDHostDifferentialTests {
             cases.append(form("CMPSS \(predicate)", 0xF3, 0xC2, imm: predicate))
             cases.append(form("CMPSD \(predicate)", 0xF2, 0xC2, imm: predicate, double: true))
         }
+        cases += [  // SSE3
+            form("ADDSUBPS", 0xF2, 0xD0), form("ADDSUBPD", 0x66, 0xD0, double: true),
+            form("HADDPS", 0xF2, 0x7C), form("HADDPD", 0x66, 0x7C, double: true),
+            form("HSUBPS", 0xF2, 0x7D), form("HSUBPD", 0x66, 0x7D, double: true),
+            form("HADDPS m128", 0xF2, 0x7C, modrm: 0x06),
+        ]
         cases += [
             form("UCOMISS", nil, 0x2E), form("COMISS", nil, 0x2F),
             form("UCOMISD", 0x66, 0x2E, double: true), form("COMISD", 0x66, 0x2F, double: true),
@@ -295,6 +301,9 @@ struct SIMDHostDifferentialTests {
             Case(name: "MASKMOVDQU", bytes: [0x48, 0x89, 0xF7, 0x66, 0x0F, 0xF7, 0xC1]),  // mov rdi, rsi first
             Case(name: "MASKMOVQ", bytes: [0x48, 0x89, 0xF7, 0x0F, 0xF7, 0xC1]),
             Case(name: "EMMS after MOVQ", bytes: [0x0F, 0x6F, 0xC1, 0x0F, 0x77]),
+            Case(name: "MOVSLDUP", bytes: [0xF3, 0x0F, 0x12, 0xC1]), Case(name: "MOVSLDUP m128", bytes: [0xF3, 0x0F, 0x12, 0x06]),
+            Case(name: "MOVSHDUP", bytes: [0xF3, 0x0F, 0x16, 0xC1]), Case(name: "MOVDDUP", bytes: [0xF2, 0x0F, 0x12, 0xC1]),
+            Case(name: "MOVDDUP m64", bytes: [0xF2, 0x0F, 0x12, 0x06]), Case(name: "LDDQU", bytes: [0xF2, 0x0F, 0xF0, 0x46, 0x03]),
             Case(name: "XMM8-15: movaps xmm9, xmm1; addps xmm9, xmm0", bytes: [0x44, 0x0F, 0x28, 0xC9, 0x44, 0x0F, 0x58, 0xC8]),
             Case(name: "pxor xmm15, [rsi]", bytes: [0x66, 0x44, 0x0F, 0xEF, 0x3E]),
         ]

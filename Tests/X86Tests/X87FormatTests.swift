@@ -70,4 +70,26 @@ struct X87FormatTests {
         #expect(m.cpu.state.fpu.fip == 0x0001_2345 && m.cpu.state.fpu.fdp == 0x000A_BCDE && m.cpu.state.fpu.fop == 0x5D9)
         #expect(m.cpu.state.fpu.tags == 0x80)
     }
+
+    /// FISTTP is a non-control instruction: it leaves its opcode, its own
+    /// address and its operand's in FOP, FIP/FCS and FDP/FDS, and a pending
+    /// exception stops it (#MF).
+    @Test func fisttpRecordsTheInstructionAndOperandPointers() {
+        let m = machine(.protected32, [0x90, 0xDB, 0x4E, 0x10])  // nop; fisttp dword [esi+0x10]
+        m.cpu.state.fpu.tags = 0x80
+        m.cpu.state.fpu.top = 7
+        m.cpu.state.fpu.setST(0, X87Value(significand: 0xC000_0000_0000_0000, signExponent: 0xC000))  // -3.0
+        #expect(m.run() == .halt)
+        #expect(m.load64(0x4010) & 0xFFFF_FFFF == 0xFFFF_FFFD)
+        #expect(m.cpu.state.fpu.fop == 0x34E)  // DB & 7 = 3, ModRM 4E
+        #expect(m.cpu.state.fpu.fip == Machine.codeAddress + 1 && m.cpu.state.fpu.fcs == 8)
+        #expect(m.cpu.state.fpu.fdp == 0x4010 && m.cpu.state.fpu.fds == 16)
+        #expect(m.cpu.state.fpu.tags == 0 && m.cpu.state.fpu.top == 0)
+
+        let pending = machine(.protected32, [0xDB, 0x4E, 0x10])
+        pending.cpu.state.cr0 |= ControlBits.cr0NE
+        pending.cpu.state.fpu.fcw = 0x37E
+        pending.cpu.state.fpu.fsw = 0x8081
+        #expect(pending.run() == .exception(vector: 16, errorCode: nil))
+    }
 }

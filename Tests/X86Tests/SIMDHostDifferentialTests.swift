@@ -230,6 +230,33 @@ struct SIMDHostDifferentialTests {
         }
     }
 
+    /// SSSE3's 0F 38 instructions in XMM and MMX forms, and PALIGNR (0F 3A 0F) with every kind of shift.
+    @Test func ssse3MatchesTheHost() {
+        var random = SplitMix(seed: 0x55E3)
+        var cases: [Case] = []
+        for op: UInt8 in [0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, 0x09, 0x0A, 0x0B, 0x1C, 0x1D, 0x1E] {
+            cases.append(Case(name: "66 0F 38 \(String(op, radix: 16))", bytes: [0x66, 0x0F, 0x38, op, 0xC1]))
+            cases.append(Case(name: "0F 38 \(String(op, radix: 16)) (MMX)", bytes: [0x0F, 0x38, op, 0xC1]))
+            cases.append(Case(name: "66 0F 38 \(String(op, radix: 16)) m128", bytes: [0x66, 0x0F, 0x38, op, 0x06]))
+        }
+        for imm: UInt8 in [0, 1, 7, 8, 9, 15, 16, 17, 24, 31, 32, 200] {
+            cases.append(Case(name: "PALIGNR \(imm)", bytes: [0x66, 0x0F, 0x3A, 0x0F, 0xC1, imm]))
+            cases.append(Case(name: "PALIGNR mm \(imm)", bytes: [0x0F, 0x3A, 0x0F, 0xC1, imm]))
+        }
+        for testCase in cases {
+            for _ in 0..<40 {
+                var before = SIMDSnapshot()
+                before.xmm[0] = Self.integerVector(&random)
+                before.xmm[1] = Self.integerVector(&random)
+                before.mm[0] = UInt64(truncatingIfNeeded: Self.integerVector(&random))
+                before.mm[1] = UInt64(truncatingIfNeeded: Self.integerVector(&random))
+                let memory = Self.integerVector(&random)
+                withUnsafeBytes(of: memory) { before.memory.replaceSubrange(0..<16, with: $0) }
+                if !Self.check(testCase, before) { break }
+            }
+        }
+    }
+
     /// The immediate forms: shifts, shuffles, word insert/extract, SHUFPS/PD.
     @Test func immediateFormsMatchTheHost() {
         var random = SplitMix(seed: 0x1234)

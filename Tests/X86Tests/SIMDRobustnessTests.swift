@@ -23,9 +23,10 @@ struct SIMDRobustnessTests {
                 if random.next() % 2 == 0 { code.append(prefixes[Int(random.next() % UInt64(prefixes.count))]) }
                 if random.next() % 3 == 0 { code.append(prefixes[Int(random.next() % UInt64(prefixes.count))]) }
                 if setup == .long64 && random.next() % 2 == 0 { code.append(0x40 | UInt8(random.next() % 16)) }
-                switch random.next() % 4 {
+                switch random.next() % 5 {
                 case 0: code += [0xD8 + UInt8(random.next() % 8)]
                 case 1: code += [0x9B]
+                case 2: code += [0x0F, random.next() % 2 == 0 ? 0x38 : 0x3A, UInt8(random.next() % 32)]
                 default: code += [0x0F, [0x0D, 0x10, 0x28, 0x50, 0x60, 0x70, 0xAE, 0xC2, 0xD0, 0xE0, 0xF0][Int(random.next() % 11)]
                                   + UInt8(random.next() % 16)]
                 }

@@ -64,6 +64,6 @@ struct SIMDRobustnessTests {
             }
         }
         // Instructions ran (RIP moved) in a good share of the runs, not only faults.
-        #expect(exits.count > 2 && moved > 1000, "\(exits), RIP moved in \(moved) runs")
+        #expect(exits.count > 2 && moved > 600, "\(exits), RIP moved in \(moved) runs")
     }
 }

@@ -143,6 +143,7 @@ public struct X86CPU {
         didSet {
             hotRead = HotRange()
             hotWrite = HotRange()
+            codePage = CodePage()
         }
     }
     var hotRead = HotRange()
@@ -172,6 +173,19 @@ public struct X86CPU {
     /// A direct-mapped TLB of 4 KiB linear pages (see Memory.swift).
     var tlb = InlineArray<256, TLBEntry>(repeating: TLBEntry())
     var tlbGeneration: UInt64 = ~0
+    /// Decoded blocks (see DecodedCache.swift), and the storage that keeps
+    /// them, which the step loop does not touch.
+    var decoded = DecodedCache()
+    var decodedStorage: DecodedCacheStorage? = nil
+    var codePage = CodePage()
+    /// The guest-physical bytes of the running block, which a store must not
+    /// change unnoticed; `notExecuting` between blocks.
+    var executingStart: UInt64 = X86CPU.notExecuting
+    var executingLength: UInt64 = 0
+    /// A store hit the running block: it stops after the current instruction.
+    var codeWritten = false
+    /// Above every guest-physical address, so that no store overlaps it.
+    static var notExecuting: UInt64 { 1 << 63 }
 
     public init(memory: PhysicalMemory, state: CPUState = CPUState()) {
         self.memory = memory
@@ -199,8 +213,18 @@ public struct X86CPU {
             state.rip = next
             state.rflags &= ~RFLAGS.rf
         }
+        prepareDecodedCache()
         var executed = 0
         while executed < maxInstructions {
+            // RF lasts one instruction: the uncached path below clears it.
+            if state.flags.bits & RFLAGS.rf == 0, let block = lookupBlock() {
+                if let exit = runBlock(block, executed: &executed, limit: maxInstructions) { return exit }
+                continue
+            }
+            // Decoded each time: a fetch that faults or leaves RAM, an
+            // instruction across a page boundary, RF set. It may change the
+            // mode or paging, so the code page is translated anew after it.
+            codePage.tag = ~0
             var insn = Instruction()
             // RF suppresses instruction breakpoints for one instruction: it
             // is cleared when the instruction that saw it set completes (not

@@ -157,6 +157,8 @@ extension X86CPU {
     /// one). A write marks its pages in the range's dirty log.
     @inline(__always)
     mutating func hostPointer(_ address: UInt64, size: Int, write: Bool) -> UnsafeMutableRawPointer? {
+        // Every guest write comes here for its pointer (see DecodedCache.swift).
+        if write { noteCodeWrite(address, size: size) }
         let hot = write ? hotWrite : hotRead
         let offset = address &- hot.start
         if offset < hot.size && hot.size - offset >= UInt64(size), let host = hot.host {

@@ -1,0 +1,428 @@
+// The decoded-instruction cache (DESIGN.md, "decode once"): blocks of
+// decoded instructions, found by the guest-physical address and RIP of their
+// first byte, so that the step loop decodes an instruction once and then
+// finds it with a few compares.
+//
+// A block is straight-line code inside one 4 KiB page: it goes on past a
+// conditional branch (its fall-through path) and ends after an unconditional
+// one, after an instruction that may change how code is fetched or decoded
+// (a "barrier": CS, CR0/CR3/CR4, EFER, INVLPG, an interrupt shadow, I/O, or
+// any opcode not listed in `blockFlow`, so that an instruction added later
+// is safe before it is listed), before an instruction that crosses the page,
+// or when its bytes no longer fit the words kept to check them.
+//
+// When the code changes. A block keeps a copy of its bytes and is used only
+// while guest memory still holds them: the check compares a few aligned words
+// at each entry into the block. That one rule covers every writer:
+// - this CPU's own stores into other code, at the next entry;
+// - other vCPUs (other X86CPU values over the same memory), at the next entry;
+// - user space writing guest memory behind the CPU (a VMM's DMA, loaders,
+//   tests): KVM promises that such writes are seen by the guest as a coherent
+//   device's or another CPU's writes would be. On hardware, instruction fetch
+//   snoops them; here, the compare at block entry sees them, without a hook
+//   on the writers (which SoftKVM cannot have: user space writes the slot's
+//   memory directly) and without re-checking anything at KVM_RUN entry;
+// - memory-slot changes: the cache keys on guest-physical addresses and the
+//   check reads the memory the slots map now.
+// A per-page "holds code" flag checked by writers would be cheaper per block
+// entry, but it would need every writer to see it: user space does not, and
+// another vCPU's store can race with this CPU decoding the page (the store's
+// flag load passing the store on x86) unless each store is fenced.
+//
+// The one writer that the entry check is too late for is this CPU writing
+// into the block it is running: the SDM (8.1.3) makes a store into the
+// instruction stream take effect for the next instruction fetched. Every
+// guest write gets its host pointer from `hostPointer(write: true)`, which
+// compares the written range with the running block's bytes; on a hit the
+// block stops after the current instruction and the next fetch re-checks.
+// (A cross-modifying write by another vCPU in the middle of a block is an
+// unsynchronised race on hardware as well: the SDM asks the executing CPU to
+// serialize, and a block ends at every serializing instruction.)
+//
+// Cached instructions are executed in place: a handler must not change the
+// fields the decoder filled, only `offset` (recomputed before each run of
+// the instruction) and its own locals.
+
+/// How a decoded instruction runs. `execute` is the interpreter's dispatch
+/// switch on the opcode; a translator of hot blocks can take a block over by
+/// giving its instructions another handler.
+enum InstructionHandler: UInt8 {
+    /// The dispatch switch on the opcode (Execute.swift): every instruction can take it.
+    case execute
+    // The hot opcodes, straight to the handler the switch would pick.
+    case alu, group1, test, move, lea, nop, incDecRegister, pushPop, incDec, controlFlow, shift, group3, setcc, leave
+}
+
+/// What the block builder does after an instruction.
+enum BlockFlow {
+    /// Decoding goes on: the instruction goes to the next one, or is a
+    /// conditional branch whose fall-through path the block follows.
+    case next
+    /// An unconditional near branch ends the block.
+    case end
+    /// The instruction may change how the following code is fetched or
+    /// decoded (or is not listed): the block ends, and the fetch state is
+    /// rebuilt after it runs.
+    case barrier
+}
+
+/// One cached block: the tag, where its instructions are in the pool, and
+/// how to check that its bytes are still in memory.
+struct CachedBlock {
+    /// The guest-physical address of the first byte, with the code size
+    /// (2, 4 or 8) in bits 56-63; ~0 when the slot is empty.
+    var tag: UInt64 = ~0
+    /// RIP at the first instruction: the same bytes at another RIP decode to
+    /// other next-RIPs and RIP-relative addresses.
+    var rip: UInt64 = 0
+    var first: Int32 = 0
+    var count: Int32 = 0
+    /// Bytes of code from the first byte.
+    var length: UInt16 = 0
+    /// Aligned 8-byte words of the page holding the code (at most `DecodedCacheStorage.wordsPerBlock`).
+    var wordCount: UInt16 = 0
+    var endsWithBarrier = false
+    /// The code's bytes within the first and the last word.
+    var firstMask: UInt64 = 0
+    var lastMask: UInt64 = 0
+}
+
+/// The cache's memory. A class only so that it is freed with the last CPU
+/// that uses it; the step loop reaches it through `DecodedCache`'s pointers.
+final class DecodedCacheStorage {
+    /// Direct-mapped block slots (a power of two).
+    static let blockSlots = 8192
+    static let wordsPerBlock = 8
+    static let maxBlockInstructions = 32
+    /// Instructions of all blocks; when full, the whole cache is dropped.
+    static let poolCapacity = 65536
+
+    let blocks: UnsafeMutablePointer<CachedBlock>
+    let words: UnsafeMutablePointer<UInt64>
+    let pool: UnsafeMutablePointer<Instruction>
+
+    init() {
+        blocks = .allocate(capacity: Self.blockSlots)
+        blocks.initialize(repeating: CachedBlock(), count: Self.blockSlots)
+        words = .allocate(capacity: Self.blockSlots * Self.wordsPerBlock)
+        words.initialize(repeating: 0, count: Self.blockSlots * Self.wordsPerBlock)
+        // Instructions are plain values: slots are initialised as blocks fill them.
+        pool = .allocate(capacity: Self.poolCapacity)
+    }
+
+    deinit {
+        blocks.deallocate()
+        words.deallocate()
+        pool.deallocate()
+    }
+}
+
+/// The cache as the step loop sees it: pointers into the storage.
+struct DecodedCache {
+    var blocks: UnsafeMutablePointer<CachedBlock>? = nil
+    var words: UnsafeMutablePointer<UInt64>? = nil
+    var pool: UnsafeMutablePointer<Instruction>? = nil
+    var poolUsed = 0
+}
+
+/// The code page RIP is in, translated once for all the fetches from it:
+/// valid until a barrier instruction, an exception or the end of `run`, all
+/// of which may change CS, paging or the TLB.
+struct CodePage {
+    /// The linear page number; ~0 when nothing is cached.
+    var tag: UInt64 = ~0
+    var physical: UInt64 = 0
+    var host: UnsafeMutableRawPointer? = nil
+    /// CS.base (0 in 64-bit mode) and the linear address width, of the mode
+    /// the page was translated in.
+    var segmentBase: UInt64 = 0
+    var linearMask: UInt64 = ~0
+    var codeSize = 4
+}
+
+extension X86CPU {
+    /// Gives this CPU a cache of its own (a copied X86CPU shares the storage
+    /// until one of them runs) and forgets the fetch state, which the owner
+    /// may have changed since the last run.
+    mutating func prepareDecodedCache() {
+        codePage.tag = ~0
+        if decodedStorage == nil || !isKnownUniquelyReferenced(&decodedStorage) {
+            let storage = DecodedCacheStorage()
+            decodedStorage = storage
+            decoded = DecodedCache(blocks: storage.blocks, words: storage.words, pool: storage.pool, poolUsed: 0)
+        }
+    }
+
+    /// The cached block for the instruction at RIP, decoding it on a miss;
+    /// nil when the instruction must go the uncached way (its fetch faults
+    /// or leaves RAM, or it crosses a page).
+    @inline(__always)
+    mutating func lookupBlock() -> UnsafeMutablePointer<CachedBlock>? {
+        let rip = state.rip
+        var linear = (codePage.segmentBase &+ rip) & codePage.linearMask
+        if linear >> 12 != codePage.tag {
+            guard let refilled = refillCodePage(rip) else { return nil }
+            linear = refilled
+        }
+        guard let blocks = decoded.blocks, let host = codePage.host else { return nil }
+        let physical = codePage.physical | (linear & 0xFFF)
+        let tag = physical | UInt64(codePage.codeSize) << 56
+        let slot = Int(truncatingIfNeeded: (physical ^ (physical >> 13)) & UInt64(DecodedCacheStorage.blockSlots - 1))
+        let block = blocks + slot
+        if block.pointee.tag == tag && block.pointee.rip == rip && holdsBytes(block, slot, host: host, physical) {
+            return block
+        }
+        return buildBlock(block, slot, tag: tag, rip: rip, physical: physical, host: host) ? block : nil
+    }
+
+    /// Translates the code page of RIP for the current mode and CS; returns
+    /// RIP's linear address, or nil (and the uncached path raises the fault).
+    mutating func refillCodePage(_ rip: UInt64) -> UInt64? {
+        codePage.tag = ~0
+        let size = codeSize
+        if size == 8 {
+            codePage.segmentBase = 0
+            codePage.linearMask = ~0
+        } else {
+            codePage.segmentBase = state.cs.base
+            codePage.linearMask = 0xFFFF_FFFF
+        }
+        codePage.codeSize = size
+        let linear = (codePage.segmentBase &+ rip) & codePage.linearMask
+        guard let physical = translate(linear, .fetch),
+              let host = hostPointer(physical & ~0xFFF, size: 0x1000, write: false) else { return nil }
+        codePage.physical = physical & ~0xFFF
+        codePage.host = host
+        codePage.tag = linear >> 12
+        return linear
+    }
+
+    /// Whether memory still holds the bytes the block was decoded from.
+    @inline(__always)
+    mutating func holdsBytes(_ block: UnsafeMutablePointer<CachedBlock>, _ slot: Int, host: UnsafeMutableRawPointer,
+                    _ physical: UInt64) -> Bool {
+        guard let words = decoded.words else { return false }
+        let stored = words + slot &* DecodedCacheStorage.wordsPerBlock
+        let live = host + Int(truncatingIfNeeded: physical & 0xFF8)
+        let count = Int(truncatingIfNeeded: block.pointee.wordCount)
+        var difference = (live.loadUnaligned(as: UInt64.self) & block.pointee.firstMask) ^ stored[0]
+        if count > 1 {
+            var k = 1
+            while k < count - 1 {
+                difference |= live.loadUnaligned(fromByteOffset: k &* 8, as: UInt64.self) ^ stored[k]
+                k += 1
+            }
+            difference |= (live.loadUnaligned(fromByteOffset: k &* 8, as: UInt64.self) & block.pointee.lastMask) ^ stored[k]
+        }
+        return difference == 0
+    }
+
+    /// Decodes a block at RIP into `slot`; false when not even the first
+    /// instruction can be cached.
+    mutating func buildBlock(_ block: UnsafeMutablePointer<CachedBlock>, _ slot: Int, tag: UInt64, rip: UInt64,
+                             physical: UInt64, host: UnsafeMutableRawPointer) -> Bool {
+        guard let pool = decoded.pool, let words = decoded.words else { return false }
+        if decoded.poolUsed + DecodedCacheStorage.maxBlockInstructions > DecodedCacheStorage.poolCapacity {
+            flushDecodedCache()
+        }
+        let size = codePage.codeSize
+        let start = Int(physical & 0xFFF)
+        let firstWord = start & ~7
+        var offset = start
+        var nextRIP = rip
+        var count = 0
+        var barrier = false
+        block.pointee.tag = ~0
+        while count < DecodedCacheStorage.maxBlockInstructions && offset < 0x1000 {
+            var window = FetchWindow()
+            let available = min(15, 0x1000 - offset)
+            if offset <= 0x1000 - 16 {
+                window.low = (host + offset).loadUnaligned(as: UInt64.self)
+                window.high = (host + offset).loadUnaligned(fromByteOffset: 8, as: UInt64.self)
+                window.available = 15
+            } else {
+                for k in 0..<available { window.append((host + offset + k).load(as: UInt8.self)) }
+            }
+            var insn = Instruction()
+            if decode(&insn, window, rip: nextRIP, size: size) != nil { break }
+            let end = offset + insn.length
+            if (end - firstWord + 7) / 8 > DecodedCacheStorage.wordsPerBlock { break }
+            let flow = blockFlow(insn)
+            insn.handler = handler(for: insn)
+            (pool + decoded.poolUsed + count).initialize(to: insn)
+            count += 1
+            offset = end
+            if flow == .barrier { barrier = true }
+            // A 16- or 32-bit RIP that wraps leaves the page's bytes behind.
+            if flow != .next || insn.nextRIP != nextRIP &+ UInt64(insn.length) { break }
+            nextRIP = insn.nextRIP
+        }
+        guard count > 0 else { return false }
+        let wordCount = (offset - firstWord + 7) / 8
+        let firstMask: UInt64 = ~0 << UInt64((start & 7) * 8)
+        let lastBytes = offset - (firstWord + (wordCount - 1) * 8)
+        let lastMask: UInt64 = lastBytes == 8 ? ~0 : (1 << UInt64(lastBytes * 8)) - 1
+        let stored = words + slot * DecodedCacheStorage.wordsPerBlock
+        for k in 0..<wordCount {
+            var mask: UInt64 = ~0
+            if k == 0 { mask &= firstMask }
+            if k == wordCount - 1 { mask &= lastMask }
+            stored[k] = (host + firstWord + k * 8).loadUnaligned(as: UInt64.self) & mask
+        }
+        block.pointee = CachedBlock(
+            tag: tag, rip: rip, first: Int32(decoded.poolUsed), count: Int32(count), length: UInt16(offset - start),
+            wordCount: UInt16(wordCount), endsWithBarrier: barrier,
+            firstMask: wordCount == 1 ? firstMask & lastMask : firstMask, lastMask: lastMask)
+        decoded.poolUsed += count
+        return true
+    }
+
+    mutating func flushDecodedCache() {
+        guard let blocks = decoded.blocks else { return }
+        for slot in 0..<DecodedCacheStorage.blockSlots { blocks[slot].tag = ~0 }
+        decoded.poolUsed = 0
+    }
+
+    /// Runs the instructions of `block` from its first, until one leaves the
+    /// straight line (a taken branch, a REP that restarts, a fault or exit),
+    /// stores into the block, or the limit is reached. Returns the exit that
+    /// ends `run`, or nil to go on.
+    @inline(__always)
+    mutating func runBlock(_ block: UnsafeMutablePointer<CachedBlock>, executed: inout Int, limit: Int) -> X86Exit? {
+        guard var insn = decoded.pool.map({ $0 + Int(block.pointee.first) }) else { return nil }
+        let last = insn + Int(block.pointee.count) - 1
+        // Barriers (which include every instruction that sets a shadow) end blocks.
+        interruptShadow = false
+        codeWritten = false
+        executingStart = block.pointee.tag & 0x00FF_FFFF_FFFF_FFFF
+        executingLength = UInt64(block.pointee.length)
+        defer { executingStart = X86CPU.notExecuting }
+        while true {
+            if insn.pointee.hasModRM && insn.pointee.mod != 3 { insn.pointee.offset = effectiveAddress(&insn.pointee) }
+            guard dispatch(&insn.pointee) else {
+                codePage.tag = ~0
+                guard deliversExceptions, case .exception(let vector, let errorCode) = pending,
+                      deliverException(vector, errorCode: errorCode) else { return pending }
+                executed += 1
+                return nil
+            }
+            executed += 1
+            if mmioWritePending {
+                mmioWritePending = false
+                return pending
+            }
+            if insn == last {
+                if block.pointee.endsWithBarrier { codePage.tag = ~0 }
+                return nil
+            }
+            if codeWritten || state.rip != insn.pointee.nextRIP || executed >= limit { return nil }
+            insn += 1
+        }
+    }
+
+    /// Notes a guest write of `size` bytes at guest-physical `address` that
+    /// overlaps the running block's code, which must then stop after the
+    /// current instruction.
+    @inline(__always)
+    mutating func noteCodeWrite(_ address: UInt64, size: Int) {
+        // One compare for "the ranges overlap": address + size - 1 - start
+        // lies in [0, length + size - 2].
+        let span = UInt64(truncatingIfNeeded: size) &- 1
+        if address &+ span &- executingStart < executingLength &+ span { codeWritten = true }
+    }
+
+    /// What the block builder does after `insn`: listed opcodes go on, near
+    /// branches end the block, and everything else is a barrier.
+    func blockFlow(_ insn: Instruction) -> BlockFlow {
+        let op = insn.opcode
+        switch op {
+        case 0x00...0x3F where op & 7 < 6,  // ALU
+             0x06, 0x0E, 0x16, 0x1E,  // PUSH Sreg
+             0x40...0x5F, 0x63, 0x68...0x6B,
+             0x80...0x8D, 0x8F, 0x90...0x99, 0x9C, 0x9E, 0x9F,
+             0xA0...0xAF, 0xB0...0xBF, 0xC0, 0xC1, 0xC6, 0xC7, 0xC9, 0xD0...0xD3,
+             0xF5, 0xF6, 0xF7, 0xF8...0xFA, 0xFC, 0xFD,
+             0x118...0x11F, 0x131, 0x140...0x14F, 0x190...0x19F, 0x1A0, 0x1A3, 0x1A8, 0x1AB, 0x1AF,
+             0x1B3, 0x1B6, 0x1B7, 0x1BA, 0x1BB, 0x1BE, 0x1BF:
+            return .next
+        case 0x70...0x7F, 0x180...0x18F, 0xE0...0xE3:
+            return .next
+        case 0xE8, 0xE9, 0xEB, 0xC2, 0xC3:
+            return .end
+        case 0xFE:
+            return insn.reg & 7 < 2 ? .next : .barrier
+        case 0xFF:
+            switch insn.reg & 7 {
+            case 0, 1, 6: return .next
+            case 2, 4: return .end
+            default: return .barrier
+            }
+        default:
+            return .barrier
+        }
+    }
+}
+
+extension X86CPU {
+    /// The handler of a decoded instruction: the family handler that
+    /// `execute`'s switch picks for the hot opcodes (with the same checks),
+    /// `.execute` for everything else. LOCK goes the general way.
+    func handler(for insn: Instruction) -> InstructionHandler {
+        if insn.lock { return .execute }
+        let op = insn.opcode
+        switch op {
+        case 0x00...0x3F where op & 7 < 6: return .alu
+        case 0x40...0x4F: return .incDecRegister
+        case 0x50...0x5F, 0x68, 0x6A, 0x8F: return .pushPop
+        case 0x63, 0x88...0x8C, 0xA0...0xA3, 0xB0...0xBF, 0xC6, 0xC7, 0x1B6, 0x1B7, 0x1BE, 0x1BF, 0x140...0x14F:
+            return .move
+        case 0x8D where insn.isMemory: return .lea
+        case 0x84, 0x85, 0xA8, 0xA9: return .test
+        case 0x90 where insn.rex & 1 == 0: return .nop
+        case 0x118...0x11F: return .nop
+        case 0x80, 0x81, 0x83: return .group1
+        case 0xC0, 0xC1, 0xD0...0xD3: return .shift
+        case 0xF6, 0xF7: return .group3
+        case 0xFE where insn.reg & 7 < 2: return .incDec
+        case 0xFF:
+            switch insn.reg & 7 {
+            case 0, 1: return .incDec
+            case 2, 4: return .controlFlow
+            case 6: return .pushPop
+            default: return .execute
+            }
+        case 0x70...0x7F, 0x180...0x18F, 0xE0...0xE3, 0xE8, 0xE9, 0xEB, 0xC2, 0xC3: return .controlFlow
+        case 0x190...0x19F: return .setcc
+        case 0xC9: return .leave
+        default: return .execute
+        }
+    }
+
+    /// Runs a decoded instruction through its handler: a jump table on a
+    /// small enum, where `execute`'s switch compares opcode ranges in turn.
+    @inline(__always)
+    mutating func dispatch(_ insn: inout Instruction) -> Bool {
+        switch insn.handler {
+        case .execute: return execute(&insn)
+        case .alu: guard executeALU(&insn) else { return false }
+        case .group1: guard executeGroup1(&insn) else { return false }
+        case .test: guard executeTest(&insn) else { return false }
+        case .move: guard executeMove(&insn) else { return false }
+        case .lea: state.write(insn.reg, insn.offset, size: insn.operandSize, legacyHighBytes: false)
+        case .nop: break
+        case .incDecRegister: guard executeIncDecRegister(&insn) else { return false }
+        case .pushPop: guard executePushPop(&insn) else { return false }
+        case .incDec:
+            let size = insn.opcode == 0xFE ? 1 : insn.operandSize
+            guard executeIncDec(&insn, size: size, decrement: insn.reg & 7 == 1) else { return false }
+        case .controlFlow: return executeControlFlow(&insn)
+        case .shift: guard executeShift(&insn) else { return false }
+        case .group3: guard executeGroup3(&insn) else { return false }
+        case .setcc:
+            guard writeOperand(insn, state.flags.condition(insn.opcode & 0xF) ? 1 : 0, size: 1) else { return false }
+        case .leave: guard executeLeave(&insn) else { return false }
+        }
+        state.rip = insn.nextRIP
+        return true
+    }
+}

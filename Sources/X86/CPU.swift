@@ -144,6 +144,7 @@ public struct X86CPU {
             hotRead = HotRange()
             hotWrite = HotRange()
             codePage = CodePage()
+            hostTLBGeneration = ~0
         }
     }
     var hotRead = HotRange()
@@ -178,6 +179,12 @@ public struct X86CPU {
     var decoded = DecodedCache()
     var decodedStorage: DecodedCacheStorage? = nil
     var codePage = CodePage()
+    /// The tag bits of the accesses the host TLB may serve now: the CPL's,
+    /// or `HostTLBEntry.invalidKey` (see `invalidateContext`).
+    var accessKey: UInt64 = HostTLBEntry.invalidKey
+    /// The paging generation the host TLB's entries were filled in; ~0 to
+    /// drop them at the next refresh.
+    var hostTLBGeneration: UInt64 = ~0
     /// The guest-physical bytes of the running block, which a store must not
     /// change unnoticed; `notExecuting` between blocks.
     var executingStart: UInt64 = X86CPU.notExecuting
@@ -214,17 +221,48 @@ public struct X86CPU {
             state.rflags &= ~RFLAGS.rf
         }
         prepareDecodedCache()
+        defer { invalidateContext() }
         var executed = 0
         while executed < maxInstructions {
-            // RF lasts one instruction: the uncached path below clears it.
-            if state.flags.bits & RFLAGS.rf == 0, let block = lookupBlock() {
-                if let exit = runBlock(block, executed: &executed, limit: maxInstructions) { return exit }
+            // A cached block runs from its first instruction until one leaves
+            // the straight line (a taken branch, a REP that restarts, a fault
+            // or an exit), stores into the block, or the limit is reached. RF
+            // lasts one instruction: the uncached path below clears it.
+            if state.flags.bits & RFLAGS.rf == 0, let block = lookupBlock(), let pool = decoded.pool {
+                var insn = pool + Int(block.pointee.first)
+                let last = insn + Int(block.pointee.count &- 1)
+                // Barriers (which include every instruction that sets a shadow) end blocks.
+                interruptShadow = false
+                codeWritten = false
+                executingStart = block.pointee.tag & CachedBlock.physicalMask
+                executingLength = UInt64(block.pointee.length)
+                while true {
+                    guard dispatch(&insn.pointee) else {
+                        executingStart = X86CPU.notExecuting
+                        invalidateContext()
+                        guard deliversExceptions, case .exception(let vector, let errorCode) = pending,
+                              deliverException(vector, errorCode: errorCode) else { return pending }
+                        executed &+= 1
+                        break
+                    }
+                    executed &+= 1
+                    if mmioWritePending {
+                        mmioWritePending = false
+                        executingStart = X86CPU.notExecuting
+                        return pending
+                    }
+                    if insn == last || codeWritten || state.rip != insn.pointee.nextRIP || executed >= maxInstructions {
+                        break
+                    }
+                    insn += 1
+                }
+                executingStart = X86CPU.notExecuting
                 continue
             }
             // Decoded each time: a fetch that faults or leaves RAM, an
             // instruction across a page boundary, RF set. It may change the
             // mode or paging, so the code page is translated anew after it.
-            codePage.tag = ~0
+            invalidateContext()
             var insn = Instruction()
             // RF suppresses instruction breakpoints for one instruction: it
             // is cleared when the instruction that saw it set completes (not

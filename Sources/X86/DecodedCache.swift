@@ -43,16 +43,6 @@
 // fields the decoder filled, only `offset` (recomputed before each run of
 // the instruction) and its own locals.
 
-/// How a decoded instruction runs. `execute` is the interpreter's dispatch
-/// switch on the opcode; a translator of hot blocks can take a block over by
-/// giving its instructions another handler.
-enum InstructionHandler: UInt8 {
-    /// The dispatch switch on the opcode (Execute.swift): every instruction can take it.
-    case execute
-    // The hot opcodes, straight to the handler the switch would pick.
-    case alu, group1, test, move, lea, nop, incDecRegister, pushPop, incDec, controlFlow, shift, group3, setcc, leave
-}
-
 /// What the block builder does after an instruction.
 enum BlockFlow {
     /// Decoding goes on: the instruction goes to the next one, or is a
@@ -69,6 +59,9 @@ enum BlockFlow {
 /// One cached block: the tag, where its instructions are in the pool, and
 /// how to check that its bytes are still in memory.
 struct CachedBlock {
+    /// The tag's physical address bits.
+    static let physicalMask: UInt64 = 0x00FF_FFFF_FFFF_FFFF
+
     /// The guest-physical address of the first byte, with the code size
     /// (2, 4 or 8) in bits 56-63; ~0 when the slot is empty.
     var tag: UInt64 = ~0
@@ -81,14 +74,14 @@ struct CachedBlock {
     var length: UInt16 = 0
     /// Aligned 8-byte words of the page holding the code (at most `DecodedCacheStorage.wordsPerBlock`).
     var wordCount: UInt16 = 0
-    var endsWithBarrier = false
     /// The code's bytes within the first and the last word.
     var firstMask: UInt64 = 0
     var lastMask: UInt64 = 0
 }
 
-/// The cache's memory. A class only so that it is freed with the last CPU
-/// that uses it; the step loop reaches it through `DecodedCache`'s pointers.
+/// The memory of the decoded-instruction cache and of the host TLB. A class
+/// only so that it is freed with the last CPU that uses it; the step loop
+/// reaches it through `DecodedCache`'s pointers.
 final class DecodedCacheStorage {
     /// Direct-mapped block slots (a power of two).
     static let blockSlots = 8192
@@ -100,6 +93,7 @@ final class DecodedCacheStorage {
     let blocks: UnsafeMutablePointer<CachedBlock>
     let words: UnsafeMutablePointer<UInt64>
     let pool: UnsafeMutablePointer<Instruction>
+    let hostTLB: UnsafeMutablePointer<HostTLBEntry>
 
     init() {
         blocks = .allocate(capacity: Self.blockSlots)
@@ -108,12 +102,15 @@ final class DecodedCacheStorage {
         words.initialize(repeating: 0, count: Self.blockSlots * Self.wordsPerBlock)
         // Instructions are plain values: slots are initialised as blocks fill them.
         pool = .allocate(capacity: Self.poolCapacity)
+        hostTLB = .allocate(capacity: HostTLBEntry.count)
+        hostTLB.initialize(repeating: HostTLBEntry(), count: HostTLBEntry.count)
     }
 
     deinit {
         blocks.deallocate()
         words.deallocate()
         pool.deallocate()
+        hostTLB.deallocate()
     }
 }
 
@@ -123,11 +120,12 @@ struct DecodedCache {
     var words: UnsafeMutablePointer<UInt64>? = nil
     var pool: UnsafeMutablePointer<Instruction>? = nil
     var poolUsed = 0
+    var hostTLB: UnsafeMutablePointer<HostTLBEntry>? = nil
 }
 
 /// The code page RIP is in, translated once for all the fetches from it:
 /// valid until a barrier instruction, an exception or the end of `run`, all
-/// of which may change CS, paging or the TLB.
+/// of which may change CS, paging or the TLB (see `invalidateContext`).
 struct CodePage {
     /// The linear page number; ~0 when nothing is cached.
     var tag: UInt64 = ~0
@@ -138,6 +136,8 @@ struct CodePage {
     var segmentBase: UInt64 = 0
     var linearMask: UInt64 = ~0
     var codeSize = 4
+    /// The stack's address size (`stackAddressSize`), which only a barrier changes.
+    var stackSize = 4
 }
 
 extension X86CPU {
@@ -145,12 +145,25 @@ extension X86CPU {
     /// until one of them runs) and forgets the fetch state, which the owner
     /// may have changed since the last run.
     mutating func prepareDecodedCache() {
-        codePage.tag = ~0
+        invalidateContext()
         if decodedStorage == nil || !isKnownUniquelyReferenced(&decodedStorage) {
             let storage = DecodedCacheStorage()
             decodedStorage = storage
-            decoded = DecodedCache(blocks: storage.blocks, words: storage.words, pool: storage.pool, poolUsed: 0)
+            decoded = DecodedCache(blocks: storage.blocks, words: storage.words, pool: storage.pool, poolUsed: 0,
+                                   hostTLB: storage.hostTLB)
+            hostTLBGeneration = ~0
         }
+    }
+
+    /// Before anything that may change CS, the CPL, paging or the mode (a
+    /// barrier instruction, an uncached one, exception delivery, the owner
+    /// between runs): the code page is translated anew before the next
+    /// block, and the host TLB takes no hit until then, so that an access
+    /// made after such a change inside the same instruction walks.
+    @inline(__always)
+    mutating func invalidateContext() {
+        codePage.tag = ~0
+        accessKey = HostTLBEntry.invalidKey
     }
 
     /// The cached block for the instruction at RIP, decoding it on a miss;
@@ -179,6 +192,7 @@ extension X86CPU {
     /// RIP's linear address, or nil (and the uncached path raises the fault).
     mutating func refillCodePage(_ rip: UInt64) -> UInt64? {
         codePage.tag = ~0
+        refreshHostTLB()
         let size = codeSize
         if size == 8 {
             codePage.segmentBase = 0
@@ -188,6 +202,7 @@ extension X86CPU {
             codePage.linearMask = 0xFFFF_FFFF
         }
         codePage.codeSize = size
+        codePage.stackSize = stackAddressSize
         let linear = (codePage.segmentBase &+ rip) & codePage.linearMask
         guard let physical = translate(linear, .fetch),
               let host = hostPointer(physical & ~0xFFF, size: 0x1000, write: false) else { return nil }
@@ -231,7 +246,6 @@ extension X86CPU {
         var offset = start
         var nextRIP = rip
         var count = 0
-        var barrier = false
         block.pointee.tag = ~0
         while count < DecodedCacheStorage.maxBlockInstructions && offset < 0x1000 {
             var window = FetchWindow()
@@ -248,11 +262,10 @@ extension X86CPU {
             let end = offset + insn.length
             if (end - firstWord + 7) / 8 > DecodedCacheStorage.wordsPerBlock { break }
             let flow = blockFlow(insn)
-            insn.handler = handler(for: insn)
+            prepareHandler(&insn, barrier: flow == .barrier)
             (pool + decoded.poolUsed + count).initialize(to: insn)
             count += 1
             offset = end
-            if flow == .barrier { barrier = true }
             // A 16- or 32-bit RIP that wraps leaves the page's bytes behind.
             if flow != .next || insn.nextRIP != nextRIP &+ UInt64(insn.length) { break }
             nextRIP = insn.nextRIP
@@ -271,7 +284,7 @@ extension X86CPU {
         }
         block.pointee = CachedBlock(
             tag: tag, rip: rip, first: Int32(decoded.poolUsed), count: Int32(count), length: UInt16(offset - start),
-            wordCount: UInt16(wordCount), endsWithBarrier: barrier,
+            wordCount: UInt16(wordCount),
             firstMask: wordCount == 1 ? firstMask & lastMask : firstMask, lastMask: lastMask)
         decoded.poolUsed += count
         return true
@@ -281,43 +294,6 @@ extension X86CPU {
         guard let blocks = decoded.blocks else { return }
         for slot in 0..<DecodedCacheStorage.blockSlots { blocks[slot].tag = ~0 }
         decoded.poolUsed = 0
-    }
-
-    /// Runs the instructions of `block` from its first, until one leaves the
-    /// straight line (a taken branch, a REP that restarts, a fault or exit),
-    /// stores into the block, or the limit is reached. Returns the exit that
-    /// ends `run`, or nil to go on.
-    @inline(__always)
-    mutating func runBlock(_ block: UnsafeMutablePointer<CachedBlock>, executed: inout Int, limit: Int) -> X86Exit? {
-        guard var insn = decoded.pool.map({ $0 + Int(block.pointee.first) }) else { return nil }
-        let last = insn + Int(block.pointee.count) - 1
-        // Barriers (which include every instruction that sets a shadow) end blocks.
-        interruptShadow = false
-        codeWritten = false
-        executingStart = block.pointee.tag & 0x00FF_FFFF_FFFF_FFFF
-        executingLength = UInt64(block.pointee.length)
-        defer { executingStart = X86CPU.notExecuting }
-        while true {
-            if insn.pointee.hasModRM && insn.pointee.mod != 3 { insn.pointee.offset = effectiveAddress(&insn.pointee) }
-            guard dispatch(&insn.pointee) else {
-                codePage.tag = ~0
-                guard deliversExceptions, case .exception(let vector, let errorCode) = pending,
-                      deliverException(vector, errorCode: errorCode) else { return pending }
-                executed += 1
-                return nil
-            }
-            executed += 1
-            if mmioWritePending {
-                mmioWritePending = false
-                return pending
-            }
-            if insn == last {
-                if block.pointee.endsWithBarrier { codePage.tag = ~0 }
-                return nil
-            }
-            if codeWritten || state.rip != insn.pointee.nextRIP || executed >= limit { return nil }
-            insn += 1
-        }
     }
 
     /// Notes a guest write of `size` bytes at guest-physical `address` that
@@ -360,69 +336,5 @@ extension X86CPU {
         default:
             return .barrier
         }
-    }
-}
-
-extension X86CPU {
-    /// The handler of a decoded instruction: the family handler that
-    /// `execute`'s switch picks for the hot opcodes (with the same checks),
-    /// `.execute` for everything else. LOCK goes the general way.
-    func handler(for insn: Instruction) -> InstructionHandler {
-        if insn.lock { return .execute }
-        let op = insn.opcode
-        switch op {
-        case 0x00...0x3F where op & 7 < 6: return .alu
-        case 0x40...0x4F: return .incDecRegister
-        case 0x50...0x5F, 0x68, 0x6A, 0x8F: return .pushPop
-        case 0x63, 0x88...0x8C, 0xA0...0xA3, 0xB0...0xBF, 0xC6, 0xC7, 0x1B6, 0x1B7, 0x1BE, 0x1BF, 0x140...0x14F:
-            return .move
-        case 0x8D where insn.isMemory: return .lea
-        case 0x84, 0x85, 0xA8, 0xA9: return .test
-        case 0x90 where insn.rex & 1 == 0: return .nop
-        case 0x118...0x11F: return .nop
-        case 0x80, 0x81, 0x83: return .group1
-        case 0xC0, 0xC1, 0xD0...0xD3: return .shift
-        case 0xF6, 0xF7: return .group3
-        case 0xFE where insn.reg & 7 < 2: return .incDec
-        case 0xFF:
-            switch insn.reg & 7 {
-            case 0, 1: return .incDec
-            case 2, 4: return .controlFlow
-            case 6: return .pushPop
-            default: return .execute
-            }
-        case 0x70...0x7F, 0x180...0x18F, 0xE0...0xE3, 0xE8, 0xE9, 0xEB, 0xC2, 0xC3: return .controlFlow
-        case 0x190...0x19F: return .setcc
-        case 0xC9: return .leave
-        default: return .execute
-        }
-    }
-
-    /// Runs a decoded instruction through its handler: a jump table on a
-    /// small enum, where `execute`'s switch compares opcode ranges in turn.
-    @inline(__always)
-    mutating func dispatch(_ insn: inout Instruction) -> Bool {
-        switch insn.handler {
-        case .execute: return execute(&insn)
-        case .alu: guard executeALU(&insn) else { return false }
-        case .group1: guard executeGroup1(&insn) else { return false }
-        case .test: guard executeTest(&insn) else { return false }
-        case .move: guard executeMove(&insn) else { return false }
-        case .lea: state.write(insn.reg, insn.offset, size: insn.operandSize, legacyHighBytes: false)
-        case .nop: break
-        case .incDecRegister: guard executeIncDecRegister(&insn) else { return false }
-        case .pushPop: guard executePushPop(&insn) else { return false }
-        case .incDec:
-            let size = insn.opcode == 0xFE ? 1 : insn.operandSize
-            guard executeIncDec(&insn, size: size, decrement: insn.reg & 7 == 1) else { return false }
-        case .controlFlow: return executeControlFlow(&insn)
-        case .shift: guard executeShift(&insn) else { return false }
-        case .group3: guard executeGroup3(&insn) else { return false }
-        case .setcc:
-            guard writeOperand(insn, state.flags.condition(insn.opcode & 0xF) ? 1 : 0, size: 1) else { return false }
-        case .leave: guard executeLeave(&insn) else { return false }
-        }
-        state.rip = insn.nextRIP
-        return true
     }
 }

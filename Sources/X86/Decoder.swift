@@ -2,30 +2,33 @@
 // displacement and immediates, in 16-, 32- and 64-bit code.
 
 /// One decoded instruction. Opcodes of the 0F map are 0x100 + the second byte.
+/// The fields are stored in small integers and read as `Int`: the decoded-
+/// instruction cache holds many, and a copy (a handler taking one by value)
+/// stays a few moves.
 struct Instruction {
-    var opcode: Int = 0
-    var length: Int = 0
+    var opcode: Int { get { Int(opcodeBits) } set { opcodeBits = UInt16(truncatingIfNeeded: newValue) } }
+    var length: Int { get { Int(lengthBits) } set { lengthBits = UInt8(truncatingIfNeeded: newValue) } }
     /// 2, 4 or 8: the operand size of instructions that are not byte-sized.
-    var operandSize: Int = 4
+    var operandSize: Int { get { Int(operandSizeBits) } set { operandSizeBits = UInt8(truncatingIfNeeded: newValue) } }
     /// 2, 4 or 8.
-    var addressSize: Int = 4
+    var addressSize: Int { get { Int(addressSizeBits) } set { addressSizeBits = UInt8(truncatingIfNeeded: newValue) } }
     var rex: UInt8 = 0
     /// 0, 0xF2 or 0xF3.
     var rep: UInt8 = 0
     var lock = false
     var operandSizePrefix = false
-    var segmentOverride: Int = -1
+    var segmentOverride: Int { get { Int(segmentOverrideBits) } set { segmentOverrideBits = Int8(truncatingIfNeeded: newValue) } }
     var hasModRM = false
-    var mod: Int = 0
+    var mod: Int { get { Int(modBits) } set { modBits = UInt8(truncatingIfNeeded: newValue) } }
     /// ModRM.reg with REX.R.
-    var reg: Int = 0
+    var reg: Int { get { Int(regBits) } set { regBits = UInt8(truncatingIfNeeded: newValue) } }
     /// ModRM.rm with REX.B (a register when `mod == 3`).
-    var rm: Int = 0
+    var rm: Int { get { Int(rmBits) } set { rmBits = UInt8(truncatingIfNeeded: newValue) } }
     /// The memory operand's segment and offset (when `mod != 3`). The
     /// offset is computed from the address form below each time the
     /// instruction runs (`effectiveAddress`): a cached instruction runs again
     /// with other register values.
-    var segment: Int = SegmentRegisterName.ds.rawValue
+    var segment: Int { get { Int(segmentBits) } set { segmentBits = UInt8(truncatingIfNeeded: newValue) } }
     var offset: UInt64 = 0
     /// The address form: displacement + base + (index << scale), masked to
     /// the address size; -1 for no register. A RIP-relative displacement
@@ -41,6 +44,16 @@ struct Instruction {
     /// How the instruction runs: the decoded-instruction cache keeps it
     /// with the rest, and a translator can take it over (see DecodedCache.swift).
     var handler: InstructionHandler = .execute
+
+    private var opcodeBits: UInt16 = 0
+    private var lengthBits: UInt8 = 0
+    private var operandSizeBits: UInt8 = 4
+    private var addressSizeBits: UInt8 = 4
+    private var segmentOverrideBits: Int8 = -1
+    private var modBits: UInt8 = 0
+    private var regBits: UInt8 = 0
+    private var rmBits: UInt8 = 0
+    private var segmentBits = UInt8(SegmentRegisterName.ds.rawValue)
 
     /// Byte registers 4-7 are AH CH DH BH unless a REX prefix is present.
     var legacyHighBytes: Bool { rex == 0 }

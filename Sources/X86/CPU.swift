@@ -191,6 +191,8 @@ public struct X86CPU {
     var executingLength: UInt64 = 0
     /// A store hit the running block: it stops after the current instruction.
     var codeWritten = false
+    /// Blocks checked in this epoch run without a check (see DecodedCache.swift).
+    var codeEpoch: UInt64 = 1
     /// Above every guest-physical address, so that no store overlaps it.
     static var notExecuting: UInt64 { 1 << 63 }
 

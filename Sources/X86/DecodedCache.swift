@@ -11,33 +11,38 @@
 // is safe before it is listed), before an instruction that crosses the page,
 // or when its bytes no longer fit the words kept to check them.
 //
-// When the code changes. A block keeps a copy of its bytes and is used only
-// while guest memory still holds them: the check compares a few aligned words
-// at each entry into the block. That one rule covers every writer:
-// - this CPU's own stores into other code, at the next entry;
-// - other vCPUs (other X86CPU values over the same memory), at the next entry;
-// - user space writing guest memory behind the CPU (a VMM's DMA, loaders,
-//   tests): KVM promises that such writes are seen by the guest as a coherent
-//   device's or another CPU's writes would be. On hardware, instruction fetch
-//   snoops them; here, the compare at block entry sees them, without a hook
-//   on the writers (which SoftKVM cannot have: user space writes the slot's
-//   memory directly) and without re-checking anything at KVM_RUN entry;
-// - memory-slot changes: the cache keys on guest-physical addresses and the
-//   check reads the memory the slots map now.
-// A per-page "holds code" flag checked by writers would be cheaper per block
-// entry, but it would need every writer to see it: user space does not, and
-// another vCPU's store can race with this CPU decoding the page (the store's
-// flag load passing the store on x86) unless each store is fenced.
-//
-// The one writer that the entry check is too late for is this CPU writing
-// into the block it is running: the SDM (8.1.3) makes a store into the
-// instruction stream take effect for the next instruction fetched. Every
-// guest write gets its host pointer from `hostPointer(write: true)`, which
-// compares the written range with the running block's bytes; on a hit the
-// block stops after the current instruction and the next fetch re-checks.
-// (A cross-modifying write by another vCPU in the middle of a block is an
-// unsynchronised race on hardware as well: the SDM asks the executing CPU to
-// serialize, and a block ends at every serializing instruction.)
+// When the code changes. A block keeps a copy of its bytes, and it is
+// checked against memory (a compare of a few aligned words) before it runs
+// in a new *code epoch*; within an epoch it runs unchecked. The epoch moves on
+// - when this CPU stores into a page it holds code of. Such pages are marked
+//   in a per-CPU filter when a block is decoded or checked; the host TLB never
+//   holds a writable entry for a marked page, so every store to one takes the
+//   slow path, `hostPointer(write: true)`, whatever instruction makes it
+//   (MOV, string instructions, bulk stores, atomics, A/D bit updates). There
+//   the store moves the epoch on and unmarks the page, so that the stores
+//   that follow (code being written out, data sharing the page) go fast
+//   again; the page's blocks are checked before they run again. A store into
+//   the block that is running also stops it after the current instruction:
+//   the SDM (8.1.3) makes a store into the instruction stream take effect for
+//   the next instruction fetched. That page stays marked meanwhile.
+// - at every serializing event this CPU goes through: each `run` (each
+//   KVM_RUN slice), each barrier instruction (CPUID, IRET, MOV to CR, WRMSR,
+//   INVLPG... and any opcode not listed as plain), each exception or
+//   interrupt. Writes this CPU cannot see are caught there:
+//   - other vCPUs' stores: the SDM's rule for cross-modifying code is that
+//     the executing processor serializes after the modification and before
+//     running the new code (Linux's text_poke does it with IPIs);
+//   - user space writing guest memory behind the CPU (a VMM's DMA, loaders,
+//     tests, memory-slot changes): KVM promises that the guest sees such
+//     writes as it would a coherent device's or another CPU's. They are seen
+//     by the next KVM_RUN, and during one within a slice (SoftKVM runs the
+//     CPU 100 000 instructions at a time) or at the guest's next serializing
+//     instruction or interrupt, which is what a guest waiting for DMA does.
+// The per-page flag is this CPU's own: a flag shared by all vCPUs and
+// checked by each store would not make other writers safe either (user space
+// never checks it, and on x86 another vCPU's load of the flag can pass its
+// own store unless every store is fenced), while the epoch rule follows the
+// architecture's own rule for code written by another agent.
 //
 // Cached instructions are executed in place: a handler must not change the
 // fields the decoder filled, only `offset` (recomputed before each run of
@@ -70,6 +75,8 @@ struct CachedBlock {
     var rip: UInt64 = 0
     var first: Int32 = 0
     var count: Int32 = 0
+    /// The code epoch in which the bytes were last checked against memory.
+    var checkedEpoch: UInt64 = 0
     /// Bytes of code from the first byte.
     var length: UInt16 = 0
     /// Aligned 8-byte words of the page holding the code (at most `DecodedCacheStorage.wordsPerBlock`).
@@ -94,6 +101,9 @@ final class DecodedCacheStorage {
     let words: UnsafeMutablePointer<UInt64>
     let pool: UnsafeMutablePointer<Instruction>
     let hostTLB: UnsafeMutablePointer<HostTLBEntry>
+    /// The code-page filter: one bit per hash of a guest-physical page.
+    let codePages: UnsafeMutablePointer<UInt64>
+    static let codePageWords = 1024
 
     init() {
         blocks = .allocate(capacity: Self.blockSlots)
@@ -104,6 +114,8 @@ final class DecodedCacheStorage {
         pool = .allocate(capacity: Self.poolCapacity)
         hostTLB = .allocate(capacity: HostTLBEntry.count)
         hostTLB.initialize(repeating: HostTLBEntry(), count: HostTLBEntry.count)
+        codePages = .allocate(capacity: Self.codePageWords)
+        codePages.initialize(repeating: 0, count: Self.codePageWords)
     }
 
     deinit {
@@ -111,6 +123,7 @@ final class DecodedCacheStorage {
         words.deallocate()
         pool.deallocate()
         hostTLB.deallocate()
+        codePages.deallocate()
     }
 }
 
@@ -121,6 +134,7 @@ struct DecodedCache {
     var pool: UnsafeMutablePointer<Instruction>? = nil
     var poolUsed = 0
     var hostTLB: UnsafeMutablePointer<HostTLBEntry>? = nil
+    var codePages: UnsafeMutablePointer<UInt64>? = nil
 }
 
 /// The code page RIP is in, translated once for all the fetches from it:
@@ -150,7 +164,7 @@ extension X86CPU {
             let storage = DecodedCacheStorage()
             decodedStorage = storage
             decoded = DecodedCache(blocks: storage.blocks, words: storage.words, pool: storage.pool, poolUsed: 0,
-                                   hostTLB: storage.hostTLB)
+                                   hostTLB: storage.hostTLB, codePages: storage.codePages)
             hostTLBGeneration = ~0
         }
     }
@@ -159,11 +173,13 @@ extension X86CPU {
     /// barrier instruction, an uncached one, exception delivery, the owner
     /// between runs): the code page is translated anew before the next
     /// block, and the host TLB takes no hit until then, so that an access
-    /// made after such a change inside the same instruction walks.
+    /// made after such a change inside the same instruction walks. These are
+    /// the serializing events, where a new code epoch begins.
     @inline(__always)
     mutating func invalidateContext() {
         codePage.tag = ~0
         accessKey = HostTLBEntry.invalidKey
+        codeEpoch &+= 1
     }
 
     /// The cached block for the instruction at RIP, decoding it on a miss;
@@ -182,10 +198,48 @@ extension X86CPU {
         let tag = physical | UInt64(codePage.codeSize) << 56
         let slot = Int(truncatingIfNeeded: (physical ^ (physical >> 13)) & UInt64(DecodedCacheStorage.blockSlots - 1))
         let block = blocks + slot
-        if block.pointee.tag == tag && block.pointee.rip == rip && holdsBytes(block, slot, host: host, physical) {
-            return block
+        if block.pointee.tag == tag && block.pointee.rip == rip {
+            if block.pointee.checkedEpoch == codeEpoch { return block }
+            if holdsBytes(block, slot, host: host, physical) {
+                block.pointee.checkedEpoch = codeEpoch
+                markCodePage(physical)
+                return block
+            }
         }
-        return buildBlock(block, slot, tag: tag, rip: rip, physical: physical, host: host) ? block : nil
+        guard buildBlock(block, slot, tag: tag, rip: rip, physical: physical, host: host) else { return nil }
+        block.pointee.checkedEpoch = codeEpoch
+        markCodePage(physical)
+        return block
+    }
+
+    /// The code-page filter's bit of a guest-physical address.
+    @inline(__always)
+    static func codePageBit(_ physical: UInt64) -> (word: Int, mask: UInt64) {
+        let page = physical >> 12
+        let hash = Int(truncatingIfNeeded: (page ^ (page >> 16)) & 0xFFFF)
+        return (hash >> 6, 1 << UInt64(hash & 63))
+    }
+
+    /// Marks the page of `physical` as holding code this CPU runs: its
+    /// stores to it take the slow path from now on.
+    mutating func markCodePage(_ physical: UInt64) {
+        guard let codePages = decoded.codePages, let hostTLB = decoded.hostTLB else { return }
+        let (word, mask) = X86CPU.codePageBit(physical)
+        if codePages[word] & mask != 0 { return }
+        codePages[word] |= mask
+        // No writable host-TLB entry may reach a marked page.
+        for i in 0..<HostTLBEntry.count where hostTLB[i].writeTag != ~0 {
+            let linear = (hostTLB[i].writeTag & HostTLBEntry.pageMask) << 12
+            if X86CPU.codePageBit(linear &+ hostTLB[i].physicalDelta) == (word, mask) { hostTLB[i].writeTag = ~0 }
+        }
+    }
+
+    /// Whether the page of `physical` may hold code of this CPU.
+    @inline(__always)
+    func isCodePage(_ physical: UInt64) -> Bool {
+        guard let codePages = decoded.codePages else { return false }
+        let (word, mask) = X86CPU.codePageBit(physical)
+        return codePages[word] & mask != 0
     }
 
     /// Translates the code page of RIP for the current mode and CS; returns
@@ -296,15 +350,31 @@ extension X86CPU {
         decoded.poolUsed = 0
     }
 
-    /// Notes a guest write of `size` bytes at guest-physical `address` that
-    /// overlaps the running block's code, which must then stop after the
-    /// current instruction.
+    /// Notes a guest write of `size` bytes at guest-physical `address`:
+    /// into a code page, it begins a new code epoch and unmarks the page (but
+    /// the running block's); into the running block, it stops the block after
+    /// the current instruction.
     @inline(__always)
     mutating func noteCodeWrite(_ address: UInt64, size: Int) {
-        // One compare for "the ranges overlap": address + size - 1 - start
-        // lies in [0, length + size - 2].
-        let span = UInt64(truncatingIfNeeded: size) &- 1
-        if address &+ span &- executingStart < executingLength &+ span { codeWritten = true }
+        let last = address &+ UInt64(truncatingIfNeeded: size) &- 1
+        guard isCodePage(address) || isCodePage(last) || last >> 12 &- address >> 12 > 1 else { return }
+        storedIntoCode(address, last: last)
+    }
+
+    mutating func storedIntoCode(_ address: UInt64, last: UInt64) {
+        codeEpoch &+= 1
+        // One compare for "the ranges overlap": last - start lies in [0, length + size - 2].
+        let span = last &- address
+        if last &- executingStart < executingLength &+ span { codeWritten = true }
+        guard let codePages = decoded.codePages else { return }
+        var page = address >> 12
+        while page <= last >> 12 {
+            if page != executingStart >> 12 {
+                let (word, mask) = X86CPU.codePageBit(page << 12)
+                codePages[word] &= ~mask
+            }
+            page &+= 1
+        }
     }
 
     /// What the block builder does after `insn`: listed opcodes go on, near

@@ -33,6 +33,7 @@ struct HostTLBEntry {
     static let userKey: UInt64 = 1 << 63
     /// An `accessKey` that no tag holds (page numbers stay below 2^52).
     static let invalidKey: UInt64 = 1 << 62
+    static let pageMask: UInt64 = (1 << 52) - 1
 
     var readTag: UInt64 = ~0
     var writeTag: UInt64 = ~0
@@ -279,7 +280,8 @@ extension X86CPU {
               let hostTLB = decoded.hostTLB else { return }
         let frame = physical & ~0xFFF
         guard let range = memory.range(containing: frame), range.size - (frame - range.guestAddress) >= 0x1000 else { return }
-        let writable = !range.readOnly && range.dirtyBitmap == nil
+        // Stores to a page of code take the slow path, which notes them (see DecodedCache.swift).
+        let writable = !range.readOnly && range.dirtyBitmap == nil && !isCodePage(frame)
         if write && !writable { return }
         let page = linear >> 12
         let tag = page | accessKey
@@ -331,7 +333,6 @@ extension X86CPU {
                 case 8: host.storeBytes(of: value, as: UInt64.self)
                 default: return writeLinearSlow(address, value, size: size)
                 }
-                noteCodeWrite(address &+ entry.pointee.physicalDelta, size: size)
                 return true
             }
         }

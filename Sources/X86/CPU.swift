@@ -239,7 +239,8 @@ public struct X86CPU {
                 executingStart = block.pointee.tag & CachedBlock.physicalMask
                 executingLength = UInt64(block.pointee.length)
                 while true {
-                    guard dispatch(&insn.pointee) else {
+                    let completed = dispatch(&insn.pointee)
+                    guard completed else {
                         executingStart = X86CPU.notExecuting
                         invalidateContext()
                         guard deliversExceptions, case .exception(let vector, let errorCode) = pending,

@@ -107,7 +107,7 @@ extension X86CPU {
     /// Runs a decoded instruction through its handler: a jump table on a
     /// small enum, where `execute`'s switch compares opcode ranges in turn.
     /// Returns false with the fault or exit in `pending`, as `execute` does.
-    @inline(__always)
+    @inline(always)
     mutating func dispatch(_ insn: inout Instruction) -> Bool {
         let size = insn.operandSize
         switch insn.handler {

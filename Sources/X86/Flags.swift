@@ -122,7 +122,7 @@ struct LazyFlags {
 
     /// Evaluates condition code `cc` (the low nibble of Jcc/SETcc/CMOVcc),
     /// computing only the flags it reads.
-    @inline(__always)
+    @inline(always)
     func condition(_ cc: Int) -> Bool {
         let value: Bool
         switch cc >> 1 {

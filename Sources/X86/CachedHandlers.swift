@@ -37,6 +37,8 @@ enum InstructionHandler: UInt8 {
     case push, pop
     /// 70-7F, 0F 80-8F, EB, E9, E8, C3: the target is in `displacement`.
     case jcc, jump, call, ret
+    /// 40-4F (outside 64-bit mode) and FF /0 /1 on a register.
+    case incR, decR
 }
 
 extension X86CPU {
@@ -78,7 +80,8 @@ extension X86CPU {
         case 0xE9, 0xEB: return .jump
         case 0xE8: return .call
         case 0xC3: return .ret
-        case 0x40...0x4F: return .incDecRegister
+        case 0x40...0x47: return .incR
+        case 0x48...0x4F: return .decR
         case 0x68, 0x6A, 0x8F: return .pushPop
         case 0x63, 0x88, 0x8A, 0x8C, 0xA0...0xA3, 0xB0...0xB7, 0xC6, 0xC7, 0x1B6, 0x1B7, 0x1BE, 0x1BF, 0x140...0x14F:
             return .move
@@ -92,6 +95,8 @@ extension X86CPU {
         case 0xFE where insn.reg & 7 < 2: return .incDec
         case 0xFF:
             switch insn.reg & 7 {
+            case 0 where register: return .incR
+            case 1 where register: return .decR
             case 0, 1: return .incDec
             case 2, 4: return .controlFlow
             case 6: return .pushPop
@@ -180,6 +185,10 @@ extension X86CPU {
             guard let target = stackPop(size: stackOperandSize(insn)) else { return false }
             state.rip = target
             return true
+        case .incR, .decR:
+            // 40-4F name the register in the opcode, FF in ModRM.rm.
+            let index = insn.opcode == 0xFF ? insn.rm : insn.opcode & 7
+            writeGPR(index, incDec(readGPR(index, size), size: size, decrement: insn.handler == .decR), size)
         default:
             if insn.hasModRM && insn.mod != 3 { insn.offset = effectiveAddress(&insn) }
             return dispatchFamily(&insn)

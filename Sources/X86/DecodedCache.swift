@@ -104,6 +104,9 @@ final class DecodedCacheStorage {
     /// The code-page filter: one bit per hash of a guest-physical page.
     let codePages: UnsafeMutablePointer<UInt64>
     static let codePageWords = 1024
+    /// The blocks last found for RIPs in this code epoch, direct-mapped by RIP.
+    let jumps: UnsafeMutablePointer<JumpEntry>
+    static let jumpSlots = 1024
 
     init() {
         blocks = .allocate(capacity: Self.blockSlots)
@@ -116,6 +119,8 @@ final class DecodedCacheStorage {
         hostTLB.initialize(repeating: HostTLBEntry(), count: HostTLBEntry.count)
         codePages = .allocate(capacity: Self.codePageWords)
         codePages.initialize(repeating: 0, count: Self.codePageWords)
+        jumps = .allocate(capacity: Self.jumpSlots)
+        jumps.initialize(repeating: JumpEntry(), count: Self.jumpSlots)
     }
 
     deinit {
@@ -124,6 +129,7 @@ final class DecodedCacheStorage {
         pool.deallocate()
         hostTLB.deallocate()
         codePages.deallocate()
+        jumps.deallocate()
     }
 }
 
@@ -135,6 +141,17 @@ struct DecodedCache {
     var poolUsed = 0
     var hostTLB: UnsafeMutablePointer<HostTLBEntry>? = nil
     var codePages: UnsafeMutablePointer<UInt64>? = nil
+    var jumps: UnsafeMutablePointer<JumpEntry>? = nil
+}
+
+/// A RIP and its block, found in `epoch`. Within a code epoch CS, the mode
+/// and the code's translation stay as they were and the blocks checked in it
+/// stay valid, so a RIP leads to the same block: the jump table skips the
+/// translation and the hash of the full lookup.
+struct JumpEntry {
+    var rip: UInt64 = ~0
+    var epoch: UInt64 = 0
+    var block: UnsafeMutablePointer<CachedBlock>? = nil
 }
 
 /// The code page RIP is in, translated once for all the fetches from it:
@@ -164,7 +181,7 @@ extension X86CPU {
             let storage = DecodedCacheStorage()
             decodedStorage = storage
             decoded = DecodedCache(blocks: storage.blocks, words: storage.words, pool: storage.pool, poolUsed: 0,
-                                   hostTLB: storage.hostTLB, codePages: storage.codePages)
+                                   hostTLB: storage.hostTLB, codePages: storage.codePages, jumps: storage.jumps)
             hostTLBGeneration = ~0
         }
     }
@@ -185,9 +202,24 @@ extension X86CPU {
     /// The cached block for the instruction at RIP, decoding it on a miss;
     /// nil when the instruction must go the uncached way (its fetch faults
     /// or leaves RAM, or it crosses a page).
-    @inline(__always)
+    @inline(always)
     mutating func lookupBlock() -> UnsafeMutablePointer<CachedBlock>? {
         let rip = state.rip
+        guard let jumps = decoded.jumps else { return nil }
+        let jump = jumps + Int(truncatingIfNeeded: (rip ^ (rip >> 10)) & UInt64(DecodedCacheStorage.jumpSlots - 1))
+        // A block rebuilt for another RIP in the same slot, or not checked in
+        // this epoch, fails the second test.
+        if jump.pointee.rip == rip && jump.pointee.epoch == codeEpoch, let block = jump.pointee.block,
+           block.pointee.rip == rip && block.pointee.checkedEpoch == codeEpoch {
+            return block
+        }
+        guard let block = lookupBlockSlow(rip) else { return nil }
+        jump.pointee = JumpEntry(rip: rip, epoch: codeEpoch, block: block)
+        return block
+    }
+
+    /// The lookup by translation and guest-physical address.
+    mutating func lookupBlockSlow(_ rip: UInt64) -> UnsafeMutablePointer<CachedBlock>? {
         var linear = (codePage.segmentBase &+ rip) & codePage.linearMask
         if linear >> 12 != codePage.tag {
             guard let refilled = refillCodePage(rip) else { return nil }

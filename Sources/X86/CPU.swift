@@ -193,6 +193,9 @@ public struct X86CPU {
     var codeWritten = false
     /// Blocks checked in this epoch run without a check (see DecodedCache.swift).
     var codeEpoch: UInt64 = 1
+    /// Off, every instruction is decoded where it is fetched and runs through
+    /// `execute`: the reference the cache is tested against.
+    var decodedCacheEnabled = true
     /// Above every guest-physical address, so that no store overlaps it.
     static var notExecuting: UInt64 { 1 << 63 }
 
@@ -230,7 +233,7 @@ public struct X86CPU {
             // the straight line (a taken branch, a REP that restarts, a fault
             // or an exit), stores into the block, or the limit is reached. RF
             // lasts one instruction: the uncached path below clears it.
-            if state.flags.bits & RFLAGS.rf == 0, let block = lookupBlock(), let pool = decoded.pool {
+            if decodedCacheEnabled && state.flags.bits & RFLAGS.rf == 0, let block = lookupBlock(), let pool = decoded.pool {
                 let first = pool + Int(block.pointee.first)
                 let end = first + min(Int(block.pointee.count), maxInstructions &- executed)
                 var insn = first

@@ -228,43 +228,22 @@ public struct X86CPU {
         prepareDecodedCache()
         defer { invalidateContext() }
         var executed = 0
-        instructions: while executed < maxInstructions {
-            // A cached block runs from its first instruction until one leaves
-            // the straight line (a taken branch, a REP that restarts, a fault
-            // or an exit), stores into the block, or the limit is reached. RF
-            // lasts one instruction: the uncached path below clears it.
-            if decodedCacheEnabled && state.flags.bits & RFLAGS.rf == 0, let block = lookupBlock(), let pool = decoded.pool {
-                let first = pool + Int(block.pointee.first)
-                let end = first + min(Int(block.pointee.count), maxInstructions &- executed)
-                var insn = first
-                // Barriers (which include every instruction that sets a shadow) end blocks.
-                interruptShadow = false
-                codeWritten = false
-                executingStart = block.pointee.tag & CachedBlock.physicalMask
-                executingLength = UInt64(block.pointee.length)
-                repeat {
-                    guard dispatch(&insn.pointee) else {
-                        executed &+= insn - first
-                        executingStart = X86CPU.notExecuting
-                        invalidateContext()
-                        guard deliversExceptions, case .exception(let vector, let errorCode) = pending,
-                              deliverException(vector, errorCode: errorCode) else { return pending }
-                        executed &+= 1
-                        continue instructions
-                    }
-                    if mmioWritePending {
-                        mmioWritePending = false
-                        executed &+= insn - first + 1
-                        executingStart = X86CPU.notExecuting
-                        return pending
-                    }
-                    let next = insn.pointee.nextRIP
-                    insn += 1
-                    if codeWritten || state.rip != next { break }
-                } while insn < end
-                executed &+= insn - first
-                executingStart = X86CPU.notExecuting
-                continue
+        while executed < maxInstructions {
+            if decodedCacheEnabled {
+                switch runCachedBlocks(&executed, limit: maxInstructions) {
+                case .limit:
+                    continue
+                case .exit:
+                    return pending
+                case .fault:
+                    invalidateContext()
+                    guard deliversExceptions, case .exception(let vector, let errorCode) = pending,
+                          deliverException(vector, errorCode: errorCode) else { return pending }
+                    executed &+= 1
+                    continue
+                case .uncached:
+                    break
+                }
             }
             // Decoded each time: a fetch that faults or leaves RAM, an
             // instruction across a page boundary, RF set. It may change the

@@ -112,93 +112,211 @@ extension X86CPU {
     /// Runs a decoded instruction through its handler: a jump table on a
     /// small enum, where `execute`'s switch compares opcode ranges in turn.
     /// Returns false with the fault or exit in `pending`, as `execute` does.
+    /// Each handler is a small function of its own: the block loop keeps its
+    /// few values in registers across the calls (one function holding every
+    /// handler spilled them).
     @inline(always)
     mutating func dispatch(_ insn: inout Instruction) -> Bool {
-        let size = insn.operandSize
         switch insn.handler {
-        case .aluRR:
-            let operation = insn.opcode >> 3
-            let (destination, source) = insn.opcode & 2 == 0 ? (insn.rm, insn.reg) : (insn.reg, insn.rm)
-            let r = alu(operation, readGPR(destination, size), readGPR(source, size), size: size)
-            if operation != 7 { writeGPR(destination, r, size) }
-        case .aluMR:
-            let operation = insn.opcode >> 3
-            let offset = effectiveAddress(&insn)
-            guard let value = read(insn.segment, offset, size: size) else { return false }
-            let r = alu(operation, value, readGPR(insn.reg, size), size: size)
-            guard operation == 7 || write(insn.segment, offset, r, size: size) else { return false }
-        case .aluRM:
-            let operation = insn.opcode >> 3
-            guard let value = read(insn.segment, effectiveAddress(&insn), size: size) else { return false }
-            let r = alu(operation, readGPR(insn.reg, size), value, size: size)
-            if operation != 7 { writeGPR(insn.reg, r, size) }
-        case .aluAccumulator:
-            let operation = insn.opcode >> 3
-            let r = alu(operation, readGPR(0, size), signExtend(insn.immediate, size: min(size, 4)), size: size)
-            if operation != 7 { writeGPR(0, r, size) }
-        case .group1R:
-            let operation = insn.reg & 7
-            let source = signExtend(insn.immediate, size: insn.opcode == 0x81 ? min(size, 4) : 1)
-            let r = alu(operation, readGPR(insn.rm, size), source, size: size)
-            if operation != 7 { writeGPR(insn.rm, r, size) }
-        case .group1M:
-            let operation = insn.reg & 7
-            let source = signExtend(insn.immediate, size: insn.opcode == 0x81 ? min(size, 4) : 1)
-            let offset = effectiveAddress(&insn)
-            guard let value = read(insn.segment, offset, size: size) else { return false }
-            let r = alu(operation, value, source, size: size)
-            guard operation == 7 || write(insn.segment, offset, r, size: size) else { return false }
-        case .testRR:
-            let a = readGPR(insn.rm, size), b = readGPR(insn.reg, size)
-            state.flags.record(.logic, size: size, dst: a, src: b, result: a & b)
-        case .storeRR:
-            writeGPR(insn.rm, readGPR(insn.reg, size), size)
-        case .loadRR:
-            writeGPR(insn.reg, readGPR(insn.rm, size), size)
-        case .store:
-            guard write(insn.segment, effectiveAddress(&insn), readGPR(insn.reg, size), size: size) else { return false }
-        case .load:
-            guard let value = read(insn.segment, effectiveAddress(&insn), size: size) else { return false }
-            writeGPR(insn.reg, value, size)
-        case .moveImmediate:
-            writeGPR((insn.opcode & 7) | (insn.rex & 1 != 0 ? 8 : 0), insn.immediate, size)
-        case .push:
-            let stackSize = stackOperandSize(insn)
-            guard stackPush(readGPR((insn.opcode & 7) | (insn.rex & 1 != 0 ? 8 : 0), stackSize), size: stackSize) else {
-                return false
-            }
-        case .pop:
-            let stackSize = stackOperandSize(insn)
-            guard let value = stackPop(size: stackSize) else { return false }
-            writeGPR((insn.opcode & 7) | (insn.rex & 1 != 0 ? 8 : 0), value, stackSize)
-        case .jcc:
-            state.rip = state.flags.condition(insn.opcode & 0xF) ? insn.displacement : insn.nextRIP
-            return true
-        case .jump:
-            state.rip = insn.displacement
-            return true
-        case .call:
-            guard stackPush(insn.nextRIP, size: stackOperandSize(insn)) else { return false }
-            state.rip = insn.displacement
-            return true
-        case .ret:
-            guard let target = stackPop(size: stackOperandSize(insn)) else { return false }
-            state.rip = target
-            return true
-        case .incR, .decR:
-            // 40-4F name the register in the opcode, FF in ModRM.rm.
-            let index = insn.opcode == 0xFF ? insn.rm : insn.opcode & 7
-            writeGPR(index, incDec(readGPR(index, size), size: size, decrement: insn.handler == .decR), size)
-        default:
-            if insn.hasModRM && insn.mod != 3 { insn.offset = effectiveAddress(&insn) }
-            return dispatchFamily(&insn)
+        case .aluRR: return runALURR(&insn)
+        case .aluMR: return runALUMR(&insn)
+        case .aluRM: return runALURM(&insn)
+        case .aluAccumulator: return runALUAccumulator(&insn)
+        case .group1R: return runGroup1R(&insn)
+        case .group1M: return runGroup1M(&insn)
+        case .testRR: return runTestRR(&insn)
+        case .storeRR: return runStoreRR(&insn)
+        case .loadRR: return runLoadRR(&insn)
+        case .store: return runStore(&insn)
+        case .load: return runLoad(&insn)
+        case .moveImmediate: return runMoveImmediate(&insn)
+        case .push: return runPush(&insn)
+        case .pop: return runPop(&insn)
+        case .jcc: return runJcc(&insn)
+        case .jump: return runJump(&insn)
+        case .call: return runCall(&insn)
+        case .ret: return runRet(&insn)
+        case .incR, .decR: return runIncDecR(&insn)
+        default: return dispatchFamily(&insn)
+        }
+    }
+
+    @inline(never)
+    mutating func runALURR(_ insn: inout Instruction) -> Bool {
+        let size = insn.operandSize
+        let operation = insn.opcode >> 3
+        let (destination, source) = insn.opcode & 2 == 0 ? (insn.rm, insn.reg) : (insn.reg, insn.rm)
+        let r = alu(operation, readGPR(destination, size), readGPR(source, size), size: size)
+        if operation != 7 { writeGPR(destination, r, size) }
+        state.rip = insn.nextRIP
+        return true
+    }
+
+    @inline(never)
+    mutating func runALUMR(_ insn: inout Instruction) -> Bool {
+        let size = insn.operandSize
+        let operation = insn.opcode >> 3
+        let offset = effectiveAddress(&insn)
+        guard let value = read(insn.segment, offset, size: size) else { return false }
+        let r = alu(operation, value, readGPR(insn.reg, size), size: size)
+        guard operation == 7 || write(insn.segment, offset, r, size: size) else { return false }
+        state.rip = insn.nextRIP
+        return true
+    }
+
+    @inline(never)
+    mutating func runALURM(_ insn: inout Instruction) -> Bool {
+        let size = insn.operandSize
+        let operation = insn.opcode >> 3
+        guard let value = read(insn.segment, effectiveAddress(&insn), size: size) else { return false }
+        let r = alu(operation, readGPR(insn.reg, size), value, size: size)
+        if operation != 7 { writeGPR(insn.reg, r, size) }
+        state.rip = insn.nextRIP
+        return true
+    }
+
+    @inline(never)
+    mutating func runALUAccumulator(_ insn: inout Instruction) -> Bool {
+        let size = insn.operandSize
+        let operation = insn.opcode >> 3
+        let r = alu(operation, readGPR(0, size), signExtend(insn.immediate, size: min(size, 4)), size: size)
+        if operation != 7 { writeGPR(0, r, size) }
+        state.rip = insn.nextRIP
+        return true
+    }
+
+    @inline(never)
+    mutating func runGroup1R(_ insn: inout Instruction) -> Bool {
+        let size = insn.operandSize
+        let operation = insn.reg & 7
+        let source = signExtend(insn.immediate, size: insn.opcode == 0x81 ? min(size, 4) : 1)
+        let r = alu(operation, readGPR(insn.rm, size), source, size: size)
+        if operation != 7 { writeGPR(insn.rm, r, size) }
+        state.rip = insn.nextRIP
+        return true
+    }
+
+    @inline(never)
+    mutating func runGroup1M(_ insn: inout Instruction) -> Bool {
+        let size = insn.operandSize
+        let operation = insn.reg & 7
+        let source = signExtend(insn.immediate, size: insn.opcode == 0x81 ? min(size, 4) : 1)
+        let offset = effectiveAddress(&insn)
+        guard let value = read(insn.segment, offset, size: size) else { return false }
+        let r = alu(operation, value, source, size: size)
+        guard operation == 7 || write(insn.segment, offset, r, size: size) else { return false }
+        state.rip = insn.nextRIP
+        return true
+    }
+
+    @inline(never)
+    mutating func runTestRR(_ insn: inout Instruction) -> Bool {
+        let size = insn.operandSize
+        let a = readGPR(insn.rm, size), b = readGPR(insn.reg, size)
+        state.flags.record(.logic, size: size, dst: a, src: b, result: a & b)
+        state.rip = insn.nextRIP
+        return true
+    }
+
+    @inline(never)
+    mutating func runStoreRR(_ insn: inout Instruction) -> Bool {
+        let size = insn.operandSize
+        writeGPR(insn.rm, readGPR(insn.reg, size), size)
+        state.rip = insn.nextRIP
+        return true
+    }
+
+    @inline(never)
+    mutating func runLoadRR(_ insn: inout Instruction) -> Bool {
+        let size = insn.operandSize
+        writeGPR(insn.reg, readGPR(insn.rm, size), size)
+        state.rip = insn.nextRIP
+        return true
+    }
+
+    @inline(never)
+    mutating func runStore(_ insn: inout Instruction) -> Bool {
+        let size = insn.operandSize
+        guard write(insn.segment, effectiveAddress(&insn), readGPR(insn.reg, size), size: size) else { return false }
+        state.rip = insn.nextRIP
+        return true
+    }
+
+    @inline(never)
+    mutating func runLoad(_ insn: inout Instruction) -> Bool {
+        let size = insn.operandSize
+        guard let value = read(insn.segment, effectiveAddress(&insn), size: size) else { return false }
+        writeGPR(insn.reg, value, size)
+        state.rip = insn.nextRIP
+        return true
+    }
+
+    @inline(never)
+    mutating func runMoveImmediate(_ insn: inout Instruction) -> Bool {
+        writeGPR((insn.opcode & 7) | (insn.rex & 1 != 0 ? 8 : 0), insn.immediate, insn.operandSize)
+        state.rip = insn.nextRIP
+        return true
+    }
+
+    @inline(never)
+    mutating func runPush(_ insn: inout Instruction) -> Bool {
+        let stackSize = stackOperandSize(insn)
+        guard stackPush(readGPR((insn.opcode & 7) | (insn.rex & 1 != 0 ? 8 : 0), stackSize), size: stackSize) else {
+            return false
         }
         state.rip = insn.nextRIP
         return true
     }
 
+    @inline(never)
+    mutating func runPop(_ insn: inout Instruction) -> Bool {
+        let stackSize = stackOperandSize(insn)
+        guard let value = stackPop(size: stackSize) else { return false }
+        writeGPR((insn.opcode & 7) | (insn.rex & 1 != 0 ? 8 : 0), value, stackSize)
+        state.rip = insn.nextRIP
+        return true
+    }
+
+    @inline(never)
+    mutating func runJcc(_ insn: inout Instruction) -> Bool {
+        state.rip = state.flags.condition(insn.opcode & 0xF) ? insn.displacement : insn.nextRIP
+        return true
+    }
+
+    @inline(never)
+    mutating func runJump(_ insn: inout Instruction) -> Bool {
+        state.rip = insn.displacement
+        return true
+    }
+
+    @inline(never)
+    mutating func runCall(_ insn: inout Instruction) -> Bool {
+        guard stackPush(insn.nextRIP, size: stackOperandSize(insn)) else { return false }
+        state.rip = insn.displacement
+        return true
+    }
+
+    @inline(never)
+    mutating func runRet(_ insn: inout Instruction) -> Bool {
+        guard let target = stackPop(size: stackOperandSize(insn)) else { return false }
+        state.rip = target
+        return true
+    }
+
+    @inline(never)
+    mutating func runIncDecR(_ insn: inout Instruction) -> Bool {
+        let size = insn.operandSize
+        // 40-4F name the register in the opcode, FF in ModRM.rm.
+        let index = insn.opcode == 0xFF ? insn.rm : insn.opcode & 7
+        writeGPR(index, incDec(readGPR(index, size), size: size, decrement: insn.handler == .decR), size)
+        state.rip = insn.nextRIP
+        return true
+    }
+
     /// The family handlers and `execute`, for the instructions without a handler of their own.
+    @inline(never)
     mutating func dispatchFamily(_ insn: inout Instruction) -> Bool {
+        if insn.hasModRM && insn.mod != 3 { insn.offset = effectiveAddress(&insn) }
         switch insn.handler {
         case .barrier:
             invalidateContext()

@@ -48,6 +48,17 @@
 // fields the decoder filled, only `offset` (recomputed before each run of
 // the instruction) and its own locals.
 
+/// Why `runCachedBlocks` returned.
+enum CachedRunEnd {
+    case limit
+    /// An instruction the cache does not hold is next.
+    case uncached
+    /// A fault or exit is in `pending`, RIP at the instruction.
+    case fault
+    /// An MMIO write is in `pending`, after its instruction.
+    case exit
+}
+
 /// What the block builder does after an instruction.
 enum BlockFlow {
     /// Decoding goes on: the instruction goes to the next one, or is a
@@ -380,6 +391,50 @@ extension X86CPU {
         guard let blocks = decoded.blocks else { return }
         for slot in 0..<DecodedCacheStorage.blockSlots { blocks[slot].tag = ~0 }
         decoded.poolUsed = 0
+    }
+
+    /// Runs cached blocks, each from its first instruction until one leaves
+    /// the straight line (a taken branch, a REP that restarts, a fault or an
+    /// exit) or stores into the block, until the limit, a fault or exit, or
+    /// an instruction the cache does not hold (RF set, a fetch that faults or
+    /// leaves RAM, an instruction across a page boundary). A function of its
+    /// own, so that the step loop's registers are the blocks'.
+    @inline(never)
+    mutating func runCachedBlocks(_ executed: inout Int, limit: Int) -> CachedRunEnd {
+        var count = executed
+        defer { executed = count }
+        while count < limit {
+            guard state.flags.bits & RFLAGS.rf == 0, let block = lookupBlock(), let pool = decoded.pool else {
+                return .uncached
+            }
+            let first = pool + Int(block.pointee.first)
+            let end = first + min(Int(block.pointee.count), limit &- count)
+            var insn = first
+            // Barriers (which include every instruction that sets a shadow) end blocks.
+            interruptShadow = false
+            codeWritten = false
+            executingStart = block.pointee.tag & CachedBlock.physicalMask
+            executingLength = UInt64(block.pointee.length)
+            repeat {
+                guard dispatch(&insn.pointee) else {
+                    count &+= insn - first
+                    executingStart = X86CPU.notExecuting
+                    return .fault
+                }
+                if mmioWritePending {
+                    mmioWritePending = false
+                    count &+= insn - first + 1
+                    executingStart = X86CPU.notExecuting
+                    return .exit
+                }
+                let next = insn.pointee.nextRIP
+                insn += 1
+                if codeWritten || state.rip != next { break }
+            } while insn < end
+            count &+= insn - first
+            executingStart = X86CPU.notExecuting
+        }
+        return .limit
     }
 
     /// Notes a guest write of `size` bytes at guest-physical `address`:

@@ -39,18 +39,48 @@ enum InstructionHandler: UInt8 {
     case jcc, jump, call, ret
     /// 40-4F (outside 64-bit mode) and FF /0 /1 on a register.
     case incR, decR
+    // The commonest of those at operand size 4 and 8, the operation in the
+    // name, so that sizes, masks and the operation are constants.
+    case add32RR, or32RR, and32RR, sub32RR, xor32RR, cmp32RR
+    case add64RR, or64RR, and64RR, sub64RR, xor64RR, cmp64RR
+    /// 81 83: the sign-extended immediate is in `displacement`.
+    case add32RI, or32RI, and32RI, sub32RI, xor32RI, cmp32RI
+    case add64RI, or64RI, and64RI, sub64RI, xor64RI, cmp64RI
+    case test32RR, test64RR
+    case move32RR, move64RR, load32, load64, store32, store64, moveImmediate32, moveImmediate64
+    case inc32R, dec32R, inc64R, dec64R
+    /// PUSH, POP, CALL, RET in 64-bit mode without a 66 prefix: 8 bytes, a 64-bit stack.
+    case push64, pop64, call64, ret64
+    /// JZ and JNZ, short and near.
+    case jz, jnz
+}
+
+/// An operand size settled when the handler is chosen.
+protocol OperandWidth {
+    static var size: Int { get }
+}
+
+enum Width32: OperandWidth {
+    static var size: Int { 4 }
+}
+
+enum Width64: OperandWidth {
+    static var size: Int { 8 }
 }
 
 extension X86CPU {
     /// Picks the handler of a decoded instruction, and computes what it
     /// takes from decode time (a branch's target).
     mutating func prepareHandler(_ insn: inout Instruction, barrier: Bool) {
-        insn.handler = barrier ? .barrier : handler(for: insn)
+        insn.handler = barrier ? .barrier : specialized(handler(for: insn), insn)
         switch insn.handler {
-        case .jcc, .jump, .call:
+        case .jcc, .jz, .jnz, .jump, .call, .call64:
             let op = insn.opcode
             let size = op == 0xEB || op < 0x80 ? 1 : (insn.mode64 ? 4 : min(insn.operandSize, 4))
             insn.displacement = branchTarget(insn.nextRIP &+ signExtend(insn.immediate, size: size), insn)
+        case .add32RI, .or32RI, .and32RI, .sub32RI, .xor32RI, .cmp32RI,
+             .add64RI, .or64RI, .and64RI, .sub64RI, .xor64RI, .cmp64RI:
+            insn.displacement = signExtend(insn.immediate, size: insn.opcode == 0x81 ? 4 : 1)
         default:
             break
         }
@@ -109,6 +139,41 @@ extension X86CPU {
         }
     }
 
+    /// The 32- or 64-bit form of a handler, where there is one.
+    func specialized(_ handler: InstructionHandler, _ insn: Instruction) -> InstructionHandler {
+        let wide = insn.operandSize == 8
+        guard wide || insn.operandSize == 4 else { return handler }
+        switch handler {
+        case .aluRR:
+            let forms: [InstructionHandler] = wide ? [.add64RR, .or64RR, .aluRR, .aluRR, .and64RR, .sub64RR, .xor64RR, .cmp64RR]
+                                                   : [.add32RR, .or32RR, .aluRR, .aluRR, .and32RR, .sub32RR, .xor32RR, .cmp32RR]
+            return forms[insn.opcode >> 3]
+        case .group1R:
+            let forms: [InstructionHandler] = wide ? [.add64RI, .or64RI, .group1R, .group1R, .and64RI, .sub64RI, .xor64RI, .cmp64RI]
+                                                   : [.add32RI, .or32RI, .group1R, .group1R, .and32RI, .sub32RI, .xor32RI, .cmp32RI]
+            return forms[insn.reg & 7]
+        case .testRR: return wide ? .test64RR : .test32RR
+        case .storeRR, .loadRR: return wide ? .move64RR : .move32RR
+        case .load: return wide ? .load64 : .load32
+        case .store: return wide ? .store64 : .store32
+        case .moveImmediate: return wide ? .moveImmediate64 : .moveImmediate32
+        case .incR: return wide ? .inc64R : .inc32R
+        case .decR: return wide ? .dec64R : .dec32R
+        case .push, .pop, .call, .ret:
+            // 64-bit mode without a 66 prefix (the operand size is then 4 or 8).
+            guard insn.mode64 && !insn.operandSizePrefix else { return handler }
+            return [.push: .push64, .pop: .pop64, .call: .call64, .ret: .ret64][handler] ?? handler
+        case .jcc:
+            switch insn.opcode & 0xF {
+            case 4: return .jz
+            case 5: return .jnz
+            default: return handler
+            }
+        default:
+            return handler
+        }
+    }
+
     /// Runs a decoded instruction through its handler: a jump table on a
     /// small enum, where `execute`'s switch compares opcode ranges in turn.
     /// Returns false with the fault or exit in `pending`, as `execute` does.
@@ -137,8 +202,215 @@ extension X86CPU {
         case .call: return runCall(&insn)
         case .ret: return runRet(&insn)
         case .incR, .decR: return runIncDecR(&insn)
+        case .add32RR: return runAdd32RR(&insn)
+        case .or32RR: return runOr32RR(&insn)
+        case .and32RR: return runAnd32RR(&insn)
+        case .sub32RR: return runSub32RR(&insn)
+        case .xor32RR: return runXor32RR(&insn)
+        case .cmp32RR: return runCmp32RR(&insn)
+        case .add32RI: return runAdd32RI(&insn)
+        case .or32RI: return runOr32RI(&insn)
+        case .and32RI: return runAnd32RI(&insn)
+        case .sub32RI: return runSub32RI(&insn)
+        case .xor32RI: return runXor32RI(&insn)
+        case .cmp32RI: return runCmp32RI(&insn)
+        case .test32RR: return runTest32RR(&insn)
+        case .move32RR: return runMove32RR(&insn)
+        case .load32: return runLoad32(&insn)
+        case .store32: return runStore32(&insn)
+        case .moveImmediate32: return runMoveImmediate32(&insn)
+        case .inc32R: return runInc32R(&insn)
+        case .dec32R: return runDec32R(&insn)
+        case .add64RR: return runAdd64RR(&insn)
+        case .or64RR: return runOr64RR(&insn)
+        case .and64RR: return runAnd64RR(&insn)
+        case .sub64RR: return runSub64RR(&insn)
+        case .xor64RR: return runXor64RR(&insn)
+        case .cmp64RR: return runCmp64RR(&insn)
+        case .add64RI: return runAdd64RI(&insn)
+        case .or64RI: return runOr64RI(&insn)
+        case .and64RI: return runAnd64RI(&insn)
+        case .sub64RI: return runSub64RI(&insn)
+        case .xor64RI: return runXor64RI(&insn)
+        case .cmp64RI: return runCmp64RI(&insn)
+        case .test64RR: return runTest64RR(&insn)
+        case .move64RR: return runMove64RR(&insn)
+        case .load64: return runLoad64(&insn)
+        case .store64: return runStore64(&insn)
+        case .moveImmediate64: return runMoveImmediate64(&insn)
+        case .inc64R: return runInc64R(&insn)
+        case .dec64R: return runDec64R(&insn)
+        case .push64: return runPush64(&insn)
+        case .pop64: return runPop64(&insn)
+        case .call64: return runCall64(&insn)
+        case .ret64: return runRet64(&insn)
+        case .jz: return runJz(&insn)
+        case .jnz: return runJnz(&insn)
         default: return dispatchFamily(&insn)
         }
+    }
+
+    // MARK: The 32- and 64-bit forms
+
+    @inline(never) mutating func runAdd32RR(_ insn: inout Instruction) -> Bool { aluRR(0, Width32.self, &insn) }
+    @inline(never) mutating func runOr32RR(_ insn: inout Instruction) -> Bool { aluRR(1, Width32.self, &insn) }
+    @inline(never) mutating func runAnd32RR(_ insn: inout Instruction) -> Bool { aluRR(4, Width32.self, &insn) }
+    @inline(never) mutating func runSub32RR(_ insn: inout Instruction) -> Bool { aluRR(5, Width32.self, &insn) }
+    @inline(never) mutating func runXor32RR(_ insn: inout Instruction) -> Bool { aluRR(6, Width32.self, &insn) }
+    @inline(never) mutating func runCmp32RR(_ insn: inout Instruction) -> Bool { aluRR(7, Width32.self, &insn) }
+    @inline(never) mutating func runAdd32RI(_ insn: inout Instruction) -> Bool { aluRI(0, Width32.self, &insn) }
+    @inline(never) mutating func runOr32RI(_ insn: inout Instruction) -> Bool { aluRI(1, Width32.self, &insn) }
+    @inline(never) mutating func runAnd32RI(_ insn: inout Instruction) -> Bool { aluRI(4, Width32.self, &insn) }
+    @inline(never) mutating func runSub32RI(_ insn: inout Instruction) -> Bool { aluRI(5, Width32.self, &insn) }
+    @inline(never) mutating func runXor32RI(_ insn: inout Instruction) -> Bool { aluRI(6, Width32.self, &insn) }
+    @inline(never) mutating func runCmp32RI(_ insn: inout Instruction) -> Bool { aluRI(7, Width32.self, &insn) }
+    @inline(never) mutating func runTest32RR(_ insn: inout Instruction) -> Bool { testRR(Width32.self, &insn) }
+    @inline(never) mutating func runMove32RR(_ insn: inout Instruction) -> Bool { moveRR(Width32.self, &insn) }
+    @inline(never) mutating func runLoad32(_ insn: inout Instruction) -> Bool { load(Width32.self, &insn) }
+    @inline(never) mutating func runStore32(_ insn: inout Instruction) -> Bool { store(Width32.self, &insn) }
+    @inline(never) mutating func runMoveImmediate32(_ insn: inout Instruction) -> Bool { moveImmediate(Width32.self, &insn) }
+    @inline(never) mutating func runInc32R(_ insn: inout Instruction) -> Bool { incDecR(Width32.self, false, &insn) }
+    @inline(never) mutating func runDec32R(_ insn: inout Instruction) -> Bool { incDecR(Width32.self, true, &insn) }
+    @inline(never) mutating func runAdd64RR(_ insn: inout Instruction) -> Bool { aluRR(0, Width64.self, &insn) }
+    @inline(never) mutating func runOr64RR(_ insn: inout Instruction) -> Bool { aluRR(1, Width64.self, &insn) }
+    @inline(never) mutating func runAnd64RR(_ insn: inout Instruction) -> Bool { aluRR(4, Width64.self, &insn) }
+    @inline(never) mutating func runSub64RR(_ insn: inout Instruction) -> Bool { aluRR(5, Width64.self, &insn) }
+    @inline(never) mutating func runXor64RR(_ insn: inout Instruction) -> Bool { aluRR(6, Width64.self, &insn) }
+    @inline(never) mutating func runCmp64RR(_ insn: inout Instruction) -> Bool { aluRR(7, Width64.self, &insn) }
+    @inline(never) mutating func runAdd64RI(_ insn: inout Instruction) -> Bool { aluRI(0, Width64.self, &insn) }
+    @inline(never) mutating func runOr64RI(_ insn: inout Instruction) -> Bool { aluRI(1, Width64.self, &insn) }
+    @inline(never) mutating func runAnd64RI(_ insn: inout Instruction) -> Bool { aluRI(4, Width64.self, &insn) }
+    @inline(never) mutating func runSub64RI(_ insn: inout Instruction) -> Bool { aluRI(5, Width64.self, &insn) }
+    @inline(never) mutating func runXor64RI(_ insn: inout Instruction) -> Bool { aluRI(6, Width64.self, &insn) }
+    @inline(never) mutating func runCmp64RI(_ insn: inout Instruction) -> Bool { aluRI(7, Width64.self, &insn) }
+    @inline(never) mutating func runTest64RR(_ insn: inout Instruction) -> Bool { testRR(Width64.self, &insn) }
+    @inline(never) mutating func runMove64RR(_ insn: inout Instruction) -> Bool { moveRR(Width64.self, &insn) }
+    @inline(never) mutating func runLoad64(_ insn: inout Instruction) -> Bool { load(Width64.self, &insn) }
+    @inline(never) mutating func runStore64(_ insn: inout Instruction) -> Bool { store(Width64.self, &insn) }
+    @inline(never) mutating func runMoveImmediate64(_ insn: inout Instruction) -> Bool { moveImmediate(Width64.self, &insn) }
+    @inline(never) mutating func runInc64R(_ insn: inout Instruction) -> Bool { incDecR(Width64.self, false, &insn) }
+    @inline(never) mutating func runDec64R(_ insn: inout Instruction) -> Bool { incDecR(Width64.self, true, &insn) }
+
+    @inline(always)
+    mutating func aluRR<W: OperandWidth>(_ operation: Int, _: W.Type, _ insn: inout Instruction) -> Bool {
+        let (destination, source) = insn.opcode & 2 == 0 ? (insn.rm, insn.reg) : (insn.reg, insn.rm)
+        let r = alu(operation, readGPR(destination, W.size), readGPR(source, W.size), size: W.size)
+        if operation != 7 { writeGPR(destination, r, W.size) }
+        state.rip = insn.nextRIP
+        return true
+    }
+
+    @inline(always)
+    mutating func aluRI<W: OperandWidth>(_ operation: Int, _: W.Type, _ insn: inout Instruction) -> Bool {
+        let r = alu(operation, readGPR(insn.rm, W.size), insn.displacement, size: W.size)
+        if operation != 7 { writeGPR(insn.rm, r, W.size) }
+        state.rip = insn.nextRIP
+        return true
+    }
+
+    @inline(always)
+    mutating func testRR<W: OperandWidth>(_: W.Type, _ insn: inout Instruction) -> Bool {
+        let a = readGPR(insn.rm, W.size), b = readGPR(insn.reg, W.size)
+        state.flags.record(.logic, size: W.size, dst: a, src: b, result: a & b)
+        state.rip = insn.nextRIP
+        return true
+    }
+
+    @inline(always)
+    mutating func moveRR<W: OperandWidth>(_: W.Type, _ insn: inout Instruction) -> Bool {
+        let (destination, source) = insn.opcode == 0x89 ? (insn.rm, insn.reg) : (insn.reg, insn.rm)
+        writeGPR(destination, readGPR(source, W.size), W.size)
+        state.rip = insn.nextRIP
+        return true
+    }
+
+    @inline(always)
+    mutating func load<W: OperandWidth>(_: W.Type, _ insn: inout Instruction) -> Bool {
+        guard let value = read(insn.segment, effectiveAddress(&insn), size: W.size) else { return false }
+        writeGPR(insn.reg, value, W.size)
+        state.rip = insn.nextRIP
+        return true
+    }
+
+    @inline(always)
+    mutating func store<W: OperandWidth>(_: W.Type, _ insn: inout Instruction) -> Bool {
+        guard write(insn.segment, effectiveAddress(&insn), readGPR(insn.reg, W.size), size: W.size) else { return false }
+        state.rip = insn.nextRIP
+        return true
+    }
+
+    @inline(always)
+    mutating func moveImmediate<W: OperandWidth>(_: W.Type, _ insn: inout Instruction) -> Bool {
+        writeGPR((insn.opcode & 7) | (insn.rex & 1 != 0 ? 8 : 0), insn.immediate, W.size)
+        state.rip = insn.nextRIP
+        return true
+    }
+
+    @inline(always)
+    mutating func incDecR<W: OperandWidth>(_: W.Type, _ decrement: Bool, _ insn: inout Instruction) -> Bool {
+        // 40-4F name the register in the opcode, FF in ModRM.rm.
+        let index = insn.opcode == 0xFF ? insn.rm : insn.opcode & 7
+        writeGPR(index, incDec(readGPR(index, W.size), size: W.size, decrement: decrement), W.size)
+        state.rip = insn.nextRIP
+        return true
+    }
+
+    /// A push in 64-bit mode: 8 bytes below RSP (SS has no base there).
+    @inline(always)
+    mutating func push64(_ value: UInt64) -> Bool {
+        let rsp = state.reg(4) &- 8
+        guard write(SegmentRegisterName.ss.rawValue, rsp, value, size: 8) else { return false }
+        state.setReg(4, rsp)
+        return true
+    }
+
+    @inline(always)
+    mutating func pop64() -> UInt64? {
+        let rsp = state.reg(4)
+        guard let value = read(SegmentRegisterName.ss.rawValue, rsp, size: 8) else { return nil }
+        state.setReg(4, rsp &+ 8)
+        return value
+    }
+
+    @inline(never)
+    mutating func runPush64(_ insn: inout Instruction) -> Bool {
+        guard push64(state.reg((insn.opcode & 7) | (insn.rex & 1 != 0 ? 8 : 0))) else { return false }
+        state.rip = insn.nextRIP
+        return true
+    }
+
+    @inline(never)
+    mutating func runPop64(_ insn: inout Instruction) -> Bool {
+        guard let value = pop64() else { return false }
+        state.setReg((insn.opcode & 7) | (insn.rex & 1 != 0 ? 8 : 0), value)
+        state.rip = insn.nextRIP
+        return true
+    }
+
+    @inline(never)
+    mutating func runCall64(_ insn: inout Instruction) -> Bool {
+        guard push64(insn.nextRIP) else { return false }
+        state.rip = insn.displacement
+        return true
+    }
+
+    @inline(never)
+    mutating func runRet64(_ insn: inout Instruction) -> Bool {
+        guard let target = pop64() else { return false }
+        state.rip = target
+        return true
+    }
+
+    @inline(never)
+    mutating func runJz(_ insn: inout Instruction) -> Bool {
+        state.rip = state.flags.zero ? insn.displacement : insn.nextRIP
+        return true
+    }
+
+    @inline(never)
+    mutating func runJnz(_ insn: inout Instruction) -> Bool {
+        state.rip = state.flags.zero ? insn.nextRIP : insn.displacement
+        return true
     }
 
     @inline(never)
@@ -347,14 +619,14 @@ extension X86CPU {
     // MARK: Helpers of the handlers
 
     /// A general register at operand size 2, 4 or 8.
-    @inline(__always)
+    @inline(always)
     mutating func readGPR(_ index: Int, _ size: Int) -> UInt64 {
         state.reg(index) & sizeMask(size)
     }
 
     /// Writes a general register at operand size 2, 4 or 8: 16 bits merge,
     /// 32 bits zero the upper half.
-    @inline(__always)
+    @inline(always)
     mutating func writeGPR(_ index: Int, _ value: UInt64, _ size: Int) {
         if size == 2 {
             state.setReg(index, (state.reg(index) & ~0xFFFF) | (value & 0xFFFF))
@@ -364,7 +636,7 @@ extension X86CPU {
     }
 
     /// `push`, with the stack's address size of the fetch state (only a barrier changes SS or the mode).
-    @inline(__always)
+    @inline(always)
     mutating func stackPush(_ value: UInt64, size: Int) -> Bool {
         let addressSize = codePage.stackSize
         let rsp = (state.reg(4) &- UInt64(truncatingIfNeeded: size)) & sizeMask(addressSize)
@@ -374,7 +646,7 @@ extension X86CPU {
     }
 
     /// `pop`, in the same way.
-    @inline(__always)
+    @inline(always)
     mutating func stackPop(size: Int) -> UInt64? {
         let addressSize = codePage.stackSize
         let rsp = state.reg(4)

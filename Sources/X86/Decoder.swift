@@ -12,13 +12,13 @@ struct Instruction {
     var operandSize: Int { get { Int(operandSizeBits) } set { operandSizeBits = UInt8(truncatingIfNeeded: newValue) } }
     /// 2, 4 or 8.
     var addressSize: Int { get { Int(addressSizeBits) } set { addressSizeBits = UInt8(truncatingIfNeeded: newValue) } }
-    var rex: UInt8 = 0
+    var rex: UInt8 { get { rexBits } set { rexBits = newValue } }
     /// 0, 0xF2 or 0xF3.
-    var rep: UInt8 = 0
-    var lock = false
-    var operandSizePrefix = false
+    var rep: UInt8 { get { repBits } set { repBits = newValue } }
+    var lock: Bool { get { lockBit } set { lockBit = newValue } }
+    var operandSizePrefix: Bool { get { operandSizePrefixBit } set { operandSizePrefixBit = newValue } }
     var segmentOverride: Int { get { Int(segmentOverrideBits) } set { segmentOverrideBits = Int8(truncatingIfNeeded: newValue) } }
-    var hasModRM = false
+    var hasModRM: Bool { get { hasModRMBit } set { hasModRMBit = newValue } }
     var mod: Int { get { Int(modBits) } set { modBits = UInt8(truncatingIfNeeded: newValue) } }
     /// ModRM.reg with REX.R.
     var reg: Int { get { Int(regBits) } set { regBits = UInt8(truncatingIfNeeded: newValue) } }
@@ -33,19 +33,29 @@ struct Instruction {
     /// The address form: displacement + base + (index << scale), masked to
     /// the address size; -1 for no register. A RIP-relative displacement
     /// already holds the next instruction's RIP.
-    var base: Int8 = -1
-    var index: Int8 = -1
-    var scale: UInt8 = 0
+    var base: Int8 { get { baseBits } set { baseBits = newValue } }
+    var index: Int8 { get { indexBits } set { indexBits = newValue } }
+    var scale: UInt8 { get { scaleBits } set { scaleBits = newValue } }
     var displacement: UInt64 = 0
     var immediate: UInt64 = 0
-    var mode64 = false
+    var mode64: Bool { get { mode64Bit } set { mode64Bit = newValue } }
 
     var nextRIP: UInt64 = 0
     /// How the instruction runs: the decoded-instruction cache keeps it
     /// with the rest, and a translator can take it over (see DecodedCache.swift).
     var handler: InstructionHandler = .execute
 
+    // The words above, then the bytes, so that nothing is padded.
     private var opcodeBits: UInt16 = 0
+    private var rexBits: UInt8 = 0
+    private var repBits: UInt8 = 0
+    private var lockBit = false
+    private var operandSizePrefixBit = false
+    private var hasModRMBit = false
+    private var baseBits: Int8 = -1
+    private var indexBits: Int8 = -1
+    private var scaleBits: UInt8 = 0
+    private var mode64Bit = false
     private var lengthBits: UInt8 = 0
     private var operandSizeBits: UInt8 = 4
     private var addressSizeBits: UInt8 = 4
@@ -149,7 +159,7 @@ extension X86CPU {
     }
 
     /// The memory operand's offset from its address form and the registers now.
-    @inline(__always)
+    @inline(always)
     mutating func effectiveAddress(_ insn: inout Instruction) -> UInt64 {
         var offset = insn.displacement
         if insn.base >= 0 { offset &+= state.reg(Int(insn.base)) }

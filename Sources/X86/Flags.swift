@@ -36,7 +36,7 @@ struct LazyFlags {
         result = 0
     }
 
-    @inline(__always)
+    @inline(always)
     mutating func record(_ op: FlagOp, size: Int, dst: UInt64, src: UInt64, result: UInt64, carryIn: Bool = false) {
         self.op = op
         self.size = UInt8(truncatingIfNeeded: size)
@@ -59,7 +59,7 @@ struct LazyFlags {
         return (bits & ~RFLAGS.arithmetic) | arithmetic
     }
 
-    @inline(__always)
+    @inline(always)
     var carry: Bool {
         let size = Int(self.size)
         let mask = sizeMask(size)
@@ -103,13 +103,13 @@ struct LazyFlags {
 
     // Single flags of the recorded operation, as `arithmetic` computes them,
     // for conditions that need one or two.
-    @inline(__always)
+    @inline(always)
     var zero: Bool { op == .none ? bits & RFLAGS.zf != 0 : result & sizeMask(Int(size)) == 0 }
 
-    @inline(__always)
+    @inline(always)
     var sign: Bool { op == .none ? bits & RFLAGS.sf != 0 : result & signBit(Int(size)) != 0 }
 
-    @inline(__always)
+    @inline(always)
     var overflow: Bool {
         let sign = signBit(Int(size))
         switch op {

@@ -48,7 +48,7 @@ extension X86CPU {
 
     /// The linear address of `segment:offset`. Segment limits are not
     /// checked yet.
-    @inline(__always)
+    @inline(always)
     mutating func linear(_ segment: Int, _ offset: UInt64) -> UInt64 {
         if case .long64 = state.mode {
             // 64-bit mode: only FS and GS have a base.
@@ -298,7 +298,7 @@ extension X86CPU {
 
     /// A load at a linear address: one compare in the host TLB, else the
     /// walk and the physical access.
-    @inline(__always)
+    @inline(always)
     mutating func readLinear(_ address: UInt64, size: Int, _ access: Access = .read) -> UInt64? {
         let page = address >> 12
         if access == .read, let hostTLB = decoded.hostTLB {
@@ -319,7 +319,7 @@ extension X86CPU {
 
     /// A store at a linear address: one compare in the host TLB, else the
     /// walk and the physical access.
-    @inline(__always)
+    @inline(always)
     mutating func writeLinear(_ address: UInt64, _ value: UInt64, size: Int) -> Bool {
         let page = address >> 12
         if let hostTLB = decoded.hostTLB {
@@ -373,12 +373,12 @@ extension X86CPU {
         return true
     }
 
-    @inline(__always)
+    @inline(always)
     mutating func read(_ segment: Int, _ offset: UInt64, size: Int) -> UInt64? {
         readLinear(linear(segment, offset), size: size)
     }
 
-    @inline(__always)
+    @inline(always)
     mutating func write(_ segment: Int, _ offset: UInt64, _ value: UInt64, size: Int) -> Bool {
         writeLinear(linear(segment, offset), value, size: size)
     }

@@ -176,8 +176,8 @@ public struct X86CPU {
     var tlbGeneration: UInt64 = ~0
     /// Decoded blocks (see DecodedCache.swift), and the storage that keeps
     /// them, which the step loop does not touch.
-    var decoded = DecodedCache()
-    var decodedStorage: DecodedCacheStorage? = nil
+    var decoded: DecodedCache
+    var decodedStorage: DecodedCacheStorage
     var codePage = CodePage()
     /// The tag bits of the accesses the host TLB may serve now: the CPL's,
     /// or `HostTLBEntry.invalidKey` (see `invalidateContext`).
@@ -185,23 +185,22 @@ public struct X86CPU {
     /// The paging generation the host TLB's entries were filled in; ~0 to
     /// drop them at the next refresh.
     var hostTLBGeneration: UInt64 = ~0
-    /// The guest-physical bytes of the running block, which a store must not
-    /// change unnoticed; `notExecuting` between blocks.
-    var executingStart: UInt64 = X86CPU.notExecuting
-    var executingLength: UInt64 = 0
-    /// A store hit the running block: it stops after the current instruction.
-    var codeWritten = false
+    /// The running block, whose bytes a store must not change unnoticed.
+    var executingBlock: UnsafeMutablePointer<CachedBlock>? = nil
+    /// A store hit the running block, or an MMIO write wants its exit: the
+    /// block stops after the current instruction.
+    var blockInterrupted = false
     /// Blocks checked in this epoch run without a check (see DecodedCache.swift).
     var codeEpoch: UInt64 = 1
     /// Off, every instruction is decoded where it is fetched and runs through
     /// `execute`: the reference the cache is tested against.
     var decodedCacheEnabled = true
-    /// Above every guest-physical address, so that no store overlaps it.
-    static var notExecuting: UInt64 { 1 << 63 }
 
     public init(memory: PhysicalMemory, state: CPUState = CPUState()) {
         self.memory = memory
         self.state = state
+        decodedStorage = DecodedCacheStorage()
+        decoded = DecodedCache(decodedStorage)
     }
 
     /// Answers the `in` of the last `.io` exit.

@@ -181,7 +181,7 @@ extension X86CPU {
     /// few values in registers across the calls (one function holding every
     /// handler spilled them).
     @inline(always)
-    mutating func dispatch(_ insn: inout Instruction) -> Bool {
+    mutating func dispatch(_ insn: inout Instruction, rip: UInt64) -> HandlerResult {
         switch insn.handler {
         case .aluRR: return runALURR(&insn)
         case .aluMR: return runALUMR(&insn)
@@ -246,113 +246,105 @@ extension X86CPU {
         case .ret64: return runRet64(&insn)
         case .jz: return runJz(&insn)
         case .jnz: return runJnz(&insn)
-        default: return dispatchFamily(&insn)
+        default: return dispatchFamily(&insn, rip: rip)
         }
     }
 
     // MARK: The 32- and 64-bit forms
 
-    @inline(never) mutating func runAdd32RR(_ insn: inout Instruction) -> Bool { aluRR(0, Width32.self, &insn) }
-    @inline(never) mutating func runOr32RR(_ insn: inout Instruction) -> Bool { aluRR(1, Width32.self, &insn) }
-    @inline(never) mutating func runAnd32RR(_ insn: inout Instruction) -> Bool { aluRR(4, Width32.self, &insn) }
-    @inline(never) mutating func runSub32RR(_ insn: inout Instruction) -> Bool { aluRR(5, Width32.self, &insn) }
-    @inline(never) mutating func runXor32RR(_ insn: inout Instruction) -> Bool { aluRR(6, Width32.self, &insn) }
-    @inline(never) mutating func runCmp32RR(_ insn: inout Instruction) -> Bool { aluRR(7, Width32.self, &insn) }
-    @inline(never) mutating func runAdd32RI(_ insn: inout Instruction) -> Bool { aluRI(0, Width32.self, &insn) }
-    @inline(never) mutating func runOr32RI(_ insn: inout Instruction) -> Bool { aluRI(1, Width32.self, &insn) }
-    @inline(never) mutating func runAnd32RI(_ insn: inout Instruction) -> Bool { aluRI(4, Width32.self, &insn) }
-    @inline(never) mutating func runSub32RI(_ insn: inout Instruction) -> Bool { aluRI(5, Width32.self, &insn) }
-    @inline(never) mutating func runXor32RI(_ insn: inout Instruction) -> Bool { aluRI(6, Width32.self, &insn) }
-    @inline(never) mutating func runCmp32RI(_ insn: inout Instruction) -> Bool { aluRI(7, Width32.self, &insn) }
-    @inline(never) mutating func runTest32RR(_ insn: inout Instruction) -> Bool { testRR(Width32.self, &insn) }
-    @inline(never) mutating func runMove32RR(_ insn: inout Instruction) -> Bool { moveRR(Width32.self, &insn) }
-    @inline(never) mutating func runLoad32(_ insn: inout Instruction) -> Bool { load(Width32.self, &insn) }
-    @inline(never) mutating func runStore32(_ insn: inout Instruction) -> Bool { store(Width32.self, &insn) }
-    @inline(never) mutating func runMoveImmediate32(_ insn: inout Instruction) -> Bool { moveImmediate(Width32.self, &insn) }
-    @inline(never) mutating func runInc32R(_ insn: inout Instruction) -> Bool { incDecR(Width32.self, false, &insn) }
-    @inline(never) mutating func runDec32R(_ insn: inout Instruction) -> Bool { incDecR(Width32.self, true, &insn) }
-    @inline(never) mutating func runAdd64RR(_ insn: inout Instruction) -> Bool { aluRR(0, Width64.self, &insn) }
-    @inline(never) mutating func runOr64RR(_ insn: inout Instruction) -> Bool { aluRR(1, Width64.self, &insn) }
-    @inline(never) mutating func runAnd64RR(_ insn: inout Instruction) -> Bool { aluRR(4, Width64.self, &insn) }
-    @inline(never) mutating func runSub64RR(_ insn: inout Instruction) -> Bool { aluRR(5, Width64.self, &insn) }
-    @inline(never) mutating func runXor64RR(_ insn: inout Instruction) -> Bool { aluRR(6, Width64.self, &insn) }
-    @inline(never) mutating func runCmp64RR(_ insn: inout Instruction) -> Bool { aluRR(7, Width64.self, &insn) }
-    @inline(never) mutating func runAdd64RI(_ insn: inout Instruction) -> Bool { aluRI(0, Width64.self, &insn) }
-    @inline(never) mutating func runOr64RI(_ insn: inout Instruction) -> Bool { aluRI(1, Width64.self, &insn) }
-    @inline(never) mutating func runAnd64RI(_ insn: inout Instruction) -> Bool { aluRI(4, Width64.self, &insn) }
-    @inline(never) mutating func runSub64RI(_ insn: inout Instruction) -> Bool { aluRI(5, Width64.self, &insn) }
-    @inline(never) mutating func runXor64RI(_ insn: inout Instruction) -> Bool { aluRI(6, Width64.self, &insn) }
-    @inline(never) mutating func runCmp64RI(_ insn: inout Instruction) -> Bool { aluRI(7, Width64.self, &insn) }
-    @inline(never) mutating func runTest64RR(_ insn: inout Instruction) -> Bool { testRR(Width64.self, &insn) }
-    @inline(never) mutating func runMove64RR(_ insn: inout Instruction) -> Bool { moveRR(Width64.self, &insn) }
-    @inline(never) mutating func runLoad64(_ insn: inout Instruction) -> Bool { load(Width64.self, &insn) }
-    @inline(never) mutating func runStore64(_ insn: inout Instruction) -> Bool { store(Width64.self, &insn) }
-    @inline(never) mutating func runMoveImmediate64(_ insn: inout Instruction) -> Bool { moveImmediate(Width64.self, &insn) }
-    @inline(never) mutating func runInc64R(_ insn: inout Instruction) -> Bool { incDecR(Width64.self, false, &insn) }
-    @inline(never) mutating func runDec64R(_ insn: inout Instruction) -> Bool { incDecR(Width64.self, true, &insn) }
+    @inline(never) mutating func runAdd32RR(_ insn: inout Instruction) -> HandlerResult { aluRR(0, Width32.self, &insn) }
+    @inline(never) mutating func runOr32RR(_ insn: inout Instruction) -> HandlerResult { aluRR(1, Width32.self, &insn) }
+    @inline(never) mutating func runAnd32RR(_ insn: inout Instruction) -> HandlerResult { aluRR(4, Width32.self, &insn) }
+    @inline(never) mutating func runSub32RR(_ insn: inout Instruction) -> HandlerResult { aluRR(5, Width32.self, &insn) }
+    @inline(never) mutating func runXor32RR(_ insn: inout Instruction) -> HandlerResult { aluRR(6, Width32.self, &insn) }
+    @inline(never) mutating func runCmp32RR(_ insn: inout Instruction) -> HandlerResult { aluRR(7, Width32.self, &insn) }
+    @inline(never) mutating func runAdd32RI(_ insn: inout Instruction) -> HandlerResult { aluRI(0, Width32.self, &insn) }
+    @inline(never) mutating func runOr32RI(_ insn: inout Instruction) -> HandlerResult { aluRI(1, Width32.self, &insn) }
+    @inline(never) mutating func runAnd32RI(_ insn: inout Instruction) -> HandlerResult { aluRI(4, Width32.self, &insn) }
+    @inline(never) mutating func runSub32RI(_ insn: inout Instruction) -> HandlerResult { aluRI(5, Width32.self, &insn) }
+    @inline(never) mutating func runXor32RI(_ insn: inout Instruction) -> HandlerResult { aluRI(6, Width32.self, &insn) }
+    @inline(never) mutating func runCmp32RI(_ insn: inout Instruction) -> HandlerResult { aluRI(7, Width32.self, &insn) }
+    @inline(never) mutating func runTest32RR(_ insn: inout Instruction) -> HandlerResult { testRR(Width32.self, &insn) }
+    @inline(never) mutating func runMove32RR(_ insn: inout Instruction) -> HandlerResult { moveRR(Width32.self, &insn) }
+    @inline(never) mutating func runLoad32(_ insn: inout Instruction) -> HandlerResult { load(Width32.self, &insn) }
+    @inline(never) mutating func runStore32(_ insn: inout Instruction) -> HandlerResult { store(Width32.self, &insn) }
+    @inline(never) mutating func runMoveImmediate32(_ insn: inout Instruction) -> HandlerResult { moveImmediate(Width32.self, &insn) }
+    @inline(never) mutating func runInc32R(_ insn: inout Instruction) -> HandlerResult { incDecR(Width32.self, false, &insn) }
+    @inline(never) mutating func runDec32R(_ insn: inout Instruction) -> HandlerResult { incDecR(Width32.self, true, &insn) }
+    @inline(never) mutating func runAdd64RR(_ insn: inout Instruction) -> HandlerResult { aluRR(0, Width64.self, &insn) }
+    @inline(never) mutating func runOr64RR(_ insn: inout Instruction) -> HandlerResult { aluRR(1, Width64.self, &insn) }
+    @inline(never) mutating func runAnd64RR(_ insn: inout Instruction) -> HandlerResult { aluRR(4, Width64.self, &insn) }
+    @inline(never) mutating func runSub64RR(_ insn: inout Instruction) -> HandlerResult { aluRR(5, Width64.self, &insn) }
+    @inline(never) mutating func runXor64RR(_ insn: inout Instruction) -> HandlerResult { aluRR(6, Width64.self, &insn) }
+    @inline(never) mutating func runCmp64RR(_ insn: inout Instruction) -> HandlerResult { aluRR(7, Width64.self, &insn) }
+    @inline(never) mutating func runAdd64RI(_ insn: inout Instruction) -> HandlerResult { aluRI(0, Width64.self, &insn) }
+    @inline(never) mutating func runOr64RI(_ insn: inout Instruction) -> HandlerResult { aluRI(1, Width64.self, &insn) }
+    @inline(never) mutating func runAnd64RI(_ insn: inout Instruction) -> HandlerResult { aluRI(4, Width64.self, &insn) }
+    @inline(never) mutating func runSub64RI(_ insn: inout Instruction) -> HandlerResult { aluRI(5, Width64.self, &insn) }
+    @inline(never) mutating func runXor64RI(_ insn: inout Instruction) -> HandlerResult { aluRI(6, Width64.self, &insn) }
+    @inline(never) mutating func runCmp64RI(_ insn: inout Instruction) -> HandlerResult { aluRI(7, Width64.self, &insn) }
+    @inline(never) mutating func runTest64RR(_ insn: inout Instruction) -> HandlerResult { testRR(Width64.self, &insn) }
+    @inline(never) mutating func runMove64RR(_ insn: inout Instruction) -> HandlerResult { moveRR(Width64.self, &insn) }
+    @inline(never) mutating func runLoad64(_ insn: inout Instruction) -> HandlerResult { load(Width64.self, &insn) }
+    @inline(never) mutating func runStore64(_ insn: inout Instruction) -> HandlerResult { store(Width64.self, &insn) }
+    @inline(never) mutating func runMoveImmediate64(_ insn: inout Instruction) -> HandlerResult { moveImmediate(Width64.self, &insn) }
+    @inline(never) mutating func runInc64R(_ insn: inout Instruction) -> HandlerResult { incDecR(Width64.self, false, &insn) }
+    @inline(never) mutating func runDec64R(_ insn: inout Instruction) -> HandlerResult { incDecR(Width64.self, true, &insn) }
 
     @inline(always)
-    mutating func aluRR<W: OperandWidth>(_ operation: Int, _: W.Type, _ insn: inout Instruction) -> Bool {
+    mutating func aluRR<W: OperandWidth>(_ operation: Int, _: W.Type, _ insn: inout Instruction) -> HandlerResult {
         let (destination, source) = insn.opcode & 2 == 0 ? (insn.rm, insn.reg) : (insn.reg, insn.rm)
         let r = alu(operation, readGPR(destination, W.size), readGPR(source, W.size), size: W.size)
         if operation != 7 { writeGPR(destination, r, W.size) }
-        state.rip = insn.nextRIP
-        return true
+        return .next
     }
 
     @inline(always)
-    mutating func aluRI<W: OperandWidth>(_ operation: Int, _: W.Type, _ insn: inout Instruction) -> Bool {
+    mutating func aluRI<W: OperandWidth>(_ operation: Int, _: W.Type, _ insn: inout Instruction) -> HandlerResult {
         let r = alu(operation, readGPR(insn.rm, W.size), insn.displacement, size: W.size)
         if operation != 7 { writeGPR(insn.rm, r, W.size) }
-        state.rip = insn.nextRIP
-        return true
+        return .next
     }
 
     @inline(always)
-    mutating func testRR<W: OperandWidth>(_: W.Type, _ insn: inout Instruction) -> Bool {
+    mutating func testRR<W: OperandWidth>(_: W.Type, _ insn: inout Instruction) -> HandlerResult {
         let a = readGPR(insn.rm, W.size), b = readGPR(insn.reg, W.size)
         state.flags.record(.logic, size: W.size, dst: a, src: b, result: a & b)
-        state.rip = insn.nextRIP
-        return true
+        return .next
     }
 
     @inline(always)
-    mutating func moveRR<W: OperandWidth>(_: W.Type, _ insn: inout Instruction) -> Bool {
+    mutating func moveRR<W: OperandWidth>(_: W.Type, _ insn: inout Instruction) -> HandlerResult {
         let (destination, source) = insn.opcode == 0x89 ? (insn.rm, insn.reg) : (insn.reg, insn.rm)
         writeGPR(destination, readGPR(source, W.size), W.size)
-        state.rip = insn.nextRIP
-        return true
+        return .next
     }
 
     @inline(always)
-    mutating func load<W: OperandWidth>(_: W.Type, _ insn: inout Instruction) -> Bool {
-        guard let value = read(insn.segment, effectiveAddress(&insn), size: W.size) else { return false }
+    mutating func load<W: OperandWidth>(_: W.Type, _ insn: inout Instruction) -> HandlerResult {
+        guard let value = read(insn.segment, effectiveAddress(&insn), size: W.size) else { return .fault }
         writeGPR(insn.reg, value, W.size)
-        state.rip = insn.nextRIP
-        return true
+        return .next
     }
 
     @inline(always)
-    mutating func store<W: OperandWidth>(_: W.Type, _ insn: inout Instruction) -> Bool {
-        guard write(insn.segment, effectiveAddress(&insn), readGPR(insn.reg, W.size), size: W.size) else { return false }
-        state.rip = insn.nextRIP
-        return true
+    mutating func store<W: OperandWidth>(_: W.Type, _ insn: inout Instruction) -> HandlerResult {
+        guard write(insn.segment, effectiveAddress(&insn), readGPR(insn.reg, W.size), size: W.size) else { return .fault }
+        return .next
     }
 
     @inline(always)
-    mutating func moveImmediate<W: OperandWidth>(_: W.Type, _ insn: inout Instruction) -> Bool {
+    mutating func moveImmediate<W: OperandWidth>(_: W.Type, _ insn: inout Instruction) -> HandlerResult {
         writeGPR((insn.opcode & 7) | (insn.rex & 1 != 0 ? 8 : 0), insn.immediate, W.size)
-        state.rip = insn.nextRIP
-        return true
+        return .next
     }
 
     @inline(always)
-    mutating func incDecR<W: OperandWidth>(_: W.Type, _ decrement: Bool, _ insn: inout Instruction) -> Bool {
+    mutating func incDecR<W: OperandWidth>(_: W.Type, _ decrement: Bool, _ insn: inout Instruction) -> HandlerResult {
         // 40-4F name the register in the opcode, FF in ModRM.rm.
         let index = insn.opcode == 0xFF ? insn.rm : insn.opcode & 7
         writeGPR(index, incDec(readGPR(index, W.size), size: W.size, decrement: decrement), W.size)
-        state.rip = insn.nextRIP
-        return true
+        return .next
     }
 
     /// A push in 64-bit mode: 8 bytes below RSP (SS has no base there).
@@ -373,221 +365,213 @@ extension X86CPU {
     }
 
     @inline(never)
-    mutating func runPush64(_ insn: inout Instruction) -> Bool {
-        guard push64(state.reg((insn.opcode & 7) | (insn.rex & 1 != 0 ? 8 : 0))) else { return false }
-        state.rip = insn.nextRIP
-        return true
+    mutating func runPush64(_ insn: inout Instruction) -> HandlerResult {
+        guard push64(state.reg((insn.opcode & 7) | (insn.rex & 1 != 0 ? 8 : 0))) else { return .fault }
+        return .next
     }
 
     @inline(never)
-    mutating func runPop64(_ insn: inout Instruction) -> Bool {
-        guard let value = pop64() else { return false }
+    mutating func runPop64(_ insn: inout Instruction) -> HandlerResult {
+        guard let value = pop64() else { return .fault }
         state.setReg((insn.opcode & 7) | (insn.rex & 1 != 0 ? 8 : 0), value)
-        state.rip = insn.nextRIP
-        return true
+        return .next
     }
 
     @inline(never)
-    mutating func runCall64(_ insn: inout Instruction) -> Bool {
-        guard push64(insn.nextRIP) else { return false }
+    mutating func runCall64(_ insn: inout Instruction) -> HandlerResult {
+        guard push64(insn.nextRIP) else { return .fault }
         state.rip = insn.displacement
-        return true
+        return .branched
     }
 
     @inline(never)
-    mutating func runRet64(_ insn: inout Instruction) -> Bool {
-        guard let target = pop64() else { return false }
+    mutating func runRet64(_ insn: inout Instruction) -> HandlerResult {
+        guard let target = pop64() else { return .fault }
         state.rip = target
-        return true
+        return .branched
     }
 
     @inline(never)
-    mutating func runJz(_ insn: inout Instruction) -> Bool {
-        state.rip = state.flags.zero ? insn.displacement : insn.nextRIP
-        return true
+    mutating func runJz(_ insn: inout Instruction) -> HandlerResult {
+        guard state.flags.zero else { return .next }
+        state.rip = insn.displacement
+        return .branched
     }
 
     @inline(never)
-    mutating func runJnz(_ insn: inout Instruction) -> Bool {
-        state.rip = state.flags.zero ? insn.nextRIP : insn.displacement
-        return true
+    mutating func runJnz(_ insn: inout Instruction) -> HandlerResult {
+        guard !state.flags.zero else { return .next }
+        state.rip = insn.displacement
+        return .branched
     }
 
     @inline(never)
-    mutating func runALURR(_ insn: inout Instruction) -> Bool {
+    mutating func runALURR(_ insn: inout Instruction) -> HandlerResult {
         let size = insn.operandSize
         let operation = insn.opcode >> 3
         let (destination, source) = insn.opcode & 2 == 0 ? (insn.rm, insn.reg) : (insn.reg, insn.rm)
         let r = alu(operation, readGPR(destination, size), readGPR(source, size), size: size)
         if operation != 7 { writeGPR(destination, r, size) }
-        state.rip = insn.nextRIP
-        return true
+        return .next
     }
 
     @inline(never)
-    mutating func runALUMR(_ insn: inout Instruction) -> Bool {
+    mutating func runALUMR(_ insn: inout Instruction) -> HandlerResult {
         let size = insn.operandSize
         let operation = insn.opcode >> 3
         let offset = effectiveAddress(&insn)
-        guard let value = read(insn.segment, offset, size: size) else { return false }
+        guard let value = read(insn.segment, offset, size: size) else { return .fault }
         let r = alu(operation, value, readGPR(insn.reg, size), size: size)
-        guard operation == 7 || write(insn.segment, offset, r, size: size) else { return false }
-        state.rip = insn.nextRIP
-        return true
+        guard operation == 7 || write(insn.segment, offset, r, size: size) else { return .fault }
+        return .next
     }
 
     @inline(never)
-    mutating func runALURM(_ insn: inout Instruction) -> Bool {
+    mutating func runALURM(_ insn: inout Instruction) -> HandlerResult {
         let size = insn.operandSize
         let operation = insn.opcode >> 3
-        guard let value = read(insn.segment, effectiveAddress(&insn), size: size) else { return false }
+        guard let value = read(insn.segment, effectiveAddress(&insn), size: size) else { return .fault }
         let r = alu(operation, readGPR(insn.reg, size), value, size: size)
         if operation != 7 { writeGPR(insn.reg, r, size) }
-        state.rip = insn.nextRIP
-        return true
+        return .next
     }
 
     @inline(never)
-    mutating func runALUAccumulator(_ insn: inout Instruction) -> Bool {
+    mutating func runALUAccumulator(_ insn: inout Instruction) -> HandlerResult {
         let size = insn.operandSize
         let operation = insn.opcode >> 3
         let r = alu(operation, readGPR(0, size), signExtend(insn.immediate, size: min(size, 4)), size: size)
         if operation != 7 { writeGPR(0, r, size) }
-        state.rip = insn.nextRIP
-        return true
+        return .next
     }
 
     @inline(never)
-    mutating func runGroup1R(_ insn: inout Instruction) -> Bool {
+    mutating func runGroup1R(_ insn: inout Instruction) -> HandlerResult {
         let size = insn.operandSize
         let operation = insn.reg & 7
         let source = signExtend(insn.immediate, size: insn.opcode == 0x81 ? min(size, 4) : 1)
         let r = alu(operation, readGPR(insn.rm, size), source, size: size)
         if operation != 7 { writeGPR(insn.rm, r, size) }
-        state.rip = insn.nextRIP
-        return true
+        return .next
     }
 
     @inline(never)
-    mutating func runGroup1M(_ insn: inout Instruction) -> Bool {
+    mutating func runGroup1M(_ insn: inout Instruction) -> HandlerResult {
         let size = insn.operandSize
         let operation = insn.reg & 7
         let source = signExtend(insn.immediate, size: insn.opcode == 0x81 ? min(size, 4) : 1)
         let offset = effectiveAddress(&insn)
-        guard let value = read(insn.segment, offset, size: size) else { return false }
+        guard let value = read(insn.segment, offset, size: size) else { return .fault }
         let r = alu(operation, value, source, size: size)
-        guard operation == 7 || write(insn.segment, offset, r, size: size) else { return false }
-        state.rip = insn.nextRIP
-        return true
+        guard operation == 7 || write(insn.segment, offset, r, size: size) else { return .fault }
+        return .next
     }
 
     @inline(never)
-    mutating func runTestRR(_ insn: inout Instruction) -> Bool {
+    mutating func runTestRR(_ insn: inout Instruction) -> HandlerResult {
         let size = insn.operandSize
         let a = readGPR(insn.rm, size), b = readGPR(insn.reg, size)
         state.flags.record(.logic, size: size, dst: a, src: b, result: a & b)
-        state.rip = insn.nextRIP
-        return true
+        return .next
     }
 
     @inline(never)
-    mutating func runStoreRR(_ insn: inout Instruction) -> Bool {
+    mutating func runStoreRR(_ insn: inout Instruction) -> HandlerResult {
         let size = insn.operandSize
         writeGPR(insn.rm, readGPR(insn.reg, size), size)
-        state.rip = insn.nextRIP
-        return true
+        return .next
     }
 
     @inline(never)
-    mutating func runLoadRR(_ insn: inout Instruction) -> Bool {
+    mutating func runLoadRR(_ insn: inout Instruction) -> HandlerResult {
         let size = insn.operandSize
         writeGPR(insn.reg, readGPR(insn.rm, size), size)
-        state.rip = insn.nextRIP
-        return true
+        return .next
     }
 
     @inline(never)
-    mutating func runStore(_ insn: inout Instruction) -> Bool {
+    mutating func runStore(_ insn: inout Instruction) -> HandlerResult {
         let size = insn.operandSize
-        guard write(insn.segment, effectiveAddress(&insn), readGPR(insn.reg, size), size: size) else { return false }
-        state.rip = insn.nextRIP
-        return true
+        guard write(insn.segment, effectiveAddress(&insn), readGPR(insn.reg, size), size: size) else { return .fault }
+        return .next
     }
 
     @inline(never)
-    mutating func runLoad(_ insn: inout Instruction) -> Bool {
+    mutating func runLoad(_ insn: inout Instruction) -> HandlerResult {
         let size = insn.operandSize
-        guard let value = read(insn.segment, effectiveAddress(&insn), size: size) else { return false }
+        guard let value = read(insn.segment, effectiveAddress(&insn), size: size) else { return .fault }
         writeGPR(insn.reg, value, size)
-        state.rip = insn.nextRIP
-        return true
+        return .next
     }
 
     @inline(never)
-    mutating func runMoveImmediate(_ insn: inout Instruction) -> Bool {
+    mutating func runMoveImmediate(_ insn: inout Instruction) -> HandlerResult {
         writeGPR((insn.opcode & 7) | (insn.rex & 1 != 0 ? 8 : 0), insn.immediate, insn.operandSize)
-        state.rip = insn.nextRIP
-        return true
+        return .next
     }
 
     @inline(never)
-    mutating func runPush(_ insn: inout Instruction) -> Bool {
+    mutating func runPush(_ insn: inout Instruction) -> HandlerResult {
         let stackSize = stackOperandSize(insn)
         guard stackPush(readGPR((insn.opcode & 7) | (insn.rex & 1 != 0 ? 8 : 0), stackSize), size: stackSize) else {
-            return false
+            return .fault
         }
-        state.rip = insn.nextRIP
-        return true
+        return .next
     }
 
     @inline(never)
-    mutating func runPop(_ insn: inout Instruction) -> Bool {
+    mutating func runPop(_ insn: inout Instruction) -> HandlerResult {
         let stackSize = stackOperandSize(insn)
-        guard let value = stackPop(size: stackSize) else { return false }
+        guard let value = stackPop(size: stackSize) else { return .fault }
         writeGPR((insn.opcode & 7) | (insn.rex & 1 != 0 ? 8 : 0), value, stackSize)
-        state.rip = insn.nextRIP
-        return true
+        return .next
     }
 
     @inline(never)
-    mutating func runJcc(_ insn: inout Instruction) -> Bool {
-        state.rip = state.flags.condition(insn.opcode & 0xF) ? insn.displacement : insn.nextRIP
-        return true
-    }
-
-    @inline(never)
-    mutating func runJump(_ insn: inout Instruction) -> Bool {
+    mutating func runJcc(_ insn: inout Instruction) -> HandlerResult {
+        guard state.flags.condition(insn.opcode & 0xF) else { return .next }
         state.rip = insn.displacement
-        return true
+        return .branched
     }
 
     @inline(never)
-    mutating func runCall(_ insn: inout Instruction) -> Bool {
-        guard stackPush(insn.nextRIP, size: stackOperandSize(insn)) else { return false }
+    mutating func runJump(_ insn: inout Instruction) -> HandlerResult {
         state.rip = insn.displacement
-        return true
+        return .branched
     }
 
     @inline(never)
-    mutating func runRet(_ insn: inout Instruction) -> Bool {
-        guard let target = stackPop(size: stackOperandSize(insn)) else { return false }
+    mutating func runCall(_ insn: inout Instruction) -> HandlerResult {
+        guard stackPush(insn.nextRIP, size: stackOperandSize(insn)) else { return .fault }
+        state.rip = insn.displacement
+        return .branched
+    }
+
+    @inline(never)
+    mutating func runRet(_ insn: inout Instruction) -> HandlerResult {
+        guard let target = stackPop(size: stackOperandSize(insn)) else { return .fault }
         state.rip = target
-        return true
+        return .branched
     }
 
     @inline(never)
-    mutating func runIncDecR(_ insn: inout Instruction) -> Bool {
+    mutating func runIncDecR(_ insn: inout Instruction) -> HandlerResult {
         let size = insn.operandSize
         // 40-4F name the register in the opcode, FF in ModRM.rm.
         let index = insn.opcode == 0xFF ? insn.rm : insn.opcode & 7
         writeGPR(index, incDec(readGPR(index, size), size: size, decrement: insn.handler == .decR), size)
-        state.rip = insn.nextRIP
-        return true
+        return .next
     }
 
     /// The family handlers and `execute`, for the instructions without a handler of their own.
     @inline(never)
-    mutating func dispatchFamily(_ insn: inout Instruction) -> Bool {
+    mutating func dispatchFamily(_ insn: inout Instruction, rip: UInt64) -> HandlerResult {
+        state.rip = rip
+        return runFamily(&insn) ? .branched : .stop
+    }
+
+    @inline(always)
+    mutating func runFamily(_ insn: inout Instruction) -> Bool {
         if insn.hasModRM && insn.mod != 3 { insn.offset = effectiveAddress(&insn) }
         switch insn.handler {
         case .barrier:

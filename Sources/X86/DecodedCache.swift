@@ -48,6 +48,19 @@
 // fields the decoder filled, only `offset` (recomputed before each run of
 // the instruction) and its own locals.
 
+/// What a cached handler did.
+enum HandlerResult {
+    /// It completed and execution goes on at `nextRIP`; state.rip is not
+    /// written (the block loop keeps RIP until the block stops).
+    case next
+    /// It completed and wrote state.rip (a branch, or `execute`'s handlers).
+    case branched
+    /// A fault or exit is in `pending`; RIP is the instruction's, which the loop writes.
+    case fault
+    /// A fault or exit from `execute`'s handlers, which leave RIP as the exit needs it.
+    case stop
+}
+
 /// Why `runCachedBlocks` returned.
 enum CachedRunEnd {
     case limit
@@ -146,13 +159,22 @@ final class DecodedCacheStorage {
 
 /// The cache as the step loop sees it: pointers into the storage.
 struct DecodedCache {
-    var blocks: UnsafeMutablePointer<CachedBlock>? = nil
-    var words: UnsafeMutablePointer<UInt64>? = nil
-    var pool: UnsafeMutablePointer<Instruction>? = nil
+    var blocks: UnsafeMutablePointer<CachedBlock>
+    var words: UnsafeMutablePointer<UInt64>
+    var pool: UnsafeMutablePointer<Instruction>
     var poolUsed = 0
-    var hostTLB: UnsafeMutablePointer<HostTLBEntry>? = nil
-    var codePages: UnsafeMutablePointer<UInt64>? = nil
-    var jumps: UnsafeMutablePointer<JumpEntry>? = nil
+    var hostTLB: UnsafeMutablePointer<HostTLBEntry>
+    var codePages: UnsafeMutablePointer<UInt64>
+    var jumps: UnsafeMutablePointer<JumpEntry>
+
+    init(_ storage: DecodedCacheStorage) {
+        blocks = storage.blocks
+        words = storage.words
+        pool = storage.pool
+        hostTLB = storage.hostTLB
+        codePages = storage.codePages
+        jumps = storage.jumps
+    }
 }
 
 /// A RIP and its block, found in `epoch`. Within a code epoch CS, the mode
@@ -188,11 +210,9 @@ extension X86CPU {
     /// may have changed since the last run.
     mutating func prepareDecodedCache() {
         invalidateContext()
-        if decodedStorage == nil || !isKnownUniquelyReferenced(&decodedStorage) {
-            let storage = DecodedCacheStorage()
-            decodedStorage = storage
-            decoded = DecodedCache(blocks: storage.blocks, words: storage.words, pool: storage.pool, poolUsed: 0,
-                                   hostTLB: storage.hostTLB, codePages: storage.codePages, jumps: storage.jumps)
+        if !isKnownUniquelyReferenced(&decodedStorage) {
+            decodedStorage = DecodedCacheStorage()
+            decoded = DecodedCache(decodedStorage)
             hostTLBGeneration = ~0
         }
     }
@@ -216,8 +236,7 @@ extension X86CPU {
     @inline(always)
     mutating func lookupBlock() -> UnsafeMutablePointer<CachedBlock>? {
         let rip = state.rip
-        guard let jumps = decoded.jumps else { return nil }
-        let jump = jumps + Int(truncatingIfNeeded: (rip ^ (rip >> 10)) & UInt64(DecodedCacheStorage.jumpSlots - 1))
+        let jump = decoded.jumps + Int(truncatingIfNeeded: (rip ^ (rip >> 10)) & UInt64(DecodedCacheStorage.jumpSlots - 1))
         // A block rebuilt for another RIP in the same slot, or not checked in
         // this epoch, fails the second test.
         if jump.pointee.rip == rip && jump.pointee.epoch == codeEpoch, let block = jump.pointee.block,
@@ -236,7 +255,8 @@ extension X86CPU {
             guard let refilled = refillCodePage(rip) else { return nil }
             linear = refilled
         }
-        guard let blocks = decoded.blocks, let host = codePage.host else { return nil }
+        let blocks = decoded.blocks
+        guard let host = codePage.host else { return nil }
         let physical = codePage.physical | (linear & 0xFFF)
         let tag = physical | UInt64(codePage.codeSize) << 56
         let slot = Int(truncatingIfNeeded: (physical ^ (physical >> 13)) & UInt64(DecodedCacheStorage.blockSlots - 1))
@@ -266,7 +286,7 @@ extension X86CPU {
     /// Marks the page of `physical` as holding code this CPU runs: its
     /// stores to it take the slow path from now on.
     mutating func markCodePage(_ physical: UInt64) {
-        guard let codePages = decoded.codePages, let hostTLB = decoded.hostTLB else { return }
+        let codePages = decoded.codePages, hostTLB = decoded.hostTLB
         let (word, mask) = X86CPU.codePageBit(physical)
         if codePages[word] & mask != 0 { return }
         codePages[word] |= mask
@@ -280,9 +300,8 @@ extension X86CPU {
     /// Whether the page of `physical` may hold code of this CPU.
     @inline(__always)
     func isCodePage(_ physical: UInt64) -> Bool {
-        guard let codePages = decoded.codePages else { return false }
         let (word, mask) = X86CPU.codePageBit(physical)
-        return codePages[word] & mask != 0
+        return decoded.codePages[word] & mask != 0
     }
 
     /// Translates the code page of RIP for the current mode and CS; returns
@@ -313,8 +332,7 @@ extension X86CPU {
     @inline(__always)
     mutating func holdsBytes(_ block: UnsafeMutablePointer<CachedBlock>, _ slot: Int, host: UnsafeMutableRawPointer,
                     _ physical: UInt64) -> Bool {
-        guard let words = decoded.words else { return false }
-        let stored = words + slot &* DecodedCacheStorage.wordsPerBlock
+        let stored = decoded.words + slot &* DecodedCacheStorage.wordsPerBlock
         let live = host + Int(truncatingIfNeeded: physical & 0xFF8)
         let count = Int(truncatingIfNeeded: block.pointee.wordCount)
         var difference = (live.loadUnaligned(as: UInt64.self) & block.pointee.firstMask) ^ stored[0]
@@ -333,7 +351,7 @@ extension X86CPU {
     /// instruction can be cached.
     mutating func buildBlock(_ block: UnsafeMutablePointer<CachedBlock>, _ slot: Int, tag: UInt64, rip: UInt64,
                              physical: UInt64, host: UnsafeMutableRawPointer) -> Bool {
-        guard let pool = decoded.pool, let words = decoded.words else { return false }
+        let pool = decoded.pool, words = decoded.words
         if decoded.poolUsed + DecodedCacheStorage.maxBlockInstructions > DecodedCacheStorage.poolCapacity {
             flushDecodedCache()
         }
@@ -388,8 +406,7 @@ extension X86CPU {
     }
 
     mutating func flushDecodedCache() {
-        guard let blocks = decoded.blocks else { return }
-        for slot in 0..<DecodedCacheStorage.blockSlots { blocks[slot].tag = ~0 }
+        for slot in 0..<DecodedCacheStorage.blockSlots { decoded.blocks[slot].tag = ~0 }
         decoded.poolUsed = 0
     }
 
@@ -404,35 +421,56 @@ extension X86CPU {
         var count = executed
         defer { executed = count }
         while count < limit {
-            guard state.flags.bits & RFLAGS.rf == 0, let block = lookupBlock(), let pool = decoded.pool else {
-                return .uncached
-            }
-            let first = pool + Int(block.pointee.first)
-            let end = first + min(Int(block.pointee.count), limit &- count)
-            var insn = first
+            guard state.flags.bits & RFLAGS.rf == 0, let block = lookupBlock() else { return .uncached }
+            let first = decoded.pool + Int(block.pointee.first)
+            let length = min(Int(block.pointee.count), limit &- count)
+            // RIP of the instruction about to run: straight-line handlers do
+            // not write state.rip, which is brought up to date when the block
+            // stops.
+            var rip = block.pointee.rip
+            var done = 0
             // Barriers (which include every instruction that sets a shadow) end blocks.
             interruptShadow = false
-            codeWritten = false
-            executingStart = block.pointee.tag & CachedBlock.physicalMask
-            executingLength = UInt64(block.pointee.length)
-            repeat {
-                guard dispatch(&insn.pointee) else {
-                    count &+= insn - first
-                    executingStart = X86CPU.notExecuting
+            blockInterrupted = false
+            executingBlock = block
+            while true {
+                let insn = first + done
+                let result = dispatch(&insn.pointee, rip: rip)
+                done &+= 1
+                var straight: Bool
+                switch result {
+                case .next:
+                    rip = insn.pointee.nextRIP
+                    straight = true
+                case .branched:
+                    rip = state.rip
+                    straight = rip == insn.pointee.nextRIP
+                case .fault:
+                    state.rip = rip
+                    count &+= done &- 1
+                    executingBlock = nil
+                    return .fault
+                case .stop:
+                    count &+= done &- 1
+                    executingBlock = nil
                     return .fault
                 }
-                if mmioWritePending {
-                    mmioWritePending = false
-                    count &+= insn - first + 1
-                    executingStart = X86CPU.notExecuting
-                    return .exit
+                if blockInterrupted {
+                    // An MMIO write (its exit follows the instruction) or a store into this block.
+                    if mmioWritePending {
+                        mmioWritePending = false
+                        state.rip = rip
+                        count &+= done
+                        executingBlock = nil
+                        return .exit
+                    }
+                    straight = false
                 }
-                let next = insn.pointee.nextRIP
-                insn += 1
-                if codeWritten || state.rip != next { break }
-            } while insn < end
-            count &+= insn - first
-            executingStart = X86CPU.notExecuting
+                if !straight || done == length { break }
+            }
+            state.rip = rip
+            count &+= done
+            executingBlock = nil
         }
         return .limit
     }
@@ -450,13 +488,17 @@ extension X86CPU {
 
     mutating func storedIntoCode(_ address: UInt64, last: UInt64) {
         codeEpoch &+= 1
-        // One compare for "the ranges overlap": last - start lies in [0, length + size - 2].
-        let span = last &- address
-        if last &- executingStart < executingLength &+ span { codeWritten = true }
-        guard let codePages = decoded.codePages else { return }
+        var executingPage = ~UInt64(0)
+        if let block = executingBlock {
+            let start = block.pointee.tag & CachedBlock.physicalMask
+            // One compare for "the ranges overlap": last - start lies in [0, length + size - 2].
+            if last &- start < UInt64(block.pointee.length) &+ (last &- address) { blockInterrupted = true }
+            executingPage = start >> 12
+        }
+        let codePages = decoded.codePages
         var page = address >> 12
         while page <= last >> 12 {
-            if page != executingStart >> 12 {
+            if page != executingPage {
                 let (word, mask) = X86CPU.codePageBit(page << 12)
                 codePages[word] &= ~mask
             }

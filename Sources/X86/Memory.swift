@@ -156,9 +156,7 @@ extension X86CPU {
     /// INVLPG's effect, for the host and for the instruction when it exists.
     public mutating func invalidatePage(_ linearAddress: UInt64) {
         let page = linearAddress >> 12
-        if let hostTLB = decoded.hostTLB {
-            hostTLB[Int(truncatingIfNeeded: page) & (HostTLBEntry.count - 1)] = HostTLBEntry()
-        }
+        decoded.hostTLB[Int(truncatingIfNeeded: page) & (HostTLBEntry.count - 1)] = HostTLBEntry()
         withUnsafeMutablePointer(to: &tlb) {
             let entries = UnsafeMutableRawPointer($0).assumingMemoryBound(to: TLBEntry.self)
             if entries[Int(page & 0xFF)].tag == page { entries[Int(page & 0xFF)].tag = ~0 }
@@ -258,6 +256,7 @@ extension X86CPU {
         }
         pending = .mmio(MMIOExit(address: address, size: size, isWrite: true, data: value & sizeMask(size)))
         mmioWritePending = true
+        blockInterrupted = true
     }
 
     // MARK: The host TLB
@@ -265,8 +264,8 @@ extension X86CPU {
     /// At a context point (see `invalidateContext`): drops the host TLB if
     /// paging changed since it was filled, and takes the CPL's key.
     mutating func refreshHostTLB() {
-        if hostTLBGeneration != state.pagingGeneration, let hostTLB = decoded.hostTLB {
-            for i in 0..<HostTLBEntry.count { hostTLB[i] = HostTLBEntry() }
+        if hostTLBGeneration != state.pagingGeneration {
+            for i in 0..<HostTLBEntry.count { decoded.hostTLB[i] = HostTLBEntry() }
             hostTLBGeneration = state.pagingGeneration
         }
         accessKey = state.privilegeLevel() == 3 ? HostTLBEntry.userKey : 0
@@ -276,8 +275,8 @@ extension X86CPU {
     /// whole page is RAM the access could use (writable and not logged, for
     /// a write).
     mutating func fillHostTLB(linear: UInt64, physical: UInt64, write: Bool) {
-        guard accessKey != HostTLBEntry.invalidKey, hostTLBGeneration == state.pagingGeneration,
-              let hostTLB = decoded.hostTLB else { return }
+        guard accessKey != HostTLBEntry.invalidKey, hostTLBGeneration == state.pagingGeneration else { return }
+        let hostTLB = decoded.hostTLB
         let frame = physical & ~0xFFF
         guard let range = memory.range(containing: frame), range.size - (frame - range.guestAddress) >= 0x1000 else { return }
         // Stores to a page of code take the slow path, which notes them (see DecodedCache.swift).
@@ -301,8 +300,8 @@ extension X86CPU {
     @inline(always)
     mutating func readLinear(_ address: UInt64, size: Int, _ access: Access = .read) -> UInt64? {
         let page = address >> 12
-        if access == .read, let hostTLB = decoded.hostTLB {
-            let entry = hostTLB + Int(truncatingIfNeeded: page) & (HostTLBEntry.count - 1)
+        if access == .read {
+            let entry = decoded.hostTLB + Int(truncatingIfNeeded: page) & (HostTLBEntry.count - 1)
             if entry.pointee.readTag == page | accessKey && (address & 0xFFF) &+ UInt64(truncatingIfNeeded: size) <= 0x1000,
                let host = UnsafeRawPointer(bitPattern: UInt(truncatingIfNeeded: address &+ entry.pointee.hostDelta)) {
                 switch size {
@@ -322,8 +321,8 @@ extension X86CPU {
     @inline(always)
     mutating func writeLinear(_ address: UInt64, _ value: UInt64, size: Int) -> Bool {
         let page = address >> 12
-        if let hostTLB = decoded.hostTLB {
-            let entry = hostTLB + Int(truncatingIfNeeded: page) & (HostTLBEntry.count - 1)
+        do {
+            let entry = decoded.hostTLB + Int(truncatingIfNeeded: page) & (HostTLBEntry.count - 1)
             if entry.pointee.writeTag == page | accessKey && (address & 0xFFF) &+ UInt64(truncatingIfNeeded: size) <= 0x1000,
                let host = UnsafeMutableRawPointer(bitPattern: UInt(truncatingIfNeeded: address &+ entry.pointee.hostDelta)) {
                 switch size {

@@ -51,6 +51,8 @@ enum InstructionHandler: UInt8 {
     case inc32R, dec32R, inc64R, dec64R
     /// PUSH, POP, CALL, RET in 64-bit mode without a 66 prefix: 8 bytes, a 64-bit stack.
     case push64, pop64, call64, ret64
+    /// The same outside 64-bit mode with a 32-bit operand size (the stack's size is looked at).
+    case push32, pop32, call32, ret32
     /// JZ and JNZ, short and near.
     case jz, jnz
 }
@@ -74,7 +76,7 @@ extension X86CPU {
     mutating func prepareHandler(_ insn: inout Instruction, barrier: Bool) {
         insn.handler = barrier ? .barrier : specialized(handler(for: insn), insn)
         switch insn.handler {
-        case .jcc, .jz, .jnz, .jump, .call, .call64:
+        case .jcc, .jz, .jnz, .jump, .call, .call64, .call32:
             let op = insn.opcode
             let size = op == 0xEB || op < 0x80 ? 1 : (insn.mode64 ? 4 : min(insn.operandSize, 4))
             insn.displacement = branchTarget(insn.nextRIP &+ signExtend(insn.immediate, size: size), insn)
@@ -161,8 +163,12 @@ extension X86CPU {
         case .decR: return wide ? .dec64R : .dec32R
         case .push, .pop, .call, .ret:
             // 64-bit mode without a 66 prefix (the operand size is then 4 or 8).
-            guard insn.mode64 && !insn.operandSizePrefix else { return handler }
-            return [.push: .push64, .pop: .pop64, .call: .call64, .ret: .ret64][handler] ?? handler
+            if insn.mode64 {
+                guard !insn.operandSizePrefix else { return handler }
+                return [.push: .push64, .pop: .pop64, .call: .call64, .ret: .ret64][handler] ?? handler
+            }
+            guard insn.operandSize == 4 else { return handler }
+            return [.push: .push32, .pop: .pop32, .call: .call32, .ret: .ret32][handler] ?? handler
         case .jcc:
             switch insn.opcode & 0xF {
             case 4: return .jz
@@ -240,6 +246,10 @@ extension X86CPU {
         case .moveImmediate64: return runMoveImmediate64(&insn)
         case .inc64R: return runInc64R(&insn)
         case .dec64R: return runDec64R(&insn)
+        case .push32: return runPush32(&insn)
+        case .pop32: return runPop32(&insn)
+        case .call32: return runCall32(&insn)
+        case .ret32: return runRet32(&insn)
         case .push64: return runPush64(&insn)
         case .pop64: return runPop64(&insn)
         case .call64: return runCall64(&insn)
@@ -362,6 +372,56 @@ extension X86CPU {
         guard let value = read(SegmentRegisterName.ss.rawValue, rsp, size: 8) else { return nil }
         state.setReg(4, rsp &+ 8)
         return value
+    }
+
+    /// A 4-byte push outside 64-bit mode, on a 32-bit stack or, rarely, a 16-bit one.
+    @inline(always)
+    mutating func push32(_ value: UInt64) -> Bool {
+        if codePage.stackSize == 4 {
+            let rsp = (state.reg(4) &- 4) & 0xFFFF_FFFF
+            guard write(SegmentRegisterName.ss.rawValue, rsp, value, size: 4) else { return false }
+            state.setReg(4, rsp)
+            return true
+        }
+        return stackPush(value, size: 4)
+    }
+
+    @inline(always)
+    mutating func pop32() -> UInt64? {
+        if codePage.stackSize == 4 {
+            let rsp = state.reg(4) & 0xFFFF_FFFF
+            guard let value = read(SegmentRegisterName.ss.rawValue, rsp, size: 4) else { return nil }
+            state.setReg(4, (rsp &+ 4) & 0xFFFF_FFFF)
+            return value
+        }
+        return stackPop(size: 4)
+    }
+
+    @inline(never)
+    mutating func runPush32(_ insn: inout Instruction) -> HandlerResult {
+        guard push32(state.reg((insn.opcode & 7) | (insn.rex & 1 != 0 ? 8 : 0)) & 0xFFFF_FFFF) else { return .fault }
+        return .next
+    }
+
+    @inline(never)
+    mutating func runPop32(_ insn: inout Instruction) -> HandlerResult {
+        guard let value = pop32() else { return .fault }
+        state.setReg((insn.opcode & 7) | (insn.rex & 1 != 0 ? 8 : 0), value)
+        return .next
+    }
+
+    @inline(never)
+    mutating func runCall32(_ insn: inout Instruction) -> HandlerResult {
+        guard push32(insn.nextRIP) else { return .fault }
+        state.rip = insn.displacement
+        return .branched
+    }
+
+    @inline(never)
+    mutating func runRet32(_ insn: inout Instruction) -> HandlerResult {
+        guard let target = pop32() else { return .fault }
+        state.rip = target
+        return .branched
     }
 
     @inline(never)

@@ -49,7 +49,7 @@
 // the instruction) and its own locals.
 
 /// What a cached handler did.
-enum HandlerResult {
+enum HandlerResult: UInt8 {
     /// It completed and execution goes on at `nextRIP`; state.rip is not
     /// written (the block loop keeps RIP until the block stops).
     case next
@@ -438,19 +438,15 @@ extension X86CPU {
                 let result = dispatch(&insn.pointee, rip: rip)
                 done &+= 1
                 var straight: Bool
-                switch result {
-                case .next:
+                // Tests in the order of frequency rather than a jump table.
+                if result == .next {
                     rip = insn.pointee.nextRIP
                     straight = true
-                case .branched:
+                } else if result == .branched {
                     rip = state.rip
                     straight = rip == insn.pointee.nextRIP
-                case .fault:
-                    state.rip = rip
-                    count &+= done &- 1
-                    executingBlock = nil
-                    return .fault
-                case .stop:
+                } else {
+                    if result == .fault { state.rip = rip }
                     count &+= done &- 1
                     executingBlock = nil
                     return .fault

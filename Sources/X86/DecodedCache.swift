@@ -3,13 +3,17 @@
 // first byte, so that the step loop decodes an instruction once and then
 // finds it with a few compares.
 //
-// A block is straight-line code inside one 4 KiB page: it goes on past a
-// conditional branch (its fall-through path) and ends after an unconditional
-// one, after an instruction that may change how code is fetched or decoded
-// (a "barrier": CS, CR0/CR3/CR4, EFER, INVLPG, an interrupt shadow, I/O, or
-// any opcode not listed in `blockFlow`, so that an instruction added later
-// is safe before it is listed), before an instruction that crosses the page,
-// or when its bytes no longer fit the words kept to check them.
+// A block is a trace through one 4 KiB page: it goes on past a conditional
+// branch (its fall-through path), into the target of a direct JMP or CALL
+// and from a RET back to its CALL while they stay in the page, and ends at
+// any other branch, after an instruction that may change how code is
+// fetched or decoded (a "barrier": CS, CR0/CR3/CR4, EFER, INVLPG, an
+// interrupt shadow, I/O, or any opcode not listed in `blockFlow`, so that an
+// instruction added later is safe before it is listed), before an
+// instruction that crosses the page, or when its bytes no longer fit the
+// words kept to check them. The block loop leaves a block as soon as RIP
+// goes elsewhere than the trace did (a branch taken, a RET to another
+// caller, a REP that restarts).
 //
 // When the code changes. A block keeps a copy of its bytes, and it is
 // checked against memory (a compare of a few aligned words) before it runs
@@ -101,13 +105,17 @@ struct CachedBlock {
     var count: Int32 = 0
     /// The code epoch in which the bytes were last checked against memory.
     var checkedEpoch: UInt64 = 0
-    /// Bytes of code from the first byte.
-    var length: UInt16 = 0
-    /// Aligned 8-byte words of the page holding the code (at most `DecodedCacheStorage.wordsPerBlock`).
-    var wordCount: UInt16 = 0
-    /// The code's bytes within the first and the last word.
-    var firstMask: UInt64 = 0
-    var lastMask: UInt64 = 0
+    /// The aligned 8-byte words of the page that hold the code, in the
+    /// block's slot of `DecodedCacheStorage.words` (at most `wordsPerBlock`).
+    var wordCount: Int32 = 0
+}
+
+/// An aligned word of a page holding code: its offset in the page, which
+/// of its bytes are code, and what they were when decoded.
+struct CodeWord {
+    var offset: Int = 0
+    var mask: UInt64 = 0
+    var bytes: UInt64 = 0
 }
 
 /// The memory of the decoded-instruction cache and of the host TLB. A class
@@ -122,7 +130,7 @@ final class DecodedCacheStorage {
     static let poolCapacity = 65536
 
     let blocks: UnsafeMutablePointer<CachedBlock>
-    let words: UnsafeMutablePointer<UInt64>
+    let words: UnsafeMutablePointer<CodeWord>
     let pool: UnsafeMutablePointer<Instruction>
     let hostTLB: UnsafeMutablePointer<HostTLBEntry>
     /// The code-page filter: one bit per hash of a guest-physical page.
@@ -136,7 +144,7 @@ final class DecodedCacheStorage {
         blocks = .allocate(capacity: Self.blockSlots)
         blocks.initialize(repeating: CachedBlock(), count: Self.blockSlots)
         words = .allocate(capacity: Self.blockSlots * Self.wordsPerBlock)
-        words.initialize(repeating: 0, count: Self.blockSlots * Self.wordsPerBlock)
+        words.initialize(repeating: CodeWord(), count: Self.blockSlots * Self.wordsPerBlock)
         // Instructions are plain values: slots are initialised as blocks fill them.
         pool = .allocate(capacity: Self.poolCapacity)
         hostTLB = .allocate(capacity: HostTLBEntry.count)
@@ -160,7 +168,7 @@ final class DecodedCacheStorage {
 /// The cache as the step loop sees it: pointers into the storage.
 struct DecodedCache {
     var blocks: UnsafeMutablePointer<CachedBlock>
-    var words: UnsafeMutablePointer<UInt64>
+    var words: UnsafeMutablePointer<CodeWord>
     var pool: UnsafeMutablePointer<Instruction>
     var poolUsed = 0
     var hostTLB: UnsafeMutablePointer<HostTLBEntry>
@@ -331,38 +339,39 @@ extension X86CPU {
     /// Whether memory still holds the bytes the block was decoded from.
     @inline(__always)
     mutating func holdsBytes(_ block: UnsafeMutablePointer<CachedBlock>, _ slot: Int, host: UnsafeMutableRawPointer,
-                    _ physical: UInt64) -> Bool {
-        let stored = decoded.words + slot &* DecodedCacheStorage.wordsPerBlock
-        let live = host + Int(truncatingIfNeeded: physical & 0xFF8)
-        let count = Int(truncatingIfNeeded: block.pointee.wordCount)
-        var difference = (live.loadUnaligned(as: UInt64.self) & block.pointee.firstMask) ^ stored[0]
-        if count > 1 {
-            var k = 1
-            while k < count - 1 {
-                difference |= live.loadUnaligned(fromByteOffset: k &* 8, as: UInt64.self) ^ stored[k]
-                k += 1
-            }
-            difference |= (live.loadUnaligned(fromByteOffset: k &* 8, as: UInt64.self) & block.pointee.lastMask) ^ stored[k]
+                             _ physical: UInt64) -> Bool {
+        let words = decoded.words + slot &* DecodedCacheStorage.wordsPerBlock
+        var difference: UInt64 = 0
+        for k in 0..<Int(truncatingIfNeeded: block.pointee.wordCount) {
+            let word = words[k]
+            difference |= (host.loadUnaligned(fromByteOffset: word.offset, as: UInt64.self) & word.mask) ^ word.bytes
         }
         return difference == 0
     }
 
-    /// Decodes a block at RIP into `slot`; false when not even the first
-    /// instruction can be cached.
+    /// Decodes a block at RIP into `slot`: a trace through one page, which
+    /// goes on past conditional branches (their fall-through), into the
+    /// targets of direct JMPs and CALLs and back from a RET to its CALL when
+    /// they stay in the page; each instruction's `traceNext` says where the
+    /// trace went on. False when not even the first instruction can be cached.
     mutating func buildBlock(_ block: UnsafeMutablePointer<CachedBlock>, _ slot: Int, tag: UInt64, rip: UInt64,
                              physical: UInt64, host: UnsafeMutableRawPointer) -> Bool {
-        let pool = decoded.pool, words = decoded.words
         if decoded.poolUsed + DecodedCacheStorage.maxBlockInstructions > DecodedCacheStorage.poolCapacity {
             flushDecodedCache()
         }
+        let pool = decoded.pool + decoded.poolUsed
+        let words = decoded.words + slot * DecodedCacheStorage.wordsPerBlock
         let size = codePage.codeSize
-        let start = Int(physical & 0xFFF)
-        let firstWord = start & ~7
-        var offset = start
+        let page = ((codePage.segmentBase &+ rip) & codePage.linearMask) >> 12
+        var offset = Int(physical & 0xFFF)
         var nextRIP = rip
         var count = 0
+        var wordCount = 0
+        // Return addresses of the CALLs followed, for the RETs.
+        var returns = InlineArray<4, UInt64>(repeating: 0)
+        var returnCount = 0
         block.pointee.tag = ~0
-        while count < DecodedCacheStorage.maxBlockInstructions && offset < 0x1000 {
+        while count < DecodedCacheStorage.maxBlockInstructions {
             var window = FetchWindow()
             let available = min(15, 0x1000 - offset)
             if offset <= 0x1000 - 16 {
@@ -374,33 +383,70 @@ extension X86CPU {
             }
             var insn = Instruction()
             if decode(&insn, window, rip: nextRIP, size: size) != nil { break }
-            let end = offset + insn.length
-            if (end - firstWord + 7) / 8 > DecodedCacheStorage.wordsPerBlock { break }
+            // The words holding the instruction's bytes (at most three), merged
+            // into the block's; when they do not fit, the block ends before it.
+            let firstWord = offset & ~7, lastWord = (offset + insn.length - 1) & ~7
+            var newWords = 0
+            for aligned in stride(from: firstWord, through: lastWord, by: 8)
+            where !(0..<wordCount).contains(where: { words[$0].offset == aligned }) {
+                newWords += 1
+            }
+            guard wordCount + newWords <= DecodedCacheStorage.wordsPerBlock else { break }
+            for aligned in stride(from: firstWord, through: lastWord, by: 8) {
+                let from = max(offset, aligned) - aligned, to = min(offset + insn.length, aligned + 8) - aligned
+                let mask: UInt64 = (to == 8 ? ~0 : (1 << UInt64(to * 8)) - 1) & ~0 << UInt64(from * 8)
+                if let k = (0..<wordCount).first(where: { words[$0].offset == aligned }) {
+                    words[k].mask |= mask
+                } else {
+                    words[wordCount] = CodeWord(offset: aligned, mask: mask, bytes: 0)
+                    wordCount += 1
+                }
+            }
             let flow = blockFlow(insn)
             prepareHandler(&insn, barrier: flow == .barrier)
-            (pool + decoded.poolUsed + count).initialize(to: insn)
+            // Where the trace goes on, if it does.
+            var follow: UInt64? = nil
+            switch flow {
+            case .next:
+                // A 16- or 32-bit RIP that wraps leaves the page's bytes behind.
+                if insn.nextRIP == nextRIP &+ UInt64(insn.length) { follow = insn.nextRIP }
+            case .end:
+                switch insn.handler {
+                case .jump:
+                    follow = insn.displacement
+                case .call, .call32, .call64:
+                    follow = insn.displacement
+                    if returnCount < 4 {
+                        returns[returnCount] = insn.nextRIP
+                        returnCount += 1
+                    } else {
+                        follow = nil
+                    }
+                case .ret, .ret32, .ret64:
+                    if returnCount > 0 && insn.opcode == 0xC3 {
+                        returnCount -= 1
+                        follow = returns[returnCount]
+                    }
+                default:
+                    break
+                }
+            case .barrier:
+                break
+            }
+            if let target = follow, ((codePage.segmentBase &+ target) & codePage.linearMask) >> 12 != page { follow = nil }
+            insn.traceNext = follow ?? insn.nextRIP
+            (pool + count).initialize(to: insn)
             count += 1
-            offset = end
-            // A 16- or 32-bit RIP that wraps leaves the page's bytes behind.
-            if flow != .next || insn.nextRIP != nextRIP &+ UInt64(insn.length) { break }
-            nextRIP = insn.nextRIP
+            guard let target = follow else { break }
+            offset = Int(truncatingIfNeeded: (codePage.segmentBase &+ target) & 0xFFF)
+            nextRIP = target
         }
         guard count > 0 else { return false }
-        let wordCount = (offset - firstWord + 7) / 8
-        let firstMask: UInt64 = ~0 << UInt64((start & 7) * 8)
-        let lastBytes = offset - (firstWord + (wordCount - 1) * 8)
-        let lastMask: UInt64 = lastBytes == 8 ? ~0 : (1 << UInt64(lastBytes * 8)) - 1
-        let stored = words + slot * DecodedCacheStorage.wordsPerBlock
         for k in 0..<wordCount {
-            var mask: UInt64 = ~0
-            if k == 0 { mask &= firstMask }
-            if k == wordCount - 1 { mask &= lastMask }
-            stored[k] = (host + firstWord + k * 8).loadUnaligned(as: UInt64.self) & mask
+            words[k].bytes = host.loadUnaligned(fromByteOffset: words[k].offset, as: UInt64.self) & words[k].mask
         }
-        block.pointee = CachedBlock(
-            tag: tag, rip: rip, first: Int32(decoded.poolUsed), count: Int32(count), length: UInt16(offset - start),
-            wordCount: UInt16(wordCount),
-            firstMask: wordCount == 1 ? firstMask & lastMask : firstMask, lastMask: lastMask)
+        block.pointee = CachedBlock(tag: tag, rip: rip, first: Int32(decoded.poolUsed), count: Int32(count),
+                                    wordCount: Int32(wordCount))
         decoded.poolUsed += count
         return true
     }
@@ -444,7 +490,7 @@ extension X86CPU {
                     straight = true
                 } else if result == .branched {
                     rip = state.rip
-                    straight = rip == insn.pointee.nextRIP
+                    straight = rip == insn.pointee.traceNext
                 } else {
                     if result == .fault { state.rip = rip }
                     count &+= done &- 1
@@ -486,10 +532,10 @@ extension X86CPU {
         codeEpoch &+= 1
         var executingPage = ~UInt64(0)
         if let block = executingBlock {
-            let start = block.pointee.tag & CachedBlock.physicalMask
-            // One compare for "the ranges overlap": last - start lies in [0, length + size - 2].
-            if last &- start < UInt64(block.pointee.length) &+ (last &- address) { blockInterrupted = true }
-            executingPage = start >> 12
+            // A trace's bytes lie here and there in its page: any store to the
+            // page stops it, and the next fetch checks the bytes.
+            executingPage = (block.pointee.tag & CachedBlock.physicalMask) >> 12
+            if address >> 12 <= executingPage && executingPage <= last >> 12 { blockInterrupted = true }
         }
         let codePages = decoded.codePages
         var page = address >> 12

@@ -41,6 +41,9 @@ struct Instruction {
     var mode64: Bool { get { mode64Bit } set { mode64Bit = newValue } }
 
     var nextRIP: UInt64 = 0
+    /// In a cached block, the RIP of the block's next instruction: `nextRIP`,
+    /// or where a followed JMP, CALL or RET goes (see DecodedCache.swift).
+    var traceNext: UInt64 = 0
     /// How the instruction runs: the decoded-instruction cache keeps it
     /// with the rest, and a translator can take it over (see DecodedCache.swift).
     var handler: InstructionHandler = .execute

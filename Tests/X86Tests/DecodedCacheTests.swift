@@ -148,6 +148,24 @@ struct DecodedCacheTests {
         #expect(trace(cached: true).suffix(2) == [15, 15])
     }
 
+    @Test func returnElsewhereThanTheCallLeavesTheTrace() {
+        // 1000: call f; mov cl, 1; mov dl, 2; hlt — f skips the first MOV by
+        // returning two bytes after its call, then the same again from the cache.
+        var code = DecodedCacheTests.call(from: 0x1000, to: 0x1020) + [0xB1, 0x01, 0xB2, 0x02, hlt]
+        code += [UInt8](repeating: 0x90, count: 0x20 - code.count)
+        code += [0x58, 0x83, 0xC0, 0x02, 0x50, 0xC3]  // f: pop ax; add ax, 2; push ax; ret
+        let m = Machine(code: code)
+        for _ in 0..<2 {
+            m.cpu.state.rip = 0x1000
+            m[.rcx] = 0
+            m[.rdx] = 0
+            #expect(m.run() == .halt)
+            #expect(m[.rcx] & 0xFF == 0)
+            #expect(m[.rdx] & 0xFF == 2)
+            #expect(m[.rsp] == 0x8000)
+        }
+    }
+
     @Test func faultInTheMiddleOfABlockStopsAtTheFaultingInstruction() {
         // mov ax, 1; mov bl, 0; div bl; hlt
         let m = Machine(code: [0xB8, 0x01, 0x00, 0xB3, 0x00, 0xF6, 0xF3, hlt])

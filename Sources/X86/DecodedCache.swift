@@ -108,6 +108,9 @@ struct CachedBlock {
     /// The aligned 8-byte words of the page that hold the code, in the
     /// block's slot of `DecodedCacheStorage.words` (at most `wordsPerBlock`).
     var wordCount: Int32 = 0
+    /// The block that ran after this one last time: when it is checked in
+    /// the current epoch and starts at RIP, the loop takes it without a lookup.
+    var successor: UnsafeMutablePointer<CachedBlock>? = nil
 }
 
 /// An aligned word of a page holding code: its offset in the page, which
@@ -127,7 +130,7 @@ final class DecodedCacheStorage {
     static let wordsPerBlock = 8
     static let maxBlockInstructions = 32
     /// Instructions of all blocks; when full, the whole cache is dropped.
-    static let poolCapacity = 65536
+    let poolCapacity: Int
 
     let blocks: UnsafeMutablePointer<CachedBlock>
     let words: UnsafeMutablePointer<CodeWord>
@@ -140,13 +143,14 @@ final class DecodedCacheStorage {
     let jumps: UnsafeMutablePointer<JumpEntry>
     static let jumpSlots = 1024
 
-    init() {
+    init(poolCapacity: Int = 65536) {
+        self.poolCapacity = poolCapacity
         blocks = .allocate(capacity: Self.blockSlots)
         blocks.initialize(repeating: CachedBlock(), count: Self.blockSlots)
         words = .allocate(capacity: Self.blockSlots * Self.wordsPerBlock)
         words.initialize(repeating: CodeWord(), count: Self.blockSlots * Self.wordsPerBlock)
         // Instructions are plain values: slots are initialised as blocks fill them.
-        pool = .allocate(capacity: Self.poolCapacity)
+        pool = .allocate(capacity: poolCapacity)
         hostTLB = .allocate(capacity: HostTLBEntry.count)
         hostTLB.initialize(repeating: HostTLBEntry(), count: HostTLBEntry.count)
         codePages = .allocate(capacity: Self.codePageWords)
@@ -171,6 +175,7 @@ struct DecodedCache {
     var words: UnsafeMutablePointer<CodeWord>
     var pool: UnsafeMutablePointer<Instruction>
     var poolUsed = 0
+    var poolCapacity: Int
     var hostTLB: UnsafeMutablePointer<HostTLBEntry>
     var codePages: UnsafeMutablePointer<UInt64>
     var jumps: UnsafeMutablePointer<JumpEntry>
@@ -179,6 +184,7 @@ struct DecodedCache {
         blocks = storage.blocks
         words = storage.words
         pool = storage.pool
+        poolCapacity = storage.poolCapacity
         hostTLB = storage.hostTLB
         codePages = storage.codePages
         jumps = storage.jumps
@@ -356,7 +362,7 @@ extension X86CPU {
     /// trace went on. False when not even the first instruction can be cached.
     mutating func buildBlock(_ block: UnsafeMutablePointer<CachedBlock>, _ slot: Int, tag: UInt64, rip: UInt64,
                              physical: UInt64, host: UnsafeMutableRawPointer) -> Bool {
-        if decoded.poolUsed + DecodedCacheStorage.maxBlockInstructions > DecodedCacheStorage.poolCapacity {
+        if decoded.poolUsed + DecodedCacheStorage.maxBlockInstructions > decoded.poolCapacity {
             flushDecodedCache()
         }
         let pool = decoded.pool + decoded.poolUsed
@@ -451,9 +457,12 @@ extension X86CPU {
         return true
     }
 
+    /// Drops every block. A new code epoch makes the jump table's entries
+    /// and the blocks' successors, which point at slots, stale with them.
     mutating func flushDecodedCache() {
-        for slot in 0..<DecodedCacheStorage.blockSlots { decoded.blocks[slot].tag = ~0 }
+        for slot in 0..<DecodedCacheStorage.blockSlots { decoded.blocks[slot] = CachedBlock() }
         decoded.poolUsed = 0
+        codeEpoch &+= 1
     }
 
     /// Runs cached blocks, each from its first instruction until one leaves
@@ -466,8 +475,22 @@ extension X86CPU {
     mutating func runCachedBlocks(_ executed: inout Int, limit: Int) -> CachedRunEnd {
         var count = executed
         defer { executed = count }
+        var previous: UnsafeMutablePointer<CachedBlock>? = nil
         while count < limit {
-            guard state.flags.bits & RFLAGS.rf == 0, let block = lookupBlock() else { return .uncached }
+            // Chained: the last successor, if it starts here and nothing has
+            // begun a new epoch since (every barrier, exception and store into
+            // code does, and so does a flush of the cache). RF is never set
+            // within an epoch: what sets it is a barrier or a fault.
+            let block: UnsafeMutablePointer<CachedBlock>
+            if let next = previous?.pointee.successor, next.pointee.rip == state.rip,
+               next.pointee.checkedEpoch == codeEpoch {
+                block = next
+            } else {
+                guard state.flags.bits & RFLAGS.rf == 0, let found = lookupBlock() else { return .uncached }
+                previous?.pointee.successor = found
+                block = found
+            }
+            previous = block
             let first = decoded.pool + Int(block.pointee.first)
             let length = min(Int(block.pointee.count), limit &- count)
             // RIP of the instruction about to run: straight-line handlers do

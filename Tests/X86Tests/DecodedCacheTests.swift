@@ -188,11 +188,37 @@ struct DecodedCacheTests {
         compareCachedWithUncached(points, setup: setup, seed: seed)
     }
 
-    func compareCachedWithUncached(_ points: [Checkpoint], setup: Machine.Setup, seed: UInt64) {
+    /// The same through a pool that holds only a block or two, so that the
+    /// cache is dropped again and again while the jump table and the blocks'
+    /// successors still point at its slots.
+    @Test(arguments: [(Machine.Setup.real, UInt64(12)), (.long64, 33)])
+    func cachedRunsThroughATinyPoolMatchUncachedRuns(setup: Machine.Setup, seed: UInt64) {
+        let points = setup == .real ? MixedProgram.generate(seed: seed, count: 80) : LongModeProgram.generate(seed: seed, count: 80)
+        compareCachedWithUncached(points, setup: setup, seed: seed, poolCapacity: DecodedCacheStorage.maxBlockInstructions + 8)
+    }
+
+    @Test func loopThroughMoreBlocksThanThePoolHoldsRunsEachAsDecoded() {
+        // 1000: mov cx, 50; 1003: inc bx (x9); jmp 2000 — 2000: inc dx (x8); dec cx; jnz 1003; hlt.
+        // Decoding either block drops the other, which the jump table and
+        // the successor links still name.
+        let m = Machine(code: [0xB9, 0x32, 0x00] + [UInt8](repeating: 0x43, count: 9) + [0xE9, 0xF1, 0x0F])
+        m.write([UInt8](repeating: 0x42, count: 8) + [0x49, 0x0F, 0x85, 0xF6, 0xEF, hlt], at: 0x2000)
+        m.cpu.decodedStorage = DecodedCacheStorage(poolCapacity: DecodedCacheStorage.maxBlockInstructions + 8)
+        m.cpu.decoded = DecodedCache(m.cpu.decodedStorage)
+        #expect(m.run() == .halt)
+        #expect(m[.rbx] == 9 * 50)
+        #expect(m[.rdx] == 8 * 50)
+    }
+
+    func compareCachedWithUncached(_ points: [Checkpoint], setup: Machine.Setup, seed: UInt64, poolCapacity: Int? = nil) {
         let program = points.flatMap(\.code) + [hlt]
         var rng = SplitMix64(state: seed ^ 0xDA7A)
         let data = (0..<0x200).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
         let cached = Machine(setup, code: program), uncached = Machine(setup, code: program)
+        if let poolCapacity {
+            cached.cpu.decodedStorage = DecodedCacheStorage(poolCapacity: poolCapacity)
+            cached.cpu.decoded = DecodedCache(cached.cpu.decodedStorage)
+        }
         uncached.cpu.decodedCacheEnabled = false
         for m in [cached, uncached] { m.write(data, at: 0x2000) }
         for (index, point) in points.enumerated() {

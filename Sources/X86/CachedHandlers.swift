@@ -278,11 +278,11 @@ extension X86CPU {
     @inline(never) mutating func runCmp32RI(_ insn: inout Instruction) -> HandlerResult { aluRI(7, Width32.self, &insn) }
     @inline(never) mutating func runTest32RR(_ insn: inout Instruction) -> HandlerResult { testRR(Width32.self, &insn) }
     @inline(always) mutating func runMove32RR(_ insn: inout Instruction) -> HandlerResult { moveRR(Width32.self, &insn) }
-    @inline(never) mutating func runLoad32(_ insn: inout Instruction) -> HandlerResult { load(Width32.self, &insn) }
-    @inline(never) mutating func runStore32(_ insn: inout Instruction) -> HandlerResult { store(Width32.self, &insn) }
+    @inline(always) mutating func runLoad32(_ insn: inout Instruction) -> HandlerResult { load(Width32.self, &insn) }
+    @inline(always) mutating func runStore32(_ insn: inout Instruction) -> HandlerResult { store(Width32.self, &insn) }
     @inline(never) mutating func runMoveImmediate32(_ insn: inout Instruction) -> HandlerResult { moveImmediate(Width32.self, &insn) }
-    @inline(never) mutating func runInc32R(_ insn: inout Instruction) -> HandlerResult { incDecR(Width32.self, false, &insn) }
-    @inline(never) mutating func runDec32R(_ insn: inout Instruction) -> HandlerResult { incDecR(Width32.self, true, &insn) }
+    @inline(always) mutating func runInc32R(_ insn: inout Instruction) -> HandlerResult { incDecR(Width32.self, false, &insn) }
+    @inline(always) mutating func runDec32R(_ insn: inout Instruction) -> HandlerResult { incDecR(Width32.self, true, &insn) }
     @inline(always) mutating func runAdd64RR(_ insn: inout Instruction) -> HandlerResult { aluRR(0, Width64.self, &insn) }
     @inline(always) mutating func runOr64RR(_ insn: inout Instruction) -> HandlerResult { aluRR(1, Width64.self, &insn) }
     @inline(always) mutating func runAnd64RR(_ insn: inout Instruction) -> HandlerResult { aluRR(4, Width64.self, &insn) }
@@ -297,11 +297,11 @@ extension X86CPU {
     @inline(never) mutating func runCmp64RI(_ insn: inout Instruction) -> HandlerResult { aluRI(7, Width64.self, &insn) }
     @inline(never) mutating func runTest64RR(_ insn: inout Instruction) -> HandlerResult { testRR(Width64.self, &insn) }
     @inline(always) mutating func runMove64RR(_ insn: inout Instruction) -> HandlerResult { moveRR(Width64.self, &insn) }
-    @inline(never) mutating func runLoad64(_ insn: inout Instruction) -> HandlerResult { load(Width64.self, &insn) }
-    @inline(never) mutating func runStore64(_ insn: inout Instruction) -> HandlerResult { store(Width64.self, &insn) }
+    @inline(always) mutating func runLoad64(_ insn: inout Instruction) -> HandlerResult { load(Width64.self, &insn) }
+    @inline(always) mutating func runStore64(_ insn: inout Instruction) -> HandlerResult { store(Width64.self, &insn) }
     @inline(never) mutating func runMoveImmediate64(_ insn: inout Instruction) -> HandlerResult { moveImmediate(Width64.self, &insn) }
-    @inline(never) mutating func runInc64R(_ insn: inout Instruction) -> HandlerResult { incDecR(Width64.self, false, &insn) }
-    @inline(never) mutating func runDec64R(_ insn: inout Instruction) -> HandlerResult { incDecR(Width64.self, true, &insn) }
+    @inline(always) mutating func runInc64R(_ insn: inout Instruction) -> HandlerResult { incDecR(Width64.self, false, &insn) }
+    @inline(always) mutating func runDec64R(_ insn: inout Instruction) -> HandlerResult { incDecR(Width64.self, true, &insn) }
 
     @inline(always)
     mutating func aluRR<W: OperandWidth>(_ operation: Int, _: W.Type, _ insn: inout Instruction) -> HandlerResult {
@@ -399,54 +399,54 @@ extension X86CPU {
         return stackPop(size: 4)
     }
 
-    @inline(never)
+    @inline(always)
     mutating func runPush32(_ insn: inout Instruction) -> HandlerResult {
         guard push32(state.reg((insn.opcode & 7) | (insn.rex & 1 != 0 ? 8 : 0)) & 0xFFFF_FFFF) else { return .fault }
         return .next
     }
 
-    @inline(never)
+    @inline(always)
     mutating func runPop32(_ insn: inout Instruction) -> HandlerResult {
         guard let value = pop32() else { return .fault }
         state.setReg((insn.opcode & 7) | (insn.rex & 1 != 0 ? 8 : 0), value)
         return .next
     }
 
-    @inline(never)
+    @inline(always)
     mutating func runCall32(_ insn: inout Instruction) -> HandlerResult {
         guard push32(insn.nextRIP) else { return .fault }
         state.rip = insn.displacement
         return .branched
     }
 
-    @inline(never)
+    @inline(always)
     mutating func runRet32(_ insn: inout Instruction) -> HandlerResult {
         guard let target = pop32() else { return .fault }
         state.rip = target
         return .branched
     }
 
-    @inline(never)
+    @inline(always)
     mutating func runPush64(_ insn: inout Instruction) -> HandlerResult {
         guard push64(state.reg((insn.opcode & 7) | (insn.rex & 1 != 0 ? 8 : 0))) else { return .fault }
         return .next
     }
 
-    @inline(never)
+    @inline(always)
     mutating func runPop64(_ insn: inout Instruction) -> HandlerResult {
         guard let value = pop64() else { return .fault }
         state.setReg((insn.opcode & 7) | (insn.rex & 1 != 0 ? 8 : 0), value)
         return .next
     }
 
-    @inline(never)
+    @inline(always)
     mutating func runCall64(_ insn: inout Instruction) -> HandlerResult {
         guard push64(insn.nextRIP) else { return .fault }
         state.rip = insn.displacement
         return .branched
     }
 
-    @inline(never)
+    @inline(always)
     mutating func runRet64(_ insn: inout Instruction) -> HandlerResult {
         guard let target = pop64() else { return .fault }
         state.rip = target

@@ -270,17 +270,17 @@ extension X86CPU {
     @inline(always) mutating func runSub32RR(_ insn: inout Instruction) -> HandlerResult { aluRR(5, Width32.self, &insn) }
     @inline(always) mutating func runXor32RR(_ insn: inout Instruction) -> HandlerResult { aluRR(6, Width32.self, &insn) }
     @inline(always) mutating func runCmp32RR(_ insn: inout Instruction) -> HandlerResult { aluRR(7, Width32.self, &insn) }
-    @inline(never) mutating func runAdd32RI(_ insn: inout Instruction) -> HandlerResult { aluRI(0, Width32.self, &insn) }
-    @inline(never) mutating func runOr32RI(_ insn: inout Instruction) -> HandlerResult { aluRI(1, Width32.self, &insn) }
-    @inline(never) mutating func runAnd32RI(_ insn: inout Instruction) -> HandlerResult { aluRI(4, Width32.self, &insn) }
-    @inline(never) mutating func runSub32RI(_ insn: inout Instruction) -> HandlerResult { aluRI(5, Width32.self, &insn) }
-    @inline(never) mutating func runXor32RI(_ insn: inout Instruction) -> HandlerResult { aluRI(6, Width32.self, &insn) }
-    @inline(never) mutating func runCmp32RI(_ insn: inout Instruction) -> HandlerResult { aluRI(7, Width32.self, &insn) }
-    @inline(never) mutating func runTest32RR(_ insn: inout Instruction) -> HandlerResult { testRR(Width32.self, &insn) }
+    @inline(always) mutating func runAdd32RI(_ insn: inout Instruction) -> HandlerResult { aluRI(0, Width32.self, &insn) }
+    @inline(always) mutating func runOr32RI(_ insn: inout Instruction) -> HandlerResult { aluRI(1, Width32.self, &insn) }
+    @inline(always) mutating func runAnd32RI(_ insn: inout Instruction) -> HandlerResult { aluRI(4, Width32.self, &insn) }
+    @inline(always) mutating func runSub32RI(_ insn: inout Instruction) -> HandlerResult { aluRI(5, Width32.self, &insn) }
+    @inline(always) mutating func runXor32RI(_ insn: inout Instruction) -> HandlerResult { aluRI(6, Width32.self, &insn) }
+    @inline(always) mutating func runCmp32RI(_ insn: inout Instruction) -> HandlerResult { aluRI(7, Width32.self, &insn) }
+    @inline(always) mutating func runTest32RR(_ insn: inout Instruction) -> HandlerResult { testRR(Width32.self, &insn) }
     @inline(always) mutating func runMove32RR(_ insn: inout Instruction) -> HandlerResult { moveRR(Width32.self, &insn) }
     @inline(always) mutating func runLoad32(_ insn: inout Instruction) -> HandlerResult { load(Width32.self, &insn) }
     @inline(always) mutating func runStore32(_ insn: inout Instruction) -> HandlerResult { store(Width32.self, &insn) }
-    @inline(never) mutating func runMoveImmediate32(_ insn: inout Instruction) -> HandlerResult { moveImmediate(Width32.self, &insn) }
+    @inline(always) mutating func runMoveImmediate32(_ insn: inout Instruction) -> HandlerResult { moveImmediate(Width32.self, &insn) }
     @inline(always) mutating func runInc32R(_ insn: inout Instruction) -> HandlerResult { incDecR(Width32.self, false, &insn) }
     @inline(always) mutating func runDec32R(_ insn: inout Instruction) -> HandlerResult { incDecR(Width32.self, true, &insn) }
     @inline(always) mutating func runAdd64RR(_ insn: inout Instruction) -> HandlerResult { aluRR(0, Width64.self, &insn) }
@@ -289,17 +289,17 @@ extension X86CPU {
     @inline(always) mutating func runSub64RR(_ insn: inout Instruction) -> HandlerResult { aluRR(5, Width64.self, &insn) }
     @inline(always) mutating func runXor64RR(_ insn: inout Instruction) -> HandlerResult { aluRR(6, Width64.self, &insn) }
     @inline(always) mutating func runCmp64RR(_ insn: inout Instruction) -> HandlerResult { aluRR(7, Width64.self, &insn) }
-    @inline(never) mutating func runAdd64RI(_ insn: inout Instruction) -> HandlerResult { aluRI(0, Width64.self, &insn) }
-    @inline(never) mutating func runOr64RI(_ insn: inout Instruction) -> HandlerResult { aluRI(1, Width64.self, &insn) }
-    @inline(never) mutating func runAnd64RI(_ insn: inout Instruction) -> HandlerResult { aluRI(4, Width64.self, &insn) }
-    @inline(never) mutating func runSub64RI(_ insn: inout Instruction) -> HandlerResult { aluRI(5, Width64.self, &insn) }
-    @inline(never) mutating func runXor64RI(_ insn: inout Instruction) -> HandlerResult { aluRI(6, Width64.self, &insn) }
-    @inline(never) mutating func runCmp64RI(_ insn: inout Instruction) -> HandlerResult { aluRI(7, Width64.self, &insn) }
-    @inline(never) mutating func runTest64RR(_ insn: inout Instruction) -> HandlerResult { testRR(Width64.self, &insn) }
+    @inline(always) mutating func runAdd64RI(_ insn: inout Instruction) -> HandlerResult { aluRI(0, Width64.self, &insn) }
+    @inline(always) mutating func runOr64RI(_ insn: inout Instruction) -> HandlerResult { aluRI(1, Width64.self, &insn) }
+    @inline(always) mutating func runAnd64RI(_ insn: inout Instruction) -> HandlerResult { aluRI(4, Width64.self, &insn) }
+    @inline(always) mutating func runSub64RI(_ insn: inout Instruction) -> HandlerResult { aluRI(5, Width64.self, &insn) }
+    @inline(always) mutating func runXor64RI(_ insn: inout Instruction) -> HandlerResult { aluRI(6, Width64.self, &insn) }
+    @inline(always) mutating func runCmp64RI(_ insn: inout Instruction) -> HandlerResult { aluRI(7, Width64.self, &insn) }
+    @inline(always) mutating func runTest64RR(_ insn: inout Instruction) -> HandlerResult { testRR(Width64.self, &insn) }
     @inline(always) mutating func runMove64RR(_ insn: inout Instruction) -> HandlerResult { moveRR(Width64.self, &insn) }
     @inline(always) mutating func runLoad64(_ insn: inout Instruction) -> HandlerResult { load(Width64.self, &insn) }
     @inline(always) mutating func runStore64(_ insn: inout Instruction) -> HandlerResult { store(Width64.self, &insn) }
-    @inline(never) mutating func runMoveImmediate64(_ insn: inout Instruction) -> HandlerResult { moveImmediate(Width64.self, &insn) }
+    @inline(always) mutating func runMoveImmediate64(_ insn: inout Instruction) -> HandlerResult { moveImmediate(Width64.self, &insn) }
     @inline(always) mutating func runInc64R(_ insn: inout Instruction) -> HandlerResult { incDecR(Width64.self, false, &insn) }
     @inline(always) mutating func runDec64R(_ insn: inout Instruction) -> HandlerResult { incDecR(Width64.self, true, &insn) }
 

@@ -1,3 +1,5 @@
+import Glibc
+
 // The decoded-instruction cache (DESIGN.md, "decode once"): blocks of
 // decoded instructions, found by the guest-physical address and RIP of their
 // first byte, so that the step loop decodes an instruction once and then
@@ -96,8 +98,8 @@ struct CachedBlock {
     static let physicalMask: UInt64 = 0x00FF_FFFF_FFFF_FFFF
 
     /// The guest-physical address of the first byte, with the code size
-    /// (2, 4 or 8) in bits 56-63; ~0 when the slot is empty.
-    var tag: UInt64 = ~0
+    /// (2, 4 or 8) in bits 56-63; 0 when the slot is empty.
+    var tag: UInt64 = 0
     /// RIP at the first instruction: the same bytes at another RIP decode to
     /// other next-RIPs and RIP-relative addresses.
     var rip: UInt64 = 0
@@ -145,27 +147,30 @@ final class DecodedCacheStorage {
 
     init(poolCapacity: Int = 65536) {
         self.poolCapacity = poolCapacity
-        blocks = .allocate(capacity: Self.blockSlots)
-        blocks.initialize(repeating: CachedBlock(), count: Self.blockSlots)
-        words = .allocate(capacity: Self.blockSlots * Self.wordsPerBlock)
-        words.initialize(repeating: CodeWord(), count: Self.blockSlots * Self.wordsPerBlock)
-        // Instructions are plain values: slots are initialised as blocks fill them.
-        pool = .allocate(capacity: poolCapacity)
+        // Zeroed memory is the empty state of blocks, words, jump entries and
+        // the filter, and the kernel gives it page by page as it is touched:
+        // a CPU that runs little code costs little.
+        blocks = Self.zeroed(Self.blockSlots)
+        words = Self.zeroed(Self.blockSlots * Self.wordsPerBlock)
+        pool = Self.zeroed(poolCapacity)
+        codePages = Self.zeroed(Self.codePageWords)
+        jumps = Self.zeroed(Self.jumpSlots)
         hostTLB = .allocate(capacity: HostTLBEntry.count)
         hostTLB.initialize(repeating: HostTLBEntry(), count: HostTLBEntry.count)
-        codePages = .allocate(capacity: Self.codePageWords)
-        codePages.initialize(repeating: 0, count: Self.codePageWords)
-        jumps = .allocate(capacity: Self.jumpSlots)
-        jumps.initialize(repeating: JumpEntry(), count: Self.jumpSlots)
+    }
+
+    static func zeroed<T>(_ count: Int) -> UnsafeMutablePointer<T> {
+        guard let memory = calloc(count, MemoryLayout<T>.stride) else { fatalError("out of memory for the decoded-instruction cache") }
+        return memory.bindMemory(to: T.self, capacity: count)
     }
 
     deinit {
-        blocks.deallocate()
-        words.deallocate()
-        pool.deallocate()
+        free(blocks)
+        free(words)
+        free(pool)
+        free(codePages)
+        free(jumps)
         hostTLB.deallocate()
-        codePages.deallocate()
-        jumps.deallocate()
     }
 }
 
@@ -196,7 +201,8 @@ struct DecodedCache {
 /// stay valid, so a RIP leads to the same block: the jump table skips the
 /// translation and the hash of the full lookup.
 struct JumpEntry {
-    var rip: UInt64 = ~0
+    var rip: UInt64 = 0
+    /// 0 when empty: code epochs start at 1.
     var epoch: UInt64 = 0
     var block: UnsafeMutablePointer<CachedBlock>? = nil
 }
@@ -376,7 +382,7 @@ extension X86CPU {
         // Return addresses of the CALLs followed, for the RETs.
         var returns = InlineArray<4, UInt64>(repeating: 0)
         var returnCount = 0
-        block.pointee.tag = ~0
+        block.pointee.tag = 0
         while count < DecodedCacheStorage.maxBlockInstructions {
             var window = FetchWindow()
             let available = min(15, 0x1000 - offset)
@@ -576,14 +582,21 @@ extension X86CPU {
     func blockFlow(_ insn: Instruction) -> BlockFlow {
         let op = insn.opcode
         switch op {
+        // Instructions that touch only registers (GPRs, flags, x87, SSE) and
+        // memory through the access helpers, whatever they fault with.
+        // Listing one whose handler changes CS, SS, the CPL, a control
+        // register or EFER, the TLB, the interrupt shadow, or does I/O, would
+        // let the block go on under a stale fetch state.
         case 0x00...0x3F where op & 7 < 6,  // ALU
              0x06, 0x0E, 0x16, 0x1E,  // PUSH Sreg
-             0x40...0x5F, 0x63, 0x68...0x6B,
-             0x80...0x8D, 0x8F, 0x90...0x99, 0x9C, 0x9E, 0x9F,
-             0xA0...0xAF, 0xB0...0xBF, 0xC0, 0xC1, 0xC6, 0xC7, 0xC9, 0xD0...0xD3,
+             0x27, 0x2F, 0x37, 0x3F, 0xD4, 0xD5, 0xD7,  // BCD, XLAT
+             0x40...0x5F, 0x60...0x63, 0x68...0x6B,
+             0x80...0x8D, 0x8F, 0x90...0x99, 0x9B, 0x9C, 0x9E, 0x9F,
+             0xA0...0xAF, 0xB0...0xBF, 0xC0, 0xC1, 0xC6...0xC9, 0xD0...0xD3, 0xD8...0xDF,
              0xF5, 0xF6, 0xF7, 0xF8...0xFA, 0xFC, 0xFD,
-             0x118...0x11F, 0x131, 0x140...0x14F, 0x190...0x19F, 0x1A0, 0x1A3, 0x1A8, 0x1AB, 0x1AF,
-             0x1B3, 0x1B6, 0x1B7, 0x1BA, 0x1BB, 0x1BE, 0x1BF:
+             0x10D, 0x110...0x11F, 0x128...0x12F, 0x131, 0x138...0x13F, 0x140...0x17F,
+             0x190...0x19F, 0x1A0, 0x1A3...0x1A5, 0x1A8, 0x1AB...0x1AF, 0x1B0, 0x1B1, 0x1B3, 0x1B6...0x1BF,
+             0x1C0...0x1FF:
             return .next
         case 0x70...0x7F, 0x180...0x18F, 0xE0...0xE3:
             return .next

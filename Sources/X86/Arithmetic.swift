@@ -4,7 +4,7 @@
 extension X86CPU {
     /// The eight ALU operations, numbered as in the opcode (bits 3-5) and in
     /// group 1's reg field. Returns the result; CMP's is not written back.
-    @inline(__always)
+    @inline(always)
     mutating func alu(_ operation: Int, _ dst: UInt64, _ src: UInt64, size: Int) -> UInt64 {
         let mask = sizeMask(size)
         switch operation {
@@ -89,7 +89,7 @@ extension X86CPU {
         return true
     }
 
-    @inline(__always)
+    @inline(always)
     mutating func incDec(_ value: UInt64, size: Int, decrement: Bool) -> UInt64 {
         let carry = state.flags.carry
         let r = (decrement ? value &- 1 : value &+ 1) & sizeMask(size)

@@ -158,6 +158,8 @@ public struct X86CPU {
         didSet {
             hotRead = HotRange()
             hotWrite = HotRange()
+            codePage = CodePage()
+            hostTLBGeneration = ~0
         }
     }
     var hotRead = HotRange()
@@ -200,10 +202,33 @@ public struct X86CPU {
     var implicitSupervisor = false
     /// RDMSR and WRMSR handed to the owner (MSRIntercept.swift).
     var msrIntercept = MSRInterceptState()
+    /// Decoded blocks (see DecodedCache.swift), and the storage that keeps
+    /// them, which the step loop does not touch.
+    var decoded: DecodedCache
+    var decodedStorage: DecodedCacheStorage
+    var codePage = CodePage()
+    /// The tag bits of the accesses the host TLB may serve now: the CPL's,
+    /// or `HostTLBEntry.invalidKey` (see `invalidateContext`).
+    var accessKey: UInt64 = HostTLBEntry.invalidKey
+    /// The paging generation the host TLB's entries were filled in; ~0 to
+    /// drop them at the next refresh.
+    var hostTLBGeneration: UInt64 = ~0
+    /// The running block, whose bytes a store must not change unnoticed.
+    var executingBlock: UnsafeMutablePointer<CachedBlock>? = nil
+    /// A store hit the running block, or an MMIO write wants its exit: the
+    /// block stops after the current instruction.
+    var blockInterrupted = false
+    /// Blocks checked in this epoch run without a check (see DecodedCache.swift).
+    var codeEpoch: UInt64 = 1
+    /// Off, every instruction is decoded where it is fetched and runs through
+    /// `execute`: the reference the cache is tested against.
+    var decodedCacheEnabled = true
 
     public init(memory: PhysicalMemory, state: CPUState = CPUState()) {
         self.memory = memory
         self.state = state
+        decodedStorage = DecodedCacheStorage()
+        decoded = DecodedCache(decodedStorage)
     }
 
     /// Answers the `in` of the last `.io` exit.
@@ -231,14 +256,38 @@ public struct X86CPU {
         }
         refreshDebug()
         if let exit = takePendingDebugTraps() { return exit }
+        prepareDecodedCache()
+        defer { invalidateContext() }
         var executed = 0
         while executed < maxInstructions {
-            // Breakpoints, single-step or the owner's debugging: the slow path.
+            // Breakpoints, single-step or the owner's debugging: the slow
+            // path, one instruction at a time, never from the cache.
             if debugUnit.armed || state.flags.bits & RFLAGS.tf != 0 {
+                invalidateContext()
                 if let exit = stepDebugged() { return exit }
                 executed += 1
                 continue
             }
+            if decodedCacheEnabled {
+                switch runCachedBlocks(&executed, limit: maxInstructions) {
+                case .limit:
+                    continue
+                case .exit:
+                    return pending
+                case .fault:
+                    invalidateContext()
+                    guard deliversExceptions, case .exception(let vector, let errorCode) = pending,
+                          deliverException(vector, errorCode: errorCode) else { return pending }
+                    executed &+= 1
+                    continue
+                case .uncached:
+                    break
+                }
+            }
+            // Decoded each time: a fetch that faults or leaves RAM, an
+            // instruction across a page boundary, RF set. It may change the
+            // mode or paging, so the code page is translated anew after it.
+            invalidateContext()
             var insn = Instruction()
             // RF suppresses instruction breakpoints for one instruction: it
             // is cleared when the instruction that saw it set completes (not

@@ -363,17 +363,19 @@ public enum RFLAGS {
     public static let writable: UInt64 = arithmetic | tf | `if` | df | iopl | nt | rf | vm | ac | id
 }
 
+// Sizes are 1 to 8 bytes: wrapping arithmetic, so that the step loop has no
+// overflow traps or range branches here.
 @inline(__always)
 func sizeMask(_ size: Int) -> UInt64 {
-    size >= 8 ? ~0 : (1 << UInt64(size * 8)) - 1
+    ~0 &>> UInt64(truncatingIfNeeded: 64 &- size &* 8)
 }
 
 @inline(__always)
-func signBit(_ size: Int) -> UInt64 { 1 << UInt64(size * 8 - 1) }
+func signBit(_ size: Int) -> UInt64 { 1 &<< UInt64(truncatingIfNeeded: size &* 8 &- 1) }
 
 /// Sign-extends the low `size` bytes of `value` to 64 bits.
 @inline(__always)
 func signExtend(_ value: UInt64, size: Int) -> UInt64 {
-    let shift = UInt64(64 - size * 8)
-    return UInt64(bitPattern: Int64(bitPattern: value << shift) >> shift)
+    let shift = UInt64(truncatingIfNeeded: 64 &- size &* 8)
+    return UInt64(bitPattern: Int64(bitPattern: value &<< shift) &>> Int64(bitPattern: shift))
 }

@@ -3,32 +3,71 @@
 
 /// One decoded instruction. Opcodes of the 0F map are 0x100 + the second
 /// byte; of the 0F 38 and 0F 3A maps 0x200 and 0x300 + the third.
+/// The fields are stored in small integers and read as `Int`: the decoded-
+/// instruction cache holds many, and a copy (a handler taking one by value)
+/// stays a few moves.
 struct Instruction {
-    var opcode: Int = 0
-    var length: Int = 0
+    var opcode: Int { get { Int(opcodeBits) } set { opcodeBits = UInt16(truncatingIfNeeded: newValue) } }
+    var length: Int { get { Int(lengthBits) } set { lengthBits = UInt8(truncatingIfNeeded: newValue) } }
     /// 2, 4 or 8: the operand size of instructions that are not byte-sized.
-    var operandSize: Int = 4
+    var operandSize: Int { get { Int(operandSizeBits) } set { operandSizeBits = UInt8(truncatingIfNeeded: newValue) } }
     /// 2, 4 or 8.
-    var addressSize: Int = 4
-    var rex: UInt8 = 0
+    var addressSize: Int { get { Int(addressSizeBits) } set { addressSizeBits = UInt8(truncatingIfNeeded: newValue) } }
+    var rex: UInt8 { get { rexBits } set { rexBits = newValue } }
     /// 0, 0xF2 or 0xF3.
-    var rep: UInt8 = 0
-    var lock = false
-    var operandSizePrefix = false
-    var segmentOverride: Int = -1
-    var hasModRM = false
-    var mod: Int = 0
+    var rep: UInt8 { get { repBits } set { repBits = newValue } }
+    var lock: Bool { get { lockBit } set { lockBit = newValue } }
+    var operandSizePrefix: Bool { get { operandSizePrefixBit } set { operandSizePrefixBit = newValue } }
+    var segmentOverride: Int { get { Int(segmentOverrideBits) } set { segmentOverrideBits = Int8(truncatingIfNeeded: newValue) } }
+    var hasModRM: Bool { get { hasModRMBit } set { hasModRMBit = newValue } }
+    var mod: Int { get { Int(modBits) } set { modBits = UInt8(truncatingIfNeeded: newValue) } }
     /// ModRM.reg with REX.R.
-    var reg: Int = 0
+    var reg: Int { get { Int(regBits) } set { regBits = UInt8(truncatingIfNeeded: newValue) } }
     /// ModRM.rm with REX.B (a register when `mod == 3`).
-    var rm: Int = 0
-    /// The memory operand's segment and offset (when `mod != 3`).
-    var segment: Int = SegmentRegisterName.ds.rawValue
+    var rm: Int { get { Int(rmBits) } set { rmBits = UInt8(truncatingIfNeeded: newValue) } }
+    /// The memory operand's segment and offset (when `mod != 3`). The
+    /// offset is computed from the address form below each time the
+    /// instruction runs (`effectiveAddress`): a cached instruction runs again
+    /// with other register values.
+    var segment: Int { get { Int(segmentBits) } set { segmentBits = UInt8(truncatingIfNeeded: newValue) } }
     var offset: UInt64 = 0
+    /// The address form: displacement + base + (index << scale), masked to
+    /// the address size; -1 for no register. A RIP-relative displacement
+    /// already holds the next instruction's RIP.
+    var base: Int8 { get { baseBits } set { baseBits = newValue } }
+    var index: Int8 { get { indexBits } set { indexBits = newValue } }
+    var scale: UInt8 { get { scaleBits } set { scaleBits = newValue } }
+    var displacement: UInt64 = 0
     var immediate: UInt64 = 0
-    var mode64 = false
+    var mode64: Bool { get { mode64Bit } set { mode64Bit = newValue } }
 
     var nextRIP: UInt64 = 0
+    /// In a cached block, the RIP of the block's next instruction: `nextRIP`,
+    /// or where a followed JMP, CALL or RET goes (see DecodedCache.swift).
+    var traceNext: UInt64 = 0
+    /// How the instruction runs: the decoded-instruction cache keeps it
+    /// with the rest, and a translator can take it over (see DecodedCache.swift).
+    var handler: InstructionHandler = .execute
+
+    // The words above, then the bytes, so that nothing is padded.
+    private var opcodeBits: UInt16 = 0
+    private var rexBits: UInt8 = 0
+    private var repBits: UInt8 = 0
+    private var lockBit = false
+    private var operandSizePrefixBit = false
+    private var hasModRMBit = false
+    private var baseBits: Int8 = -1
+    private var indexBits: Int8 = -1
+    private var scaleBits: UInt8 = 0
+    private var mode64Bit = false
+    private var lengthBits: UInt8 = 0
+    private var operandSizeBits: UInt8 = 4
+    private var addressSizeBits: UInt8 = 4
+    private var segmentOverrideBits: Int8 = -1
+    private var modBits: UInt8 = 0
+    private var regBits: UInt8 = 0
+    private var rmBits: UInt8 = 0
+    private var segmentBits = UInt8(SegmentRegisterName.ds.rawValue)
 
     /// Byte registers 4-7 are AH CH DH BH unless a REX prefix is present.
     var legacyHighBytes: Bool { rex == 0 }
@@ -121,10 +160,30 @@ extension X86CPU {
         return false
     }
 
+    /// Decodes the instruction at RIP, with its memory operand's offset, or
+    /// stores the fault of fetching it.
     mutating func decode(_ insn: inout Instruction) -> Bool {
         var window = FetchWindow()
         guard fillFetchWindow(&window, at: state.rip) else { return false }
-        let size = codeSize
+        if let missing = decode(&insn, window, rip: state.rip, size: codeSize) { return fetchFault(missing) }
+        if insn.hasModRM && insn.mod != 3 { insn.offset = effectiveAddress(&insn) }
+        return true
+    }
+
+    /// The memory operand's offset from its address form and the registers now.
+    @inline(always)
+    mutating func effectiveAddress(_ insn: inout Instruction) -> UInt64 {
+        var offset = insn.displacement
+        if insn.base >= 0 { offset &+= state.reg(Int(insn.base)) }
+        if insn.index >= 0 { offset &+= state.reg(Int(insn.index)) << UInt64(insn.scale) }
+        return offset & sizeMask(insn.addressSize)
+    }
+
+    /// Decodes the bytes of `window`, an instruction at `rip` in code of
+    /// default size `size`, reading no register (the result depends on the
+    /// bytes, RIP and the code size only, so that it can be cached). Returns
+    /// nil, or the index of the first byte it needed beyond the window.
+    mutating func decode(_ insn: inout Instruction, _ window: FetchWindow, rip: UInt64, size: Int) -> Int? {
         insn.mode64 = size == 8
         var operandSize = size == 8 ? 4 : size
         var addressSize = size
@@ -133,7 +192,7 @@ extension X86CPU {
 
         // Prefixes.
         prefixes: while true {
-            guard i < window.available else { return fetchFault(i) }
+            guard i < window.available else { return i }
             byte = window[i]
             i += 1
             switch byte {
@@ -158,12 +217,12 @@ extension X86CPU {
 
         var opcode = Int(byte)
         if byte == 0x0F {
-            guard i < window.available else { return fetchFault(i) }
+            guard i < window.available else { return i }
             opcode = 0x100 + Int(window[i])
             i += 1
             // The three-byte maps: 0F 38 xx is 0x200 + xx, 0F 3A xx is 0x300 + xx.
             if opcode == 0x138 || opcode == 0x13A {
-                guard i < window.available else { return fetchFault(i) }
+                guard i < window.available else { return i }
                 opcode = (opcode == 0x138 ? 0x200 : 0x300) + Int(window[i])
                 i += 1
             }
@@ -174,7 +233,7 @@ extension X86CPU {
 
         var ripRelative = false
         if hasModRM(opcode) {
-            guard i < window.available else { return fetchFault(i) }
+            guard i < window.available else { return i }
             let modrm = window[i]
             i += 1
             insn.hasModRM = true
@@ -184,57 +243,57 @@ extension X86CPU {
             insn.rm = rmLow | (insn.rex & 1 != 0 ? 8 : 0)
             if insn.mod != 3 {
                 var segment = SegmentRegisterName.ds.rawValue
-                var offset: UInt64 = 0
                 var dispSize = 0
                 if addressSize == 2 {
-                    let bx = state.reg(3), bp = state.reg(5), si = state.reg(6), di = state.reg(7)
+                    // BX BP SI DI: 3 5 6 7.
                     switch rmLow {
-                    case 0: offset = bx &+ si
-                    case 1: offset = bx &+ di
-                    case 2: offset = bp &+ si; segment = 2
-                    case 3: offset = bp &+ di; segment = 2
-                    case 4: offset = si
-                    case 5: offset = di
+                    case 0: insn.base = 3; insn.index = 6
+                    case 1: insn.base = 3; insn.index = 7
+                    case 2: insn.base = 5; insn.index = 6; segment = 2
+                    case 3: insn.base = 5; insn.index = 7; segment = 2
+                    case 4: insn.base = 6
+                    case 5: insn.base = 7
                     case 6:
-                        if insn.mod == 0 { dispSize = 2 } else { offset = bp; segment = 2 }
-                    default: offset = bx
+                        if insn.mod == 0 { dispSize = 2 } else { insn.base = 5; segment = 2 }
+                    default: insn.base = 3
                     }
                     if insn.mod == 1 { dispSize = 1 } else if insn.mod == 2 { dispSize = 2 }
                 } else {
                     var baseLow = rmLow
                     if rmLow == 4 {
-                        guard i < window.available else { return fetchFault(i) }
+                        guard i < window.available else { return i }
                         let sib = window[i]
                         i += 1
-                        let scale = Int(sib >> 6)
                         let index = Int((sib >> 3) & 7) | (insn.rex & 2 != 0 ? 8 : 0)
                         baseLow = Int(sib & 7)
-                        if index != 4 { offset = state.reg(index) << UInt64(scale) }
+                        if index != 4 {
+                            insn.index = Int8(index)
+                            insn.scale = sib >> 6
+                        }
                         if baseLow == 5 && insn.mod == 0 {
                             dispSize = 4
                         } else {
                             let base = baseLow | (insn.rex & 1 != 0 ? 8 : 0)
-                            offset = offset &+ state.reg(base)
+                            insn.base = Int8(base)
                             if base == 4 || base == 5 { segment = 2 }
                         }
                     } else if rmLow == 5 && insn.mod == 0 {
                         dispSize = 4
                         ripRelative = size == 8
                     } else {
-                        offset = state.reg(insn.rm)
+                        insn.base = Int8(insn.rm)
                         if insn.rm == 4 || insn.rm == 5 { segment = 2 }
                     }
                     if insn.mod == 1 { dispSize = 1 } else if insn.mod == 2 { dispSize = 4 }
                 }
                 if dispSize > 0 {
-                    guard i + dispSize <= window.available else { return fetchFault(window.available) }
+                    guard i + dispSize <= window.available else { return window.available }
                     var disp: UInt64 = 0
                     for k in 0..<dispSize { disp |= UInt64(window[i + k]) << UInt64(k * 8) }
                     i += dispSize
-                    offset = offset &+ signExtend(disp, size: dispSize)
+                    insn.displacement = signExtend(disp, size: dispSize)
                 }
                 insn.segment = insn.segmentOverride >= 0 ? insn.segmentOverride : segment
-                insn.offset = offset
             }
         }
 
@@ -242,19 +301,16 @@ extension X86CPU {
         let immediateSize = immediateBytes(opcode, operandSize: operandSize, addressSize: addressSize,
                                            mode64: insn.mode64, reg: insn.reg)
         if immediateSize > 0 {
-            guard i + immediateSize <= window.available else { return fetchFault(window.available) }
+            guard i + immediateSize <= window.available else { return window.available }
             var value: UInt64 = 0
             for k in 0..<immediateSize { value |= UInt64(window[i + k]) << UInt64(k * 8) }
             i += immediateSize
             insn.immediate = value
         }
         insn.length = i
-        insn.nextRIP = (state.rip &+ UInt64(i)) & (size == 8 ? ~0 : (size == 4 ? 0xFFFF_FFFF : 0xFFFF))
-        if insn.hasModRM && insn.mod != 3 {
-            if ripRelative { insn.offset = insn.offset &+ state.rip &+ UInt64(i) }
-            insn.offset &= sizeMask(addressSize)
-        }
-        return true
+        insn.nextRIP = (rip &+ UInt64(i)) & (size == 8 ? ~0 : (size == 4 ? 0xFFFF_FFFF : 0xFFFF))
+        if ripRelative { insn.displacement = insn.displacement &+ rip &+ UInt64(i) }
+        return nil
     }
 
     /// Whether an opcode has a ModRM byte.

@@ -36,7 +36,7 @@ struct LazyFlags {
         result = 0
     }
 
-    @inline(__always)
+    @inline(always)
     mutating func record(_ op: FlagOp, size: Int, dst: UInt64, src: UInt64, result: UInt64, carryIn: Bool = false) {
         self.op = op
         self.size = UInt8(truncatingIfNeeded: size)
@@ -59,6 +59,7 @@ struct LazyFlags {
         return (bits & ~RFLAGS.arithmetic) | arithmetic
     }
 
+    @inline(always)
     var carry: Bool {
         let size = Int(self.size)
         let mask = sizeMask(size)
@@ -100,21 +101,39 @@ struct LazyFlags {
         return f
     }
 
-    /// Evaluates condition code `cc` (the low nibble of Jcc/SETcc/CMOVcc).
+    // Single flags of the recorded operation, as `arithmetic` computes them,
+    // for conditions that need one or two.
+    @inline(always)
+    var zero: Bool { op == .none ? bits & RFLAGS.zf != 0 : result & sizeMask(Int(size)) == 0 }
+
+    @inline(always)
+    var sign: Bool { op == .none ? bits & RFLAGS.sf != 0 : result & signBit(Int(size)) != 0 }
+
+    @inline(always)
+    var overflow: Bool {
+        let sign = signBit(Int(size))
+        switch op {
+        case .none: return bits & RFLAGS.of != 0
+        case .add, .inc: return (dst ^ result) & (src ^ result) & sign != 0
+        case .sub, .dec: return (dst ^ src) & (dst ^ result) & sign != 0
+        case .logic: return false
+        }
+    }
+
+    /// Evaluates condition code `cc` (the low nibble of Jcc/SETcc/CMOVcc),
+    /// computing only the flags it reads.
+    @inline(always)
     func condition(_ cc: Int) -> Bool {
-        let f = materialized
-        let cf = f & RFLAGS.cf != 0, zf = f & RFLAGS.zf != 0, sf = f & RFLAGS.sf != 0
-        let of = f & RFLAGS.of != 0, pf = f & RFLAGS.pf != 0
         let value: Bool
         switch cc >> 1 {
-        case 0: value = of
-        case 1: value = cf
-        case 2: value = zf
-        case 3: value = cf || zf
-        case 4: value = sf
-        case 5: value = pf
-        case 6: value = sf != of
-        default: value = zf || (sf != of)
+        case 0: value = overflow
+        case 1: value = carry
+        case 2: value = zero
+        case 3: value = carry || zero
+        case 4: value = sign
+        case 5: value = op == .none ? bits & RFLAGS.pf != 0 : parityEven(result)
+        case 6: value = sign != overflow
+        default: value = zero || (sign != overflow)
         }
         return cc & 1 == 0 ? value : !value
     }

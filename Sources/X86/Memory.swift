@@ -23,12 +23,34 @@ struct TLBEntry {
     var flags: UInt8 = 0
 }
 
+/// A linear page of RAM that loads and stores reach with one compare and
+/// one add (the fast path of `readLinear` and `writeLinear`): filled after a
+/// translation succeeded, tagged with the linear page number and the CPL it
+/// was checked at. It lives as long as the TLB entry would (a paging
+/// generation, INVLPG) and as the memory ranges; pages with a dirty log or
+/// in a read-only range are never writable here.
+struct HostTLBEntry {
+    static let count = 256
+    /// Tag bit of entries filled at CPL 3.
+    static let userKey: UInt64 = 1 << 63
+    /// An `accessKey` that no tag holds (page numbers stay below 2^52).
+    static let invalidKey: UInt64 = 1 << 62
+    static let pageMask: UInt64 = (1 << 52) - 1
+
+    var readTag: UInt64 = ~0
+    var writeTag: UInt64 = ~0
+    /// The host address minus the linear address.
+    var hostDelta: UInt64 = 0
+    /// The guest-physical address minus the linear address.
+    var physicalDelta: UInt64 = 0
+}
+
 extension X86CPU {
     // MARK: Segmentation
 
     /// The linear address of `segment:offset`, unchecked (`checkedLinear`
     /// applies limits and the canonical rule).
-    @inline(__always)
+    @inline(always)
     mutating func linear(_ segment: Int, _ offset: UInt64) -> UInt64 {
         if case .long64 = state.mode {
             // 64-bit mode: only FS and GS have a base.
@@ -226,6 +248,7 @@ extension X86CPU {
     /// INVLPG's effect (global pages too), for the host and for the instruction.
     public mutating func invalidatePage(_ linearAddress: UInt64) {
         let page = linearAddress >> 12
+        decoded.hostTLB[Int(truncatingIfNeeded: page) & (HostTLBEntry.count - 1)] = HostTLBEntry()
         withUnsafeMutablePointer(to: &tlb) {
             let entries = UnsafeMutableRawPointer($0).assumingMemoryBound(to: TLBEntry.self)
             if entries[Int(page & 0xFF)].tag == page { entries[Int(page & 0xFF)].tag = ~0 }
@@ -253,6 +276,8 @@ extension X86CPU {
     /// one). A write marks its pages in the range's dirty log.
     @inline(__always)
     mutating func hostPointer(_ address: UInt64, size: Int, write: Bool) -> UnsafeMutableRawPointer? {
+        // Every guest write comes here for its pointer (see DecodedCache.swift).
+        if write { noteCodeWrite(address, size: size) }
         let hot = write ? hotWrite : hotRead
         let offset = address &- hot.start
         if offset < hot.size && hot.size - offset >= UInt64(size), let host = hot.host {
@@ -327,14 +352,94 @@ extension X86CPU {
         }
         pending = .mmio(MMIOExit(address: address, size: size, isWrite: true, data: value & sizeMask(size)))
         mmioWritePending = true
+        blockInterrupted = true
+    }
+
+    // MARK: The host TLB
+
+    /// At a context point (see `invalidateContext`): drops the host TLB if
+    /// paging changed since it was filled, and takes the CPL's key.
+    mutating func refreshHostTLB() {
+        if hostTLBGeneration != state.pagingGeneration {
+            for i in 0..<HostTLBEntry.count { decoded.hostTLB[i] = HostTLBEntry() }
+            hostTLBGeneration = state.pagingGeneration
+        }
+        accessKey = state.privilegeLevel() == 3 ? HostTLBEntry.userKey : 0
+    }
+
+    /// Enters the page of a translated access into the host TLB, when the
+    /// whole page is RAM the access could use (writable and not logged, for
+    /// a write).
+    mutating func fillHostTLB(linear: UInt64, physical: UInt64, write: Bool) {
+        guard accessKey != HostTLBEntry.invalidKey, hostTLBGeneration == state.pagingGeneration else { return }
+        let hostTLB = decoded.hostTLB
+        let frame = physical & ~0xFFF
+        guard let range = memory.range(containing: frame), range.size - (frame - range.guestAddress) >= 0x1000 else { return }
+        // Stores to a page of code take the slow path, which notes them (see DecodedCache.swift).
+        let writable = !range.readOnly && range.dirtyBitmap == nil && !isCodePage(frame)
+        if write && !writable { return }
+        let page = linear >> 12
+        let tag = page | accessKey
+        let host = UInt64(UInt(bitPattern: range.host + Int(frame - range.guestAddress)))
+        let hostDelta = host &- (page << 12)
+        let entry = hostTLB + Int(truncatingIfNeeded: page) & (HostTLBEntry.count - 1)
+        // A read keeps the entry's write permission for the same page.
+        let keepsWrite = entry.pointee.writeTag == tag && entry.pointee.hostDelta == hostDelta
+        entry.pointee = HostTLBEntry(readTag: tag, writeTag: write || keepsWrite ? tag : ~0, hostDelta: hostDelta,
+                                     physicalDelta: frame &- (page << 12))
     }
 
     // MARK: Linear and logical access
 
+    /// A load at a linear address: one compare in the host TLB, else the
+    /// walk and the physical access.
+    @inline(always)
     mutating func readLinear(_ address: UInt64, size: Int, _ access: Access = .read) -> UInt64? {
+        let page = address >> 12
+        if access == .read {
+            let entry = decoded.hostTLB + Int(truncatingIfNeeded: page) & (HostTLBEntry.count - 1)
+            if entry.pointee.readTag == page | accessKey && (address & 0xFFF) &+ UInt64(truncatingIfNeeded: size) <= 0x1000,
+               let host = UnsafeRawPointer(bitPattern: UInt(truncatingIfNeeded: address &+ entry.pointee.hostDelta)) {
+                switch size {
+                case 1: return UInt64(host.load(as: UInt8.self))
+                case 2: return UInt64(host.loadUnaligned(as: UInt16.self))
+                case 4: return UInt64(host.loadUnaligned(as: UInt32.self))
+                case 8: return host.loadUnaligned(as: UInt64.self)
+                default: break
+                }
+            }
+        }
+        return readLinearSlow(address, size: size, access)
+    }
+
+    /// A store at a linear address: one compare in the host TLB, else the
+    /// walk and the physical access.
+    @inline(always)
+    mutating func writeLinear(_ address: UInt64, _ value: UInt64, size: Int) -> Bool {
+        let page = address >> 12
+        do {
+            let entry = decoded.hostTLB + Int(truncatingIfNeeded: page) & (HostTLBEntry.count - 1)
+            if entry.pointee.writeTag == page | accessKey && (address & 0xFFF) &+ UInt64(truncatingIfNeeded: size) <= 0x1000,
+               let host = UnsafeMutableRawPointer(bitPattern: UInt(truncatingIfNeeded: address &+ entry.pointee.hostDelta)) {
+                switch size {
+                case 1: host.storeBytes(of: UInt8(truncatingIfNeeded: value), as: UInt8.self)
+                case 2: host.storeBytes(of: UInt16(truncatingIfNeeded: value), as: UInt16.self)
+                case 4: host.storeBytes(of: UInt32(truncatingIfNeeded: value), as: UInt32.self)
+                case 8: host.storeBytes(of: value, as: UInt64.self)
+                default: return writeLinearSlow(address, value, size: size)
+                }
+                return true
+            }
+        }
+        return writeLinearSlow(address, value, size: size)
+    }
+
+    mutating func readLinearSlow(_ address: UInt64, size: Int, _ access: Access) -> UInt64? {
         if (address & 0xFFF) + UInt64(size) <= 0x1000 {
             guard let physical = translate(address, access) else { return nil }
-            return readPhysical(physical, size: size)
+            guard let value = readPhysical(physical, size: size) else { return nil }
+            if access == .read { fillHostTLB(linear: address, physical: physical, write: false) }
+            return value
         }
         // Crosses a page: two pieces, split where the kernel's emulator splits
         // them, so that RAM and MMIO halves are each reported as such.
@@ -346,10 +451,11 @@ extension X86CPU {
         return lowValue | (highValue << UInt64(first * 8))
     }
 
-    mutating func writeLinear(_ address: UInt64, _ value: UInt64, size: Int) -> Bool {
+    mutating func writeLinearSlow(_ address: UInt64, _ value: UInt64, size: Int) -> Bool {
         if (address & 0xFFF) + UInt64(size) <= 0x1000 {
             guard let physical = translate(address, .write) else { return false }
             writePhysical(physical, value, size: size)
+            if !mmioWritePending { fillHostTLB(linear: address, physical: physical, write: true) }
             return true
         }
         // Translate both pages before writing, so that a fault writes nothing.
@@ -362,14 +468,14 @@ extension X86CPU {
         return true
     }
 
-    @inline(__always)
+    @inline(always)
     mutating func read(_ segment: Int, _ offset: UInt64, size: Int) -> UInt64? {
         guard let address = checkedLinear(segment, offset, size: size, write: false) else { return nil }
         if debugUnit.dataBreakpoints != 0 { noteDataAccess(address, size: size, write: false) }
         return readLinear(address, size: size)
     }
 
-    @inline(__always)
+    @inline(always)
     mutating func write(_ segment: Int, _ offset: UInt64, _ value: UInt64, size: Int) -> Bool {
         guard let address = checkedLinear(segment, offset, size: size, write: true) else { return false }
         if debugUnit.dataBreakpoints != 0 { noteDataAccess(address, size: size, write: true) }

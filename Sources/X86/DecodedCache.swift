@@ -498,7 +498,7 @@ extension X86CPU {
             }
             previous = block
             let first = decoded.pool + Int(block.pointee.first)
-            let length = min(Int(block.pointee.count), limit &- count)
+            let length = Int(block.pointee.count) < limit &- count ? Int(block.pointee.count) : limit &- count
             // RIP of the instruction about to run: straight-line handlers do
             // not write state.rip, which is brought up to date when the block
             // stops.

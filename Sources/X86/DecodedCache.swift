@@ -128,7 +128,7 @@ struct CodeWord {
 /// reaches it through `DecodedCache`'s pointers.
 final class DecodedCacheStorage {
     /// Direct-mapped block slots (a power of two).
-    static let blockSlots = 8192
+    static let blockSlots = 16384
     static let wordsPerBlock = 8
     static let maxBlockInstructions = 32
     /// Instructions of all blocks; when full, the whole cache is dropped.
@@ -140,12 +140,13 @@ final class DecodedCacheStorage {
     let hostTLB: UnsafeMutablePointer<HostTLBEntry>
     /// The code-page filter: one bit per hash of a guest-physical page.
     let codePages: UnsafeMutablePointer<UInt64>
-    static let codePageWords = 1024
+    /// 2^20 bits: no two pages of the first 4 GiB share one.
+    static let codePageWords = 16384
     /// The blocks last found for RIPs in this code epoch, direct-mapped by RIP.
     let jumps: UnsafeMutablePointer<JumpEntry>
-    static let jumpSlots = 1024
+    static let jumpSlots = 4096
 
-    init(poolCapacity: Int = 65536) {
+    init(poolCapacity: Int = 131_072) {
         self.poolCapacity = poolCapacity
         // Zeroed memory is the empty state of blocks, words, jump entries and
         // the filter, and the kernel gives it page by page as it is touched:
@@ -256,7 +257,7 @@ extension X86CPU {
     @inline(always)
     mutating func lookupBlock() -> UnsafeMutablePointer<CachedBlock>? {
         let rip = state.rip
-        let jump = decoded.jumps + Int(truncatingIfNeeded: (rip ^ (rip >> 10)) & UInt64(DecodedCacheStorage.jumpSlots - 1))
+        let jump = decoded.jumps + Int(truncatingIfNeeded: (rip ^ (rip >> 12)) & UInt64(DecodedCacheStorage.jumpSlots - 1))
         // A block rebuilt for another RIP in the same slot, or not checked in
         // this epoch, fails the second test.
         if jump.pointee.rip == rip && jump.pointee.epoch == codeEpoch, let block = jump.pointee.block,
@@ -299,7 +300,7 @@ extension X86CPU {
     @inline(__always)
     static func codePageBit(_ physical: UInt64) -> (word: Int, mask: UInt64) {
         let page = physical >> 12
-        let hash = Int(truncatingIfNeeded: (page ^ (page >> 16)) & 0xFFFF)
+        let hash = Int(truncatingIfNeeded: (page ^ (page >> 20)) & 0xF_FFFF)
         return (hash >> 6, 1 << UInt64(hash & 63))
     }
 

@@ -81,7 +81,7 @@ extension X86CPU {
     /// Picks the handler of a decoded instruction, and computes what it
     /// takes from decode time (a branch's target).
     mutating func prepareHandler(_ insn: inout Instruction, barrier: Bool) {
-        insn.handler = barrier ? .barrier : specialized(handler(for: insn), insn)
+        insn.handler = barrier ? .barrier : X86CPU.specialized(X86CPU.handler(for: insn), insn)
         switch insn.handler {
         case .jcc, .jz, .jnz, .jump, .call, .call64, .call32:
             let op = insn.opcode
@@ -98,7 +98,7 @@ extension X86CPU {
     /// The handler for an instruction: its own for the hot forms, the family
     /// handler that `execute`'s switch picks (with the same checks) for other
     /// common opcodes, `.execute` for everything else. LOCK goes the general way.
-    func handler(for insn: Instruction) -> InstructionHandler {
+    static func handler(for insn: Instruction) -> InstructionHandler {
         if insn.lock { return .execute }
         let op = insn.opcode
         let register = insn.mod == 3
@@ -149,7 +149,7 @@ extension X86CPU {
     }
 
     /// The 32- or 64-bit form of a handler, where there is one.
-    func specialized(_ handler: InstructionHandler, _ insn: Instruction) -> InstructionHandler {
+    static func specialized(_ handler: InstructionHandler, _ insn: Instruction) -> InstructionHandler {
         let wide = insn.operandSize == 8
         guard wide || insn.operandSize == 4 else { return handler }
         switch handler {

@@ -28,7 +28,8 @@ import Glibc
 //   the store moves the epoch on and unmarks the page, so that the stores
 //   that follow (code being written out, data sharing the page) go fast
 //   again; the page's blocks are checked before they run again. A store into
-//   the block that is running also stops it after the current instruction:
+//   the page of the block that is running also stops that block after the
+//   current instruction (a trace's bytes lie here and there in its page):
 //   the SDM (8.1.3) makes a store into the instruction stream take effect for
 //   the next instruction fetched. That page stays marked meanwhile.
 // - at every serializing event this CPU goes through: each `run` (each
@@ -320,7 +321,7 @@ extension X86CPU {
 
     /// Whether the page of `physical` may hold code of this CPU.
     @inline(__always)
-    func isCodePage(_ physical: UInt64) -> Bool {
+    mutating func isCodePage(_ physical: UInt64) -> Bool {
         let (word, mask) = X86CPU.codePageBit(physical)
         return decoded.codePages[word] & mask != 0
     }
@@ -415,7 +416,7 @@ extension X86CPU {
                     wordCount += 1
                 }
             }
-            let flow = blockFlow(insn)
+            let flow = X86CPU.blockFlow(insn)
             prepareHandler(&insn, barrier: flow == .barrier)
             // Where the trace goes on, if it does.
             var follow: UInt64? = nil
@@ -580,7 +581,7 @@ extension X86CPU {
 
     /// What the block builder does after `insn`: listed opcodes go on, near
     /// branches end the block, and everything else is a barrier.
-    func blockFlow(_ insn: Instruction) -> BlockFlow {
+    static func blockFlow(_ insn: Instruction) -> BlockFlow {
         let op = insn.opcode
         switch op {
         // Instructions that touch only registers (GPRs, flags, x87, SSE) and

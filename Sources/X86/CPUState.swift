@@ -257,14 +257,14 @@ public struct CPUState {
 
     /// Register `index` (0-15), read in place: subscripting the InlineArray
     /// property copied all of it on every access (measured with perf).
-    @inline(__always)
+    @inline(always)
     mutating func reg(_ index: Int) -> UInt64 {
         withUnsafeMutablePointer(to: &gpr) {
             UnsafeMutableRawPointer($0).load(fromByteOffset: (index & 15) &* 8, as: UInt64.self)
         }
     }
 
-    @inline(__always)
+    @inline(always)
     mutating func setReg(_ index: Int, _ value: UInt64) {
         withUnsafeMutablePointer(to: &gpr) {
             UnsafeMutableRawPointer($0).storeBytes(of: value, toByteOffset: (index & 15) &* 8, as: UInt64.self)
@@ -365,16 +365,16 @@ public enum RFLAGS {
 
 // Sizes are 1 to 8 bytes: wrapping arithmetic, so that the step loop has no
 // overflow traps or range branches here.
-@inline(__always)
+@inline(always)
 func sizeMask(_ size: Int) -> UInt64 {
     ~0 &>> UInt64(truncatingIfNeeded: 64 &- size &* 8)
 }
 
-@inline(__always)
+@inline(always)
 func signBit(_ size: Int) -> UInt64 { 1 &<< UInt64(truncatingIfNeeded: size &* 8 &- 1) }
 
 /// Sign-extends the low `size` bytes of `value` to 64 bits.
-@inline(__always)
+@inline(always)
 func signExtend(_ value: UInt64, size: Int) -> UInt64 {
     let shift = UInt64(truncatingIfNeeded: 64 &- size &* 8)
     return UInt64(bitPattern: Int64(bitPattern: value &<< shift) &>> Int64(bitPattern: shift))

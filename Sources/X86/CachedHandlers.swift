@@ -55,6 +55,13 @@ enum InstructionHandler: UInt8 {
     case push32, pop32, call32, ret32
     /// JZ and JNZ, short and near.
     case jz, jnz
+    /// Memory forms of the ALU and group 1 (the operation taken from the opcode).
+    case aluMR32, aluMR64, aluRM32, aluRM64, group1M32, group1M64
+    case lea32, lea64
+    /// C7 /0 to memory.
+    case storeImmediate32, storeImmediate64
+    /// 0F B6, 0F B7 at operand size 4 or 8 (both zero-extend to 64 bits).
+    case movzxByte, movzxWord
 }
 
 /// An operand size settled when the handler is chosen.
@@ -74,7 +81,7 @@ extension X86CPU {
     /// Picks the handler of a decoded instruction, and computes what it
     /// takes from decode time (a branch's target).
     mutating func prepareHandler(_ insn: inout Instruction, barrier: Bool) {
-        insn.handler = barrier ? .barrier : specialized(handler(for: insn), insn)
+        insn.handler = barrier ? .barrier : X86CPU.specialized(X86CPU.handler(for: insn), insn)
         switch insn.handler {
         case .jcc, .jz, .jnz, .jump, .call, .call64, .call32:
             let op = insn.opcode
@@ -91,7 +98,7 @@ extension X86CPU {
     /// The handler for an instruction: its own for the hot forms, the family
     /// handler that `execute`'s switch picks (with the same checks) for other
     /// common opcodes, `.execute` for everything else. LOCK goes the general way.
-    func handler(for insn: Instruction) -> InstructionHandler {
+    static func handler(for insn: Instruction) -> InstructionHandler {
         if insn.lock { return .execute }
         let op = insn.opcode
         let register = insn.mod == 3
@@ -142,18 +149,33 @@ extension X86CPU {
     }
 
     /// The 32- or 64-bit form of a handler, where there is one.
-    func specialized(_ handler: InstructionHandler, _ insn: Instruction) -> InstructionHandler {
+    static func specialized(_ handler: InstructionHandler, _ insn: Instruction) -> InstructionHandler {
         let wide = insn.operandSize == 8
         guard wide || insn.operandSize == 4 else { return handler }
         switch handler {
         case .aluRR:
-            let forms: [InstructionHandler] = wide ? [.add64RR, .or64RR, .aluRR, .aluRR, .and64RR, .sub64RR, .xor64RR, .cmp64RR]
-                                                   : [.add32RR, .or32RR, .aluRR, .aluRR, .and32RR, .sub32RR, .xor32RR, .cmp32RR]
-            return forms[insn.opcode >> 3]
+            switch insn.opcode >> 3 {
+            case 0: return wide ? .add64RR : .add32RR
+            case 1: return wide ? .or64RR : .or32RR
+            case 4: return wide ? .and64RR : .and32RR
+            case 5: return wide ? .sub64RR : .sub32RR
+            case 6: return wide ? .xor64RR : .xor32RR
+            case 7: return wide ? .cmp64RR : .cmp32RR
+            default: return handler
+            }
         case .group1R:
-            let forms: [InstructionHandler] = wide ? [.add64RI, .or64RI, .group1R, .group1R, .and64RI, .sub64RI, .xor64RI, .cmp64RI]
-                                                   : [.add32RI, .or32RI, .group1R, .group1R, .and32RI, .sub32RI, .xor32RI, .cmp32RI]
-            return forms[insn.reg & 7]
+            switch insn.reg & 7 {
+            case 0: return wide ? .add64RI : .add32RI
+            case 1: return wide ? .or64RI : .or32RI
+            case 4: return wide ? .and64RI : .and32RI
+            case 5: return wide ? .sub64RI : .sub32RI
+            case 6: return wide ? .xor64RI : .xor32RI
+            case 7: return wide ? .cmp64RI : .cmp32RI
+            default: return handler
+            }
+        case .aluMR: return wide ? .aluMR64 : .aluMR32
+        case .aluRM: return wide ? .aluRM64 : .aluRM32
+        case .group1M: return wide ? .group1M64 : .group1M32
         case .testRR: return wide ? .test64RR : .test32RR
         case .storeRR, .loadRR: return wide ? .move64RR : .move32RR
         case .load: return wide ? .load64 : .load32
@@ -161,14 +183,32 @@ extension X86CPU {
         case .moveImmediate: return wide ? .moveImmediate64 : .moveImmediate32
         case .incR: return wide ? .inc64R : .inc32R
         case .decR: return wide ? .dec64R : .dec32R
+        case .lea: return wide ? .lea64 : .lea32
+        case .move:
+            switch insn.opcode {
+            case 0xC7 where insn.isMemory && insn.reg & 7 == 0: return wide ? .storeImmediate64 : .storeImmediate32
+            case 0x1B6: return .movzxByte
+            case 0x1B7: return .movzxWord
+            default: return handler
+            }
         case .push, .pop, .call, .ret:
             // 64-bit mode without a 66 prefix (the operand size is then 4 or 8).
             if insn.mode64 {
                 guard !insn.operandSizePrefix else { return handler }
-                return [.push: .push64, .pop: .pop64, .call: .call64, .ret: .ret64][handler] ?? handler
+                switch handler {
+                case .push: return .push64
+                case .pop: return .pop64
+                case .call: return .call64
+                default: return .ret64
+                }
             }
             guard insn.operandSize == 4 else { return handler }
-            return [.push: .push32, .pop: .pop32, .call: .call32, .ret: .ret32][handler] ?? handler
+            switch handler {
+            case .push: return .push32
+            case .pop: return .pop32
+            case .call: return .call32
+            default: return .ret32
+            }
         case .jcc:
             switch insn.opcode & 0xF {
             case 4: return .jz
@@ -254,6 +294,18 @@ extension X86CPU {
         case .pop64: return runPop64(&insn)
         case .call64: return runCall64(&insn)
         case .ret64: return runRet64(&insn)
+        case .aluMR32: return runALUMR32(&insn)
+        case .aluMR64: return runALUMR64(&insn)
+        case .aluRM32: return runALURM32(&insn)
+        case .aluRM64: return runALURM64(&insn)
+        case .group1M32: return runGroup1M32(&insn)
+        case .group1M64: return runGroup1M64(&insn)
+        case .lea32: return runLEA32(&insn)
+        case .lea64: return runLEA64(&insn)
+        case .storeImmediate32: return runStoreImmediate32(&insn)
+        case .storeImmediate64: return runStoreImmediate64(&insn)
+        case .movzxByte: return runMOVZXByte(&insn)
+        case .movzxWord: return runMOVZXWord(&insn)
         case .jz: return runJz(&insn)
         case .jnz: return runJnz(&insn)
         case .execute, .barrier, .alu, .group1, .test, .move, .lea, .nop, .incDecRegister, .pushPop, .incDec,
@@ -315,6 +367,83 @@ extension X86CPU {
     mutating func aluRI<W: OperandWidth>(_ operation: Int, _: W.Type, _ insn: inout Instruction) -> HandlerResult {
         let r = alu(operation, readGPR(insn.rm, W.size), insn.displacement, size: W.size)
         if operation != 7 { writeGPR(insn.rm, r, W.size) }
+        return .next
+    }
+
+    // Out of the block loop: inlining them all there made it too big for
+    // the optimizer to inline the small accessors it calls.
+    @inline(never) mutating func runALUMR32(_ insn: inout Instruction) -> HandlerResult { aluMR(Width32.self, &insn) }
+    @inline(never) mutating func runALUMR64(_ insn: inout Instruction) -> HandlerResult { aluMR(Width64.self, &insn) }
+    @inline(never) mutating func runALURM32(_ insn: inout Instruction) -> HandlerResult { aluRM(Width32.self, &insn) }
+    @inline(never) mutating func runALURM64(_ insn: inout Instruction) -> HandlerResult { aluRM(Width64.self, &insn) }
+    @inline(never) mutating func runGroup1M32(_ insn: inout Instruction) -> HandlerResult { group1M(Width32.self, &insn) }
+    @inline(never) mutating func runGroup1M64(_ insn: inout Instruction) -> HandlerResult { group1M(Width64.self, &insn) }
+    @inline(never) mutating func runLEA32(_ insn: inout Instruction) -> HandlerResult { lea(Width32.self, &insn) }
+    @inline(never) mutating func runLEA64(_ insn: inout Instruction) -> HandlerResult { lea(Width64.self, &insn) }
+    @inline(never) mutating func runStoreImmediate32(_ insn: inout Instruction) -> HandlerResult {
+        storeImmediate(Width32.self, &insn)
+    }
+    @inline(never) mutating func runStoreImmediate64(_ insn: inout Instruction) -> HandlerResult {
+        storeImmediate(Width64.self, &insn)
+    }
+    @inline(never) mutating func runMOVZXByte(_ insn: inout Instruction) -> HandlerResult { movzx(1, &insn) }
+    @inline(never) mutating func runMOVZXWord(_ insn: inout Instruction) -> HandlerResult { movzx(2, &insn) }
+
+    @inline(always)
+    mutating func aluMR<W: OperandWidth>(_: W.Type, _ insn: inout Instruction) -> HandlerResult {
+        let operation = insn.opcode >> 3
+        let offset = effectiveAddress(&insn)
+        guard let value = read(insn.segment, offset, size: W.size) else { return .fault }
+        let r = alu(operation, value, readGPR(insn.reg, W.size), size: W.size)
+        guard operation == 7 || write(insn.segment, offset, r, size: W.size) else { return .fault }
+        return .next
+    }
+
+    @inline(always)
+    mutating func aluRM<W: OperandWidth>(_: W.Type, _ insn: inout Instruction) -> HandlerResult {
+        let operation = insn.opcode >> 3
+        guard let value = read(insn.segment, effectiveAddress(&insn), size: W.size) else { return .fault }
+        let r = alu(operation, readGPR(insn.reg, W.size), value, size: W.size)
+        if operation != 7 { writeGPR(insn.reg, r, W.size) }
+        return .next
+    }
+
+    @inline(always)
+    mutating func group1M<W: OperandWidth>(_: W.Type, _ insn: inout Instruction) -> HandlerResult {
+        let operation = insn.reg & 7
+        let source = signExtend(insn.immediate, size: insn.opcode == 0x81 ? 4 : 1)
+        let offset = effectiveAddress(&insn)
+        guard let value = read(insn.segment, offset, size: W.size) else { return .fault }
+        let r = alu(operation, value, source, size: W.size)
+        guard operation == 7 || write(insn.segment, offset, r, size: W.size) else { return .fault }
+        return .next
+    }
+
+    @inline(always)
+    mutating func lea<W: OperandWidth>(_: W.Type, _ insn: inout Instruction) -> HandlerResult {
+        writeGPR(insn.reg, effectiveAddress(&insn), W.size)
+        return .next
+    }
+
+    @inline(always)
+    mutating func storeImmediate<W: OperandWidth>(_: W.Type, _ insn: inout Instruction) -> HandlerResult {
+        guard write(insn.segment, effectiveAddress(&insn), signExtend(insn.immediate, size: 4), size: W.size) else {
+            return .fault
+        }
+        return .next
+    }
+
+    /// MOVZX from a byte (AH-BH without REX) or word register or memory.
+    @inline(always)
+    mutating func movzx(_ sourceSize: Int, _ insn: inout Instruction) -> HandlerResult {
+        let value: UInt64
+        if insn.mod == 3 {
+            value = state.read(insn.rm, size: sourceSize, legacyHighBytes: insn.legacyHighBytes)
+        } else {
+            guard let loaded = read(insn.segment, effectiveAddress(&insn), size: sourceSize) else { return .fault }
+            value = loaded
+        }
+        writeGPR(insn.reg, value, insn.operandSize)
         return .next
     }
 

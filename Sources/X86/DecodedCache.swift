@@ -28,7 +28,8 @@ import Glibc
 //   the store moves the epoch on and unmarks the page, so that the stores
 //   that follow (code being written out, data sharing the page) go fast
 //   again; the page's blocks are checked before they run again. A store into
-//   the block that is running also stops it after the current instruction:
+//   the page of the block that is running also stops that block after the
+//   current instruction (a trace's bytes lie here and there in its page):
 //   the SDM (8.1.3) makes a store into the instruction stream take effect for
 //   the next instruction fetched. That page stays marked meanwhile.
 // - at every serializing event this CPU goes through: each `run` (each
@@ -128,7 +129,7 @@ struct CodeWord {
 /// reaches it through `DecodedCache`'s pointers.
 final class DecodedCacheStorage {
     /// Direct-mapped block slots (a power of two).
-    static let blockSlots = 8192
+    static let blockSlots = 16384
     static let wordsPerBlock = 8
     static let maxBlockInstructions = 32
     /// Instructions of all blocks; when full, the whole cache is dropped.
@@ -140,12 +141,13 @@ final class DecodedCacheStorage {
     let hostTLB: UnsafeMutablePointer<HostTLBEntry>
     /// The code-page filter: one bit per hash of a guest-physical page.
     let codePages: UnsafeMutablePointer<UInt64>
-    static let codePageWords = 1024
+    /// 2^20 bits: no two pages of the first 4 GiB share one.
+    static let codePageWords = 16384
     /// The blocks last found for RIPs in this code epoch, direct-mapped by RIP.
     let jumps: UnsafeMutablePointer<JumpEntry>
-    static let jumpSlots = 1024
+    static let jumpSlots = 4096
 
-    init(poolCapacity: Int = 65536) {
+    init(poolCapacity: Int = 131_072) {
         self.poolCapacity = poolCapacity
         // Zeroed memory is the empty state of blocks, words, jump entries and
         // the filter, and the kernel gives it page by page as it is touched:
@@ -256,7 +258,7 @@ extension X86CPU {
     @inline(always)
     mutating func lookupBlock() -> UnsafeMutablePointer<CachedBlock>? {
         let rip = state.rip
-        let jump = decoded.jumps + Int(truncatingIfNeeded: (rip ^ (rip >> 10)) & UInt64(DecodedCacheStorage.jumpSlots - 1))
+        let jump = decoded.jumps + Int(truncatingIfNeeded: (rip ^ (rip >> 12)) & UInt64(DecodedCacheStorage.jumpSlots - 1))
         // A block rebuilt for another RIP in the same slot, or not checked in
         // this epoch, fails the second test.
         if jump.pointee.rip == rip && jump.pointee.epoch == codeEpoch, let block = jump.pointee.block,
@@ -299,7 +301,7 @@ extension X86CPU {
     @inline(__always)
     static func codePageBit(_ physical: UInt64) -> (word: Int, mask: UInt64) {
         let page = physical >> 12
-        let hash = Int(truncatingIfNeeded: (page ^ (page >> 16)) & 0xFFFF)
+        let hash = Int(truncatingIfNeeded: (page ^ (page >> 20)) & 0xF_FFFF)
         return (hash >> 6, 1 << UInt64(hash & 63))
     }
 
@@ -319,7 +321,7 @@ extension X86CPU {
 
     /// Whether the page of `physical` may hold code of this CPU.
     @inline(__always)
-    func isCodePage(_ physical: UInt64) -> Bool {
+    mutating func isCodePage(_ physical: UInt64) -> Bool {
         let (word, mask) = X86CPU.codePageBit(physical)
         return decoded.codePages[word] & mask != 0
     }
@@ -414,7 +416,7 @@ extension X86CPU {
                     wordCount += 1
                 }
             }
-            let flow = blockFlow(insn)
+            let flow = X86CPU.blockFlow(insn)
             prepareHandler(&insn, barrier: flow == .barrier)
             // Where the trace goes on, if it does.
             var follow: UInt64? = nil
@@ -498,7 +500,7 @@ extension X86CPU {
             }
             previous = block
             let first = decoded.pool + Int(block.pointee.first)
-            let length = min(Int(block.pointee.count), limit &- count)
+            let length = Int(block.pointee.count) < limit &- count ? Int(block.pointee.count) : limit &- count
             // RIP of the instruction about to run: straight-line handlers do
             // not write state.rip, which is brought up to date when the block
             // stops.
@@ -579,7 +581,7 @@ extension X86CPU {
 
     /// What the block builder does after `insn`: listed opcodes go on, near
     /// branches end the block, and everything else is a barrier.
-    func blockFlow(_ insn: Instruction) -> BlockFlow {
+    static func blockFlow(_ insn: Instruction) -> BlockFlow {
         let op = insn.opcode
         switch op {
         // Instructions that touch only registers (GPRs, flags, x87, SSE) and

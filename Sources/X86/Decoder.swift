@@ -7,39 +7,93 @@
 /// instruction cache holds many, and a copy (a handler taking one by value)
 /// stays a few moves.
 struct Instruction {
-    var opcode: Int { get { Int(opcodeBits) } set { opcodeBits = UInt16(truncatingIfNeeded: newValue) } }
-    var length: Int { get { Int(lengthBits) } set { lengthBits = UInt8(truncatingIfNeeded: newValue) } }
+    var opcode: Int {
+        @inline(always) get { Int(opcodeBits) }
+        @inline(always) set { opcodeBits = UInt16(truncatingIfNeeded: newValue) }
+    }
+    var length: Int {
+        @inline(always) get { Int(lengthBits) }
+        @inline(always) set { lengthBits = UInt8(truncatingIfNeeded: newValue) }
+    }
     /// 2, 4 or 8: the operand size of instructions that are not byte-sized.
-    var operandSize: Int { get { Int(operandSizeBits) } set { operandSizeBits = UInt8(truncatingIfNeeded: newValue) } }
+    var operandSize: Int {
+        @inline(always) get { Int(operandSizeBits) }
+        @inline(always) set { operandSizeBits = UInt8(truncatingIfNeeded: newValue) }
+    }
     /// 2, 4 or 8.
-    var addressSize: Int { get { Int(addressSizeBits) } set { addressSizeBits = UInt8(truncatingIfNeeded: newValue) } }
-    var rex: UInt8 { get { rexBits } set { rexBits = newValue } }
+    var addressSize: Int {
+        @inline(always) get { Int(addressSizeBits) }
+        @inline(always) set { addressSizeBits = UInt8(truncatingIfNeeded: newValue) }
+    }
+    var rex: UInt8 {
+        @inline(always) get { rexBits }
+        @inline(always) set { rexBits = newValue }
+    }
     /// 0, 0xF2 or 0xF3.
-    var rep: UInt8 { get { repBits } set { repBits = newValue } }
-    var lock: Bool { get { lockBit } set { lockBit = newValue } }
-    var operandSizePrefix: Bool { get { operandSizePrefixBit } set { operandSizePrefixBit = newValue } }
-    var segmentOverride: Int { get { Int(segmentOverrideBits) } set { segmentOverrideBits = Int8(truncatingIfNeeded: newValue) } }
-    var hasModRM: Bool { get { hasModRMBit } set { hasModRMBit = newValue } }
-    var mod: Int { get { Int(modBits) } set { modBits = UInt8(truncatingIfNeeded: newValue) } }
+    var rep: UInt8 {
+        @inline(always) get { repBits }
+        @inline(always) set { repBits = newValue }
+    }
+    var lock: Bool {
+        @inline(always) get { lockBit }
+        @inline(always) set { lockBit = newValue }
+    }
+    var operandSizePrefix: Bool {
+        @inline(always) get { operandSizePrefixBit }
+        @inline(always) set { operandSizePrefixBit = newValue }
+    }
+    var segmentOverride: Int {
+        @inline(always) get { Int(segmentOverrideBits) }
+        @inline(always) set { segmentOverrideBits = Int8(truncatingIfNeeded: newValue) }
+    }
+    var hasModRM: Bool {
+        @inline(always) get { hasModRMBit }
+        @inline(always) set { hasModRMBit = newValue }
+    }
+    var mod: Int {
+        @inline(always) get { Int(modBits) }
+        @inline(always) set { modBits = UInt8(truncatingIfNeeded: newValue) }
+    }
     /// ModRM.reg with REX.R.
-    var reg: Int { get { Int(regBits) } set { regBits = UInt8(truncatingIfNeeded: newValue) } }
+    var reg: Int {
+        @inline(always) get { Int(regBits) }
+        @inline(always) set { regBits = UInt8(truncatingIfNeeded: newValue) }
+    }
     /// ModRM.rm with REX.B (a register when `mod == 3`).
-    var rm: Int { get { Int(rmBits) } set { rmBits = UInt8(truncatingIfNeeded: newValue) } }
+    var rm: Int {
+        @inline(always) get { Int(rmBits) }
+        @inline(always) set { rmBits = UInt8(truncatingIfNeeded: newValue) }
+    }
     /// The memory operand's segment and offset (when `mod != 3`). The
     /// offset is computed from the address form below each time the
     /// instruction runs (`effectiveAddress`): a cached instruction runs again
     /// with other register values.
-    var segment: Int { get { Int(segmentBits) } set { segmentBits = UInt8(truncatingIfNeeded: newValue) } }
+    var segment: Int {
+        @inline(always) get { Int(segmentBits) }
+        @inline(always) set { segmentBits = UInt8(truncatingIfNeeded: newValue) }
+    }
     var offset: UInt64 = 0
     /// The address form: displacement + base + (index << scale), masked to
     /// the address size; -1 for no register. A RIP-relative displacement
     /// already holds the next instruction's RIP.
-    var base: Int8 { get { baseBits } set { baseBits = newValue } }
-    var index: Int8 { get { indexBits } set { indexBits = newValue } }
-    var scale: UInt8 { get { scaleBits } set { scaleBits = newValue } }
+    var base: Int8 {
+        @inline(always) get { baseBits }
+        @inline(always) set { baseBits = newValue }
+    }
+    var index: Int8 {
+        @inline(always) get { indexBits }
+        @inline(always) set { indexBits = newValue }
+    }
+    var scale: UInt8 {
+        @inline(always) get { scaleBits }
+        @inline(always) set { scaleBits = newValue }
+    }
     var displacement: UInt64 = 0
     var immediate: UInt64 = 0
-    var mode64: Bool { get { mode64Bit } set { mode64Bit = newValue } }
+    var mode64: Bool {
+        @inline(always) get { mode64Bit }
+        @inline(always) set { mode64Bit = newValue }
+    }
 
     var nextRIP: UInt64 = 0
     /// In a cached block, the RIP of the block's next instruction: `nextRIP`,

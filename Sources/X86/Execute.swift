@@ -1,6 +1,14 @@
 // Dispatch: one `switch` over the opcode, to the instruction families'
 // handlers. A handler returns false after storing a fault or exit; RIP then
 // stays at the instruction unless the exit says otherwise.
+//
+// Decoded instructions are cached and run from the cache (DecodedCache.swift):
+// a new opcode here runs from there unchanged. Two lists there follow this
+// switch: `blockFlow` names the opcodes a block may go on after (an opcode
+// that comes to change CS, SS, the CPL, a control register, EFER, the TLB or
+// the interrupt shadow must leave it), and CachedHandlers.swift sends some
+// hot opcodes straight to the family handler this switch picks (an opcode
+// moved to another handler here moves there too).
 
 extension X86CPU {
     mutating func execute(_ insn: inout Instruction) -> Bool {

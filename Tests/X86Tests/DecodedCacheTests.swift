@@ -188,6 +188,65 @@ struct DecodedCacheTests {
         compareCachedWithUncached(points, setup: setup, seed: seed)
     }
 
+    /// The memory, LEA, MOVZX and immediate-store forms that have handlers
+    /// of their own, in 32- and 64-bit code.
+    @Test(arguments: [(Machine.Setup.protected32, UInt64(41)), (.long64, 42), (.long64, 43)])
+    func cachedMemoryFormsMatchUncachedRuns(setup: Machine.Setup, seed: UInt64) {
+        compareCachedWithUncached(DecodedCacheTests.memoryForms(seed: seed, rex: setup == .long64), setup: setup, seed: seed)
+    }
+
+    /// Checkpoints of ALU r/m forms on [rbx + d8] (RBX in the data area at
+    /// 0x2000), LEA with base, index and scale, MOVZX from AH-BH, SIL/DIL
+    /// and memory, and MOV m, imm32, at operand size 4 and (with REX.W) 8.
+    static func memoryForms(seed: UInt64, rex: Bool) -> [Checkpoint] {
+        var rng = SplitMix64(state: seed)
+        var points: [Checkpoint] = []
+        for _ in 0..<80 {
+            let w: [UInt8] = rex && rng.next() & 1 == 0 ? [0x48] : []
+            let reg = UInt8([0, 1, 2, 5, 7][Int(rng.next() % 5)])
+            let d8 = UInt8(rng.next() % 0x80) & ~7
+            let imm = (0..<4).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
+            // mov ebx, 0x2000; mov esi, small; mov reg, random
+            var code: [UInt8] = [0xBB, 0x00, 0x20, 0x00, 0x00, 0xBE, UInt8(rng.next() % 0x20), 0, 0, 0, 0xB8 + reg] + imm
+            code += rng.next() & 1 == 0 ? [0xF8] : [0xF9]
+            let op = UInt8(rng.next() % 8)
+            var label = ""
+            switch rng.next() % 6 {
+            case 0:
+                code += w + [op << 3 | 1, 0x43 | reg << 3, d8]  // op [rbx+d8], reg
+                label = "alu/\(op) [rbx+\(d8)], r\(reg)"
+            case 1:
+                code += w + [op << 3 | 3, 0x43 | reg << 3, d8]  // op reg, [rbx+d8]
+                label = "alu/\(op) r\(reg), [rbx+\(d8)]"
+            case 2:
+                let form: UInt8 = rng.next() & 1 == 0 ? 0x81 : 0x83
+                code += w + [form, 0x43 | op << 3, d8] + (form == 0x81 ? imm : [imm[0]])  // op [rbx+d8], imm
+                label = "group1 \(String(form, radix: 16))/\(op) [rbx+\(d8)]"
+            case 3:
+                let scale = UInt8(rng.next() % 4)
+                code += w + [0x8D, 0x44 | reg << 3, scale << 6 | 6 << 3 | 3, d8]  // lea reg, [rbx+rsi*s+d8]
+                label = "lea r\(reg), [rbx+rsi*\(1 << scale)+\(d8)]"
+            case 4:
+                let source: [UInt8]
+                switch rng.next() % 3 {
+                case 0: source = [0xE0 | reg << 3]  // AH
+                case 1: source = rex ? [0xC6 | reg << 3] : [0xC3 | reg << 3]  // SIL with REX, BL without
+                default: source = [0x43 | reg << 3, d8]
+                }
+                let prefix: [UInt8] = rex && source.count == 1 && source[0] & 7 == 6 ? [0x40 | (w.isEmpty ? 0 : 8)] : w
+                code += prefix + [0x0F, rng.next() & 1 == 0 ? 0xB6 : 0xB7] + source
+                label = "movzx r\(reg), \(source)"
+            default:
+                code += w + [0xC7, 0x43, d8] + imm  // mov [rbx+d8], imm32
+                label = "mov [rbx+\(d8)], imm32"
+            }
+            // Read back what memory forms wrote.
+            code += [0x8B, 0x43 | 1 << 3, d8]  // mov ecx, [rbx+d8]
+            points.append(Checkpoint(code: code + DifferentialProgram.out, undefined: 0, label: label))
+        }
+        return points
+    }
+
     /// The same through a pool that holds only a block or two, so that the
     /// cache is dropped again and again while the jump table and the blocks'
     /// successors still point at its slots.

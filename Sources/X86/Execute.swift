@@ -125,6 +125,10 @@ extension X86CPU {
             return undefined()
         case 0xF1:
             return executeICEBP(&insn)
+        case 0xD8...0xDF, 0x9B:  // x87 (X87.swift)
+            return executeX87(&insn)
+        case 0x10D, 0x110...0x117, 0x128...0x12F, 0x150...0x17F, 0x1AE, 0x1C2...0x1C6, 0x1D0...0x1FF:  // MMX, SSE, SSE2 (SIMD.swift)
+            return executeSIMD(&insn)
         default:
             return undefined()
         }

@@ -8,9 +8,6 @@
 // 16-byte aligned (#GP(0)) except for the unaligned moves.
 
 extension ControlBits {
-    public static let cr0MP: UInt64 = 1 << 1
-    public static let cr0EM: UInt64 = 1 << 2
-    public static let cr0TS: UInt64 = 1 << 3
     public static let cr0NE: UInt64 = 1 << 5
     public static let cr4OSFXSR: UInt64 = 1 << 9
     public static let cr4OSXMMEXCPT: UInt64 = 1 << 10

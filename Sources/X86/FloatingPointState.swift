@@ -16,7 +16,8 @@ public struct FloatingPointState {
     /// The abridged tag word FXSAVE stores: bit i set when Ri is not empty.
     /// The full tag word of FNSTENV is computed from the registers' values.
     public var tags: UInt8
-    /// FOP: the low 11 bits of the last non-control x87 instruction's opcode.
+    /// FOP: the low 11 bits of the last non-control x87 instruction's
+    /// opcode (KVM_SET_FPU can store all 16, which KVM_GET_FPU gives back).
     public var fop: UInt16
     /// FIP and FCS: where the last non-control x87 instruction was.
     public var fip: UInt64
@@ -220,7 +221,7 @@ public struct FloatingPointState {
         image.storeBytes(of: fsw, toByteOffset: 2, as: UInt16.self)
         image.storeBytes(of: tags, toByteOffset: 4, as: UInt8.self)
         image.storeBytes(of: 0, toByteOffset: 5, as: UInt8.self)
-        image.storeBytes(of: fop & 0x7FF, toByteOffset: 6, as: UInt16.self)
+        image.storeBytes(of: architectural ? fop & 0x7FF : fop, toByteOffset: 6, as: UInt16.self)
         if layout64 {
             image.storeBytes(of: fip, toByteOffset: 8, as: UInt64.self)
             image.storeBytes(of: fdp, toByteOffset: 16, as: UInt64.self)
@@ -252,7 +253,7 @@ public struct FloatingPointState {
         if architectural { fcw = Self.controlWord(fcw) }
         fsw = image.loadUnaligned(fromByteOffset: 2, as: UInt16.self)
         tags = image.load(fromByteOffset: 4, as: UInt8.self)
-        fop = image.loadUnaligned(fromByteOffset: 6, as: UInt16.self) & 0x7FF
+        fop = image.loadUnaligned(fromByteOffset: 6, as: UInt16.self) & (architectural ? 0x7FF : 0xFFFF)
         if layout64 {
             fip = image.loadUnaligned(fromByteOffset: 8, as: UInt64.self)
             fdp = image.loadUnaligned(fromByteOffset: 16, as: UInt64.self)

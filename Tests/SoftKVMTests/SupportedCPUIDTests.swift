@@ -24,6 +24,8 @@ struct SupportedCPUIDTests {
         Feature(name: "TSC (rdtsc)", function: 1, register: \.edx, bit: 4, instruction: [0x0F, 0x31]),
         Feature(name: "CX8 (cmpxchg8b [0x2000])", function: 1, register: \.edx, bit: 8, instruction: [0x0F, 0xC7, 0x0E, 0x00, 0x20]),
         Feature(name: "CMOV (cmovz ax, bx)", function: 1, register: \.edx, bit: 15, instruction: [0x0F, 0x44, 0xC3]),
+        Feature(name: "CLFSH (clflush [0x2000])", function: 1, register: \.edx, bit: 19, instruction: [0x0F, 0xAE, 0x3E, 0x00, 0x20]),
+        Feature(name: "MMX (paddb mm0, mm1)", function: 1, register: \.edx, bit: 23, instruction: [0x0F, 0xFC, 0xC1]),
         Feature(name: "FXSR (fxsave [0x2000])", function: 1, register: \.edx, bit: 24, instruction: [0x0F, 0xAE, 0x06, 0x00, 0x20]),
         Feature(name: "SSE (xorps xmm0, xmm0)", function: 1, register: \.edx, bit: 25, instruction: [0x0F, 0x57, 0xC0]),
         Feature(name: "SSE2 (xorpd xmm0, xmm0)", function: 1, register: \.edx, bit: 26, instruction: [0x66, 0x0F, 0x57, 0xC0]),

@@ -37,7 +37,9 @@ let package = Package(
             ],
             swiftSettings: hotPathSettings
         ),
-        .target(name: "X86", swiftSettings: hotPathSettings),
+        // The host's x87 FPU, on which X86 runs the x87 arithmetic (Sources/CX87/x87.c).
+        .target(name: "CX87"),
+        .target(name: "X86", dependencies: ["CX87"], swiftSettings: hotPathSettings),
         .target(
             name: "SoftKVM",
             dependencies: [

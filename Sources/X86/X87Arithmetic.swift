@@ -124,13 +124,17 @@ extension X86CPU {
     }
 
     /// The x87 state in the FNSAVE 32-bit protected-mode image the host
-    /// loads: FCW, FSW, the full tag word, ST0-ST7 (the pointers are not
-    /// the instruction's business and stay zero).
+    /// loads: FCW, FSW, the tag word, ST0-ST7 (the pointers are not the
+    /// instruction's business and stay zero). The tag word only says which
+    /// registers are empty: FRSTOR works out the other tags from the values.
     mutating func storeX87Image(to image: UnsafeMutableRawPointer) {
         image.initializeMemory(as: UInt8.self, repeating: 0, count: 28)
         image.storeBytes(of: state.fpu.fcw, as: UInt16.self)
         image.storeBytes(of: state.fpu.fsw, toByteOffset: 4, as: UInt16.self)
-        image.storeBytes(of: state.fpu.fullTagWord(), toByteOffset: 8, as: UInt16.self)
+        var tagWord: UInt16 = 0
+        let tags = state.fpu.tags
+        for index in 0..<8 where tags & (1 << UInt8(index)) == 0 { tagWord |= 3 << UInt16(2 * index) }
+        image.storeBytes(of: tagWord, toByteOffset: 8, as: UInt16.self)
         for index in 0..<8 { X87Value(slot: state.fpu.st(index)).store(to: image + 28 + 10 * index) }
     }
 

@@ -14,7 +14,11 @@ import X86
 // keeps a component whose XSTATE_BV bit is clear in its buffer but treats
 // it as initial (KVM_GET_XSAVE gives the initial values, the next entry's
 // XRSTOR loads them), SoftKVM resets the component: the state a
-// KVM_GET_* gives is the state the guest runs with.
+// KVM_GET_* gives is the state the guest runs with. Likewise KVM_SET_FPU:
+// the host kernel writes its buffer but not XSTATE_BV, so its
+// KVM_GET_XSAVE may still show the initial values; SoftKVM's shows the
+// state that was set (XSTATE_BV has every component not in its initial
+// state).
 
 /// The XSAVE header's offset in the area, and the size of what the header holds.
 let XSAVE_HEADER_OFFSET = 512

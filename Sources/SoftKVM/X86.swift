@@ -77,9 +77,11 @@ let supportedCPUID: [kvm_cpuid_entry2] = {
         | (1 << 17) | (1 << 0) | (1 << 19) | (1 << 23) | (1 << 24) | (1 << 25) | (1 << 26)
     // CLFLUSH's line size, in 8-byte units (needed with CLFSH).
     let leaf1EBX: UInt32 = 8 << 8
+    // SSE3 (with FISTTP; not MONITOR, which has its own bit), SSSE3.
+    let leaf1ECX: UInt32 = (1 << 0) | (1 << 9)
     return [
         leaf(0, eax: 1, ebx: vendor.0, ecx: vendor.2, edx: vendor.1),
-        leaf(1, eax: 0x600, ebx: leaf1EBX, edx: leaf1EDX),
+        leaf(1, eax: 0x600, ebx: leaf1EBX, ecx: leaf1ECX, edx: leaf1EDX),
         leaf(0x8000_0000, eax: 0x8000_0001),
         leaf(0x8000_0001, ecx: 1 << 0, edx: (1 << 11) | (1 << 20) | (1 << 29)),  // LAHF; SYSCALL NX LM
     ]

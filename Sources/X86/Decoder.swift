@@ -1,7 +1,8 @@
 // Decoding: prefixes, REX, the one-byte and 0F maps, ModRM, SIB,
 // displacement and immediates, in 16-, 32- and 64-bit code.
 
-/// One decoded instruction. Opcodes of the 0F map are 0x100 + the second byte.
+/// One decoded instruction. Opcodes of the 0F map are 0x100 + the second
+/// byte; of the 0F 38 and 0F 3A maps 0x200 and 0x300 + the third.
 struct Instruction {
     var opcode: Int = 0
     var length: Int = 0
@@ -160,6 +161,12 @@ extension X86CPU {
             guard i < window.available else { return fetchFault(i) }
             opcode = 0x100 + Int(window[i])
             i += 1
+            // The three-byte maps: 0F 38 xx is 0x200 + xx, 0F 3A xx is 0x300 + xx.
+            if opcode == 0x138 || opcode == 0x13A {
+                guard i < window.available else { return fetchFault(i) }
+                opcode = (opcode == 0x138 ? 0x200 : 0x300) + Int(window[i])
+                i += 1
+            }
         }
         insn.opcode = opcode
         insn.operandSize = operandSize
@@ -259,7 +266,7 @@ extension X86CPU {
             return true
         case 0x100...0x103, 0x10D, 0x110...0x117, 0x118...0x11F, 0x120...0x127, 0x128...0x12F,
              0x140...0x176, 0x178...0x17F, 0x190...0x19F, 0x1A3, 0x1A4, 0x1A5, 0x1AB...0x1AF, 0x1B0...0x1B7,
-             0x1BA...0x1C7, 0x1D0...0x1FF:
+             0x1BA...0x1C7, 0x1D0...0x1FF, 0x200...0x3FF:
             return true
         default:
             return false
@@ -274,7 +281,7 @@ extension X86CPU {
         case 0x04, 0x0C, 0x14, 0x1C, 0x24, 0x2C, 0x34, 0x3C, 0x6A, 0x6B, 0x70...0x7F, 0x80, 0x82, 0x83,
              0xA8, 0xB0...0xB7, 0xC0, 0xC1, 0xC6, 0xCD, 0xD4, 0xD5, 0xE0...0xE7, 0xEB, 0x1BA:
             return 1
-        case 0x170...0x173, 0x1C2, 0x1C4...0x1C6:  // SSE: PSHUF*, shifts by immediate, CMPPS, PINSRW, PEXTRW, SHUFPS
+        case 0x170...0x173, 0x1C2, 0x1C4...0x1C6, 0x300...0x3FF:  // SSE: PSHUF*, shifts by immediate, CMPPS, PINSRW, PEXTRW, SHUFPS; 0F 3A
             return 1
         case 0x05, 0x0D, 0x15, 0x1D, 0x25, 0x2D, 0x35, 0x3D, 0x68, 0x69, 0x81, 0xA9, 0xC7:
             return z

@@ -137,7 +137,7 @@ extension X86CPU {
 
     // MARK: Dispatch
 
-    /// 0F 0D, 0F 10-17, 28-2F, 50-7F, AE, C2-C6, D0-FF.
+    /// 0F 0D, 0F 10-17, 28-2F, 50-7F, AE, C2-C6, D0-FF (SSE3's among them).
     mutating func executeSIMD(_ insn: inout Instruction) -> Bool {
         let op = insn.opcode & 0xFF
         let prefix = simdPrefix(insn)
@@ -156,6 +156,8 @@ extension X86CPU {
             guard executeSSEArithmetic(&insn, op, prefix) else { return false }
         case 0x52, 0x53:
             guard executeSSEApproximation(&insn, op, prefix) else { return false }
+        case 0x7C, 0x7D, 0xD0, 0xF0:  // SSE3.swift
+            guard executeSSE3(&insn, op, prefix) else { return false }
         default:
             guard executeSIMDInteger(&insn, op, prefix) else { return false }
         }
@@ -229,6 +231,11 @@ extension X86CPU {
 
     /// 0F 2A, 2C, 2D, 5A, 5B, E6.
     mutating func executeSSEConversion(_ insn: inout Instruction, _ op: Int, _ prefix: Int) -> Bool {
+        // An encoding that does not exist is #UD before any #NM.
+        switch (op, prefix) {
+        case (0x5B, 0xF2), (0xE6, 0): return undefined()
+        default: break
+        }
         guard sseReady() else { return false }
         let mxcsr = state.fpu.mxcsr
         var env = FloatEnvironment(mxcsr: mxcsr)
@@ -469,11 +476,6 @@ extension X86CPU {
             state.fpu.setXMM(reg, result)
         }
         return true
-    }
-
-    /// F3 0F 12 MOVSLDUP, F3 0F 16 MOVSHDUP, F2 0F 12 MOVDDUP: SSE3, not implemented.
-    mutating func executeSSE3Duplicate(_ insn: inout Instruction, _ op: Int, _ prefix: Int) -> Bool {
-        undefined()
     }
 
     // MARK: Integer

@@ -27,6 +27,8 @@ struct SupportedCPUIDTests {
         Feature(name: "CMOV (cmovz ax, bx)", function: 1, register: \.edx, bit: 15, instruction: [0x0F, 0x44, 0xC3]),
         Feature(name: "CLFSH (clflush [0x2000])", function: 1, register: \.edx, bit: 19, instruction: [0x0F, 0xAE, 0x3E, 0x00, 0x20]),
         Feature(name: "MMX (paddb mm0, mm1)", function: 1, register: \.edx, bit: 23, instruction: [0x0F, 0xFC, 0xC1]),
+        Feature(name: "SSE3 (haddps xmm0, xmm1)", function: 1, register: \.ecx, bit: 0, instruction: [0xF2, 0x0F, 0x7C, 0xC1]),
+        Feature(name: "SSSE3 (pshufb xmm0, xmm1)", function: 1, register: \.ecx, bit: 9, instruction: [0x66, 0x0F, 0x38, 0x00, 0xC1]),
         Feature(name: "FXSR (fxsave [0x2000])", function: 1, register: \.edx, bit: 24, instruction: [0x0F, 0xAE, 0x06, 0x00, 0x20]),
         Feature(name: "SSE (xorps xmm0, xmm0)", function: 1, register: \.edx, bit: 25, instruction: [0x0F, 0x57, 0xC0]),
         Feature(name: "SSE2 (xorpd xmm0, xmm0)", function: 1, register: \.edx, bit: 26, instruction: [0x66, 0x0F, 0x57, 0xC0]),

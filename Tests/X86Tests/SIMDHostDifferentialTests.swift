@@ -47,6 +47,12 @@ struct SIMDHostDifferentialTests {
             cases.append(form("CMPSS \(predicate)", 0xF3, 0xC2, imm: predicate))
             cases.append(form("CMPSD \(predicate)", 0xF2, 0xC2, imm: predicate, double: true))
         }
+        cases += [  // SSE3
+            form("ADDSUBPS", 0xF2, 0xD0), form("ADDSUBPD", 0x66, 0xD0, double: true),
+            form("HADDPS", 0xF2, 0x7C), form("HADDPD", 0x66, 0x7C, double: true),
+            form("HSUBPS", 0xF2, 0x7D), form("HSUBPD", 0x66, 0x7D, double: true),
+            form("HADDPS m128", 0xF2, 0x7C, modrm: 0x06),
+        ]
         cases += [
             form("UCOMISS", nil, 0x2E), form("COMISS", nil, 0x2F),
             form("UCOMISD", 0x66, 0x2E, double: true), form("COMISD", 0x66, 0x2F, double: true),
@@ -224,6 +230,33 @@ struct SIMDHostDifferentialTests {
         }
     }
 
+    /// SSSE3's 0F 38 instructions in XMM and MMX forms, and PALIGNR (0F 3A 0F) with every kind of shift.
+    @Test func ssse3MatchesTheHost() {
+        var random = SplitMix(seed: 0x55E3)
+        var cases: [Case] = []
+        for op: UInt8 in [0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, 0x09, 0x0A, 0x0B, 0x1C, 0x1D, 0x1E] {
+            cases.append(Case(name: "66 0F 38 \(String(op, radix: 16))", bytes: [0x66, 0x0F, 0x38, op, 0xC1]))
+            cases.append(Case(name: "0F 38 \(String(op, radix: 16)) (MMX)", bytes: [0x0F, 0x38, op, 0xC1]))
+            cases.append(Case(name: "66 0F 38 \(String(op, radix: 16)) m128", bytes: [0x66, 0x0F, 0x38, op, 0x06]))
+        }
+        for imm: UInt8 in [0, 1, 7, 8, 9, 15, 16, 17, 24, 31, 32, 200] {
+            cases.append(Case(name: "PALIGNR \(imm)", bytes: [0x66, 0x0F, 0x3A, 0x0F, 0xC1, imm]))
+            cases.append(Case(name: "PALIGNR mm \(imm)", bytes: [0x0F, 0x3A, 0x0F, 0xC1, imm]))
+        }
+        for testCase in cases {
+            for _ in 0..<40 {
+                var before = SIMDSnapshot()
+                before.xmm[0] = Self.integerVector(&random)
+                before.xmm[1] = Self.integerVector(&random)
+                before.mm[0] = UInt64(truncatingIfNeeded: Self.integerVector(&random))
+                before.mm[1] = UInt64(truncatingIfNeeded: Self.integerVector(&random))
+                let memory = Self.integerVector(&random)
+                withUnsafeBytes(of: memory) { before.memory.replaceSubrange(0..<16, with: $0) }
+                if !Self.check(testCase, before) { break }
+            }
+        }
+    }
+
     /// The immediate forms: shifts, shuffles, word insert/extract, SHUFPS/PD.
     @Test func immediateFormsMatchTheHost() {
         var random = SplitMix(seed: 0x1234)
@@ -295,6 +328,9 @@ struct SIMDHostDifferentialTests {
             Case(name: "MASKMOVDQU", bytes: [0x48, 0x89, 0xF7, 0x66, 0x0F, 0xF7, 0xC1]),  // mov rdi, rsi first
             Case(name: "MASKMOVQ", bytes: [0x48, 0x89, 0xF7, 0x0F, 0xF7, 0xC1]),
             Case(name: "EMMS after MOVQ", bytes: [0x0F, 0x6F, 0xC1, 0x0F, 0x77]),
+            Case(name: "MOVSLDUP", bytes: [0xF3, 0x0F, 0x12, 0xC1]), Case(name: "MOVSLDUP m128", bytes: [0xF3, 0x0F, 0x12, 0x06]),
+            Case(name: "MOVSHDUP", bytes: [0xF3, 0x0F, 0x16, 0xC1]), Case(name: "MOVDDUP", bytes: [0xF2, 0x0F, 0x12, 0xC1]),
+            Case(name: "MOVDDUP m64", bytes: [0xF2, 0x0F, 0x12, 0x06]), Case(name: "LDDQU", bytes: [0xF2, 0x0F, 0xF0, 0x46, 0x03]),
             Case(name: "XMM8-15: movaps xmm9, xmm1; addps xmm9, xmm0", bytes: [0x44, 0x0F, 0x28, 0xC9, 0x44, 0x0F, 0x58, 0xC8]),
             Case(name: "pxor xmm15, [rsi]", bytes: [0x66, 0x44, 0x0F, 0xEF, 0x3E]),
         ]

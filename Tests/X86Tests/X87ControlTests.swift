@@ -199,6 +199,57 @@ struct X87ControlTests {
         }
     }
 
+    /// FISTTP (SSE3) of every class of value to each integer size, with IE
+    /// and PE masked or not, from a full, an empty and a partly full stack:
+    /// the stored integer, the status word and the environment (but for the
+    /// instruction and operand pointers, which are addresses in each CPU's
+    /// own memory) must match the host.
+    @Test func fisttpMatchesTheHost() {
+        var random = SplitMix(seed: 0xF157)
+        let edges: [(UInt64, UInt16)] = [
+            (0, 0), (0, 0x8000), (1 << 63, 0x3FFF), (0xC000_0000_0000_0000, 0x3FFF), (0xC000_0000_0000_0000, 0xBFFE),
+            (0xFFFE_0000_0000_0000, 0x400D), (0xFFFF_0000_0000_0000, 0x400D), (0xFFFF_8000_0000_0000, 0x400D),
+            (1 << 63, 0xC00E), (0x8000_8000_0000_0000, 0xC00E), (0xFFFF_FFFE_0000_0000, 0x401D), (0xFFFF_FFFF_8000_0000, 0x401D),
+            (1 << 63, 0xC01E), (0x8000_0001_0000_0000, 0xC01E), (0xFFFF_FFFF_FFFF_FFFF, 0x403D), (1 << 63, 0x403E),
+            (1 << 63, 0xC03E), (0x8000_0000_0000_0001, 0xC03E), (1 << 63, 0x7FFF), (0xC000_0000_0000_0000, 0xFFFF),
+            (0x8000_0000_0000_0001, 0x7FFF), (0x1234, 0), (1 << 63, 0), (0x4000_0000_0000_0000, 0x3FFF), (1 << 63, 0x3FFD),
+            (1 << 63, 0x5000),
+        ]
+        for round in 0..<240 {
+            var before = Self.patterned()
+            var image = [UInt8](repeating: 0, count: 108)
+            let masks = round % 4 == 0 ? UInt16(truncatingIfNeeded: random.next()) & 0x21 : 0x3F
+            let fcw: UInt16 = 0x0300 | masks | (0x3F & ~0x21)
+            let top = UInt16(random.next() % 8)
+            image[0] = UInt8(fcw & 0xFF); image[1] = UInt8(fcw >> 8)
+            image[4] = 0; image[5] = UInt8(top << 3) | UInt8(truncatingIfNeeded: random.next() & 0x47)  // C0-C3 random
+            // ST(0) empty one time in eight, else valid.
+            let empty = round % 8 == 7
+            let tagWord: UInt16 = empty ? 0xFFFF : ~(UInt16(3) << (2 * top))
+            image[8] = UInt8(tagWord & 0xFF); image[9] = UInt8(tagWord >> 8)
+            let (significand, signExponent) = random.next() % 3 == 0
+                ? (random.next() | (random.next() % 2 == 0 ? 1 << 63 : 0), UInt16(0x3FF0 + random.next() % 80) | UInt16(random.next() % 2) << 15)
+                : edges[Int(random.next() % UInt64(edges.count))]
+            image.replaceSubrange(28..<38, with: withUnsafeBytes(of: significand, Array.init) + withUnsafeBytes(of: signExponent, Array.init))
+            before.memory.replaceSubrange(0..<108, with: image)
+            let store: [UInt8] = [[0xDF], [0xDB], [0xDD]][round % 3]
+            let code = Self.frstor(0) + Self.rm(store, reg: 1, Self.wordArea) + Self.fnstsw(Self.wordArea + 0x10)
+                + Self.fnstenv(Self.fnstenvArea) + Self.fninit
+            let host = HostCPU.run(code, before)
+            let (soft, exit) = SoftCPU.run(code, before)
+            #expect(exit == .halt)
+            var h = host.memory, s = soft.memory
+            // FIP, FCS, FDP, FDS of the environment.
+            for offset in [12, 13, 14, 15, 16, 17, 20, 21, 22, 23, 24, 25] {
+                h[Int(Self.fnstenvArea) + offset] = 0
+                s[Int(Self.fnstenvArea) + offset] = 0
+            }
+            let what = "FISTTP \(store) of \(String(significand, radix: 16)) \(String(signExponent, radix: 16)), FCW \(String(fcw, radix: 16)), empty \(empty)"
+            #expect(Array(s[Int(Self.wordArea)..<Int(Self.wordArea) + 0x12]) == Array(h[Int(Self.wordArea)..<Int(Self.wordArea) + 0x12]), "\(what): integer and FSW")
+            #expect(Array(s[Int(Self.fnstenvArea)..<Int(Self.fnstenvArea) + 28]) == Array(h[Int(Self.fnstenvArea)..<Int(Self.fnstenvArea) + 28]), "\(what): environment")
+        }
+    }
+
     @Test func stmxcsrAndLdmxcsrRoundTrip() {
         // ldmxcsr [rsi]; stmxcsr [rsi+4]; with DAZ and FTZ and every mask.
         for value: UInt32 in [0x1F80, 0xFFFF & ~0x3F, 0x1FC0, 0x9F80, 0x7F80] {

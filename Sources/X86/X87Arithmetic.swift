@@ -94,7 +94,9 @@ extension X86CPU {
             storeX87Image(to: image)
             if mayNotStore { retry.copyMemory(from: image, byteCount: 108) }
 
-            let flagsIn = escape == 2 || escape == 3 ? state.flags.materialized : 0
+            // FCMOVcc (DA, DB C0-DF) reads EFLAGS; FCOMI and FUCOMI (DB, DF
+            // E8-F7) may leave them (Intel's, with an unmasked invalid operation).
+            let flagsIn = !insn.isMemory && (escape == 2 || escape == 3 || escape == 7) ? state.flags.materialized : 0
             var flags = flagsIn
             cx87_execute(image, UInt32(form), operand, &flags)
 

@@ -387,4 +387,48 @@ struct X87DataTests {
             #expect(soft.flags == host.flags, "round \(round): \(names) EFLAGS")
         }
     }
+
+    /// One value of each class the instructions tell apart.
+    static let representatives: [X87Value] = [
+        X87Value(significand: 0, signExponent: 0), X87Value(significand: 0, signExponent: 0x8000),
+        X87Value(significand: 1, signExponent: 0), X87Value(significand: 0x7FFF_FFFF_FFFF_FFFF, signExponent: 0x8000),
+        X87Value(significand: 1 << 63, signExponent: 0),  // pseudo-denormal
+        X87Value(1), X87Value(-1), X87Value(1.5), X87Value(-0.5), X87Value(3), X87Value(0.1), X87Value(.pi), X87Value(0x1p63),
+        X87Value(significand: ~0, signExponent: 0x7FFE), X87Value(significand: 1 << 63, signExponent: 0x8001),
+        X87Value(significand: 0x1234, signExponent: 0x4000),  // unnormal
+        X87Value(significand: 1 << 63, signExponent: 0x7FFF), X87Value(significand: 1 << 63, signExponent: 0xFFFF),
+        X87Value(significand: 0xC000_0000_0000_1234, signExponent: 0x7FFF), X87Value(significand: 0xE000_0000_0000_0000, signExponent: 0xFFFF),
+        X87Value(significand: 0x8000_0000_0000_0001, signExponent: 0x7FFF), X87Value(significand: 0xA000_0000_0000_0000, signExponent: 0xFFFF),
+        X87Value(significand: 0xC000_0000_0000_0000, signExponent: 0xFFFF),  // the indefinite
+        X87Value(significand: 0x4000_0000_0000_0000, signExponent: 0x7FFF),  // pseudo-NaN
+        X87Value(significand: 0, signExponent: 0x7FFF),  // pseudo-infinity
+    ]
+
+    /// Every pair of classes in ST0 and ST1 for the two-operand forms and
+    /// every class in ST0 for the one-operand ones: every exception masked
+    /// in the default modes, then every exception unmasked in single
+    /// precision rounding up.
+    @Test func everyOperandClassPairMatchesTheHost() {
+        var random = SplitMix(seed: 0x87_6000)
+        let forms: [(Int, Int)] = [(0, 0xC1), (0, 0xC9), (0, 0xD1), (0, 0xE1), (0, 0xE9), (0, 0xF1), (0, 0xF9), (3, 0xF1), (3, 0xE9),
+                                   (5, 0xE1), (1, 0xF1), (1, 0xF3), (1, 0xF5), (1, 0xF8), (1, 0xF9), (1, 0xFD)]
+            + [0xE0, 0xE1, 0xE4, 0xE5, 0xF0, 0xF2, 0xF4, 0xFA, 0xFB, 0xFC, 0xFE, 0xFF].map { (1, $0) }
+        for fcw: UInt16 in [0x037F, 0x0840] {
+            for (escape, modrm) in forms {
+                for a in Self.representatives {
+                    for b in Self.representatives {
+                        let registers = [a, b] + (0..<6).map { _ in X87Edge.register(&random) }
+                        var image = Self.image(&random, fcw: fcw, registers: registers, emptyChance: 0)
+                        image[4] = 0
+                        image[5] = 0x30  // TOP 6, no flags
+                        image[8] = 0xFF  // ST2-ST7 (R0-R5) empty, so that a push has room
+                        image[9] = 0x0F
+                        let before = Self.snapshot(image: image, operand: [], random: &random)
+                        expectSame(escape: escape, modrm: modrm, before, Self.describe(escape, modrm, before))
+                        if modrm >= 0xE0 && escape == 1 && ![0xF1, 0xF3, 0xF5, 0xF8, 0xF9, 0xFD].contains(modrm) { break }
+                    }
+                }
+            }
+        }
+    }
 }

@@ -123,7 +123,7 @@ extension X86CPU {
     @inline(__always)
     mutating func readOperandForUpdate(_ insn: Instruction, size: Int) -> UInt64? {
         if insn.mod == 3 { return state.read(insn.rm, size: size, legacyHighBytes: insn.legacyHighBytes) }
-        return readLinear(linear(insn.segment, insn.offset), size: size, .write)
+        return readForUpdate(insn.segment, insn.offset, size: size)
     }
 
     /// A lockable instruction with LOCK (`isLockable` holds), or XCHG with

@@ -268,7 +268,10 @@ public struct X86CPU {
                 executed += 1
                 continue
             }
-            if decodedCacheEnabled {
+            // In an interrupt shadow the next instruction goes the uncached
+            // way, which ends the shadow after it (or keeps it over an exit
+            // that leaves the instruction pending); blocks start outside one.
+            if decodedCacheEnabled && interruptShadowKind == 0 {
                 switch runCachedBlocks(&executed, limit: maxInstructions) {
                 case .limit:
                     continue

@@ -122,7 +122,8 @@ extension X86CPU {
         case 0x40...0x47: return .incR
         case 0x48...0x4F: return .decR
         case 0x68, 0x6A, 0x8F: return .pushPop
-        case 0x63, 0x88, 0x8A, 0x8C, 0xA0...0xA3, 0xB0...0xB7, 0xC6, 0xC7, 0x1B6, 0x1B7, 0x1BE, 0x1BF, 0x140...0x14F:
+        case 0x63 where insn.mode64: return .move
+        case 0x88, 0x8A, 0x8C, 0xA0...0xA3, 0xB0...0xB7, 0xC6, 0xC7, 0x1B6, 0x1B7, 0x1BE, 0x1BF, 0x140...0x14F:
             return .move
         case 0x8D where insn.isMemory: return .lea
         case 0x84, 0x85, 0xA8, 0xA9: return .test
@@ -393,16 +394,17 @@ extension X86CPU {
     mutating func aluMR<W: OperandWidth>(_: W.Type, _ insn: inout Instruction) -> HandlerResult {
         let operation = insn.opcode >> 3
         let offset = effectiveAddress(&insn)
-        guard let value = read(insn.segment, offset, size: W.size) else { return .fault }
+        guard let value = operation == 7 ? cachedRead(insn.segment, offset, size: W.size)
+                                            : cachedReadForUpdate(insn.segment, offset, size: W.size) else { return .fault }
         let r = alu(operation, value, readGPR(insn.reg, W.size), size: W.size)
-        guard operation == 7 || write(insn.segment, offset, r, size: W.size) else { return .fault }
+        guard operation == 7 || cachedWrite(insn.segment, offset, r, size: W.size) else { return .fault }
         return .next
     }
 
     @inline(always)
     mutating func aluRM<W: OperandWidth>(_: W.Type, _ insn: inout Instruction) -> HandlerResult {
         let operation = insn.opcode >> 3
-        guard let value = read(insn.segment, effectiveAddress(&insn), size: W.size) else { return .fault }
+        guard let value = cachedRead(insn.segment, effectiveAddress(&insn), size: W.size) else { return .fault }
         let r = alu(operation, readGPR(insn.reg, W.size), value, size: W.size)
         if operation != 7 { writeGPR(insn.reg, r, W.size) }
         return .next
@@ -413,9 +415,10 @@ extension X86CPU {
         let operation = insn.reg & 7
         let source = signExtend(insn.immediate, size: insn.opcode == 0x81 ? 4 : 1)
         let offset = effectiveAddress(&insn)
-        guard let value = read(insn.segment, offset, size: W.size) else { return .fault }
+        guard let value = operation == 7 ? cachedRead(insn.segment, offset, size: W.size)
+                                            : cachedReadForUpdate(insn.segment, offset, size: W.size) else { return .fault }
         let r = alu(operation, value, source, size: W.size)
-        guard operation == 7 || write(insn.segment, offset, r, size: W.size) else { return .fault }
+        guard operation == 7 || cachedWrite(insn.segment, offset, r, size: W.size) else { return .fault }
         return .next
     }
 
@@ -427,7 +430,7 @@ extension X86CPU {
 
     @inline(always)
     mutating func storeImmediate<W: OperandWidth>(_: W.Type, _ insn: inout Instruction) -> HandlerResult {
-        guard write(insn.segment, effectiveAddress(&insn), signExtend(insn.immediate, size: 4), size: W.size) else {
+        guard cachedWrite(insn.segment, effectiveAddress(&insn), signExtend(insn.immediate, size: 4), size: W.size) else {
             return .fault
         }
         return .next
@@ -440,7 +443,7 @@ extension X86CPU {
         if insn.mod == 3 {
             value = state.read(insn.rm, size: sourceSize, legacyHighBytes: insn.legacyHighBytes)
         } else {
-            guard let loaded = read(insn.segment, effectiveAddress(&insn), size: sourceSize) else { return .fault }
+            guard let loaded = cachedRead(insn.segment, effectiveAddress(&insn), size: sourceSize) else { return .fault }
             value = loaded
         }
         writeGPR(insn.reg, value, insn.operandSize)
@@ -463,14 +466,14 @@ extension X86CPU {
 
     @inline(always)
     mutating func load<W: OperandWidth>(_: W.Type, _ insn: inout Instruction) -> HandlerResult {
-        guard let value = read(insn.segment, effectiveAddress(&insn), size: W.size) else { return .fault }
+        guard let value = cachedRead(insn.segment, effectiveAddress(&insn), size: W.size) else { return .fault }
         writeGPR(insn.reg, value, W.size)
         return .next
     }
 
     @inline(always)
     mutating func store<W: OperandWidth>(_: W.Type, _ insn: inout Instruction) -> HandlerResult {
-        guard write(insn.segment, effectiveAddress(&insn), readGPR(insn.reg, W.size), size: W.size) else { return .fault }
+        guard cachedWrite(insn.segment, effectiveAddress(&insn), readGPR(insn.reg, W.size), size: W.size) else { return .fault }
         return .next
     }
 
@@ -492,7 +495,7 @@ extension X86CPU {
     @inline(always)
     mutating func push64(_ value: UInt64) -> Bool {
         let rsp = state.reg(4) &- 8
-        guard write(SegmentRegisterName.ss.rawValue, rsp, value, size: 8) else { return false }
+        guard cachedWrite(SegmentRegisterName.ss.rawValue, rsp, value, size: 8) else { return false }
         state.setReg(4, rsp)
         return true
     }
@@ -500,7 +503,7 @@ extension X86CPU {
     @inline(always)
     mutating func pop64() -> UInt64? {
         let rsp = state.reg(4)
-        guard let value = read(SegmentRegisterName.ss.rawValue, rsp, size: 8) else { return nil }
+        guard let value = cachedRead(SegmentRegisterName.ss.rawValue, rsp, size: 8) else { return nil }
         state.setReg(4, rsp &+ 8)
         return value
     }
@@ -510,7 +513,7 @@ extension X86CPU {
     mutating func push32(_ value: UInt64) -> Bool {
         if codePage.stackSize == 4 {
             let rsp = (state.reg(4) &- 4) & 0xFFFF_FFFF
-            guard write(SegmentRegisterName.ss.rawValue, rsp, value, size: 4) else { return false }
+            guard cachedWrite(SegmentRegisterName.ss.rawValue, rsp, value, size: 4) else { return false }
             state.setReg(4, rsp)
             return true
         }
@@ -521,7 +524,7 @@ extension X86CPU {
     mutating func pop32() -> UInt64? {
         if codePage.stackSize == 4 {
             let rsp = state.reg(4) & 0xFFFF_FFFF
-            guard let value = read(SegmentRegisterName.ss.rawValue, rsp, size: 4) else { return nil }
+            guard let value = cachedRead(SegmentRegisterName.ss.rawValue, rsp, size: 4) else { return nil }
             state.setReg(4, (rsp &+ 4) & 0xFFFF_FFFF)
             return value
         }
@@ -611,9 +614,10 @@ extension X86CPU {
         let size = insn.operandSize
         let operation = insn.opcode >> 3
         let offset = effectiveAddress(&insn)
-        guard let value = read(insn.segment, offset, size: size) else { return .fault }
+        guard let value = operation == 7 ? cachedRead(insn.segment, offset, size: size)
+                                            : cachedReadForUpdate(insn.segment, offset, size: size) else { return .fault }
         let r = alu(operation, value, readGPR(insn.reg, size), size: size)
-        guard operation == 7 || write(insn.segment, offset, r, size: size) else { return .fault }
+        guard operation == 7 || cachedWrite(insn.segment, offset, r, size: size) else { return .fault }
         return .next
     }
 
@@ -621,7 +625,7 @@ extension X86CPU {
     mutating func runALURM(_ insn: inout Instruction) -> HandlerResult {
         let size = insn.operandSize
         let operation = insn.opcode >> 3
-        guard let value = read(insn.segment, effectiveAddress(&insn), size: size) else { return .fault }
+        guard let value = cachedRead(insn.segment, effectiveAddress(&insn), size: size) else { return .fault }
         let r = alu(operation, readGPR(insn.reg, size), value, size: size)
         if operation != 7 { writeGPR(insn.reg, r, size) }
         return .next
@@ -652,9 +656,10 @@ extension X86CPU {
         let operation = insn.reg & 7
         let source = signExtend(insn.immediate, size: insn.opcode == 0x81 ? min(size, 4) : 1)
         let offset = effectiveAddress(&insn)
-        guard let value = read(insn.segment, offset, size: size) else { return .fault }
+        guard let value = operation == 7 ? cachedRead(insn.segment, offset, size: size)
+                                            : cachedReadForUpdate(insn.segment, offset, size: size) else { return .fault }
         let r = alu(operation, value, source, size: size)
-        guard operation == 7 || write(insn.segment, offset, r, size: size) else { return .fault }
+        guard operation == 7 || cachedWrite(insn.segment, offset, r, size: size) else { return .fault }
         return .next
     }
 
@@ -683,14 +688,14 @@ extension X86CPU {
     @inline(never)
     mutating func runStore(_ insn: inout Instruction) -> HandlerResult {
         let size = insn.operandSize
-        guard write(insn.segment, effectiveAddress(&insn), readGPR(insn.reg, size), size: size) else { return .fault }
+        guard cachedWrite(insn.segment, effectiveAddress(&insn), readGPR(insn.reg, size), size: size) else { return .fault }
         return .next
     }
 
     @inline(never)
     mutating func runLoad(_ insn: inout Instruction) -> HandlerResult {
         let size = insn.operandSize
-        guard let value = read(insn.segment, effectiveAddress(&insn), size: size) else { return .fault }
+        guard let value = cachedRead(insn.segment, effectiveAddress(&insn), size: size) else { return .fault }
         writeGPR(insn.reg, value, size)
         return .next
     }
@@ -815,7 +820,7 @@ extension X86CPU {
     mutating func stackPush(_ value: UInt64, size: Int) -> Bool {
         let addressSize = codePage.stackSize
         let rsp = (state.reg(4) &- UInt64(truncatingIfNeeded: size)) & sizeMask(addressSize)
-        guard write(SegmentRegisterName.ss.rawValue, rsp, value, size: size) else { return false }
+        guard cachedWrite(SegmentRegisterName.ss.rawValue, rsp, value, size: size) else { return false }
         state.write(4, rsp, size: addressSize, legacyHighBytes: false)
         return true
     }
@@ -825,7 +830,7 @@ extension X86CPU {
     mutating func stackPop(size: Int) -> UInt64? {
         let addressSize = codePage.stackSize
         let rsp = state.reg(4)
-        guard let value = read(SegmentRegisterName.ss.rawValue, rsp & sizeMask(addressSize), size: size) else { return nil }
+        guard let value = cachedRead(SegmentRegisterName.ss.rawValue, rsp & sizeMask(addressSize), size: size) else { return nil }
         state.write(4, (rsp &+ UInt64(truncatingIfNeeded: size)) & sizeMask(addressSize), size: addressSize, legacyHighBytes: false)
         return value
     }

@@ -111,6 +111,9 @@ struct CachedBlock {
     /// The aligned 8-byte words of the page that hold the code, in the
     /// block's slot of `DecodedCacheStorage.words` (at most `wordsPerBlock`).
     var wordCount: Int32 = 0
+    /// The highest RIP of its bytes, held against CS's limit outside 64-bit
+    /// mode (`CodePage.codeLimit`) when the block is checked.
+    var lastByte: UInt64 = 0
     /// The block that ran after this one last time: when it is checked in
     /// the current epoch and starts at RIP, the loop takes it without a lookup.
     var successor: UnsafeMutablePointer<CachedBlock>? = nil
@@ -224,6 +227,8 @@ struct CodePage {
     var codeSize = 4
     /// The stack's address size (`stackAddressSize`), which only a barrier changes.
     var stackSize = 4
+    /// The last RIP CS's limit lets the CPU fetch from (~0 in 64-bit mode).
+    var codeLimit: UInt64 = ~0
 }
 
 extension X86CPU {
@@ -283,7 +288,9 @@ extension X86CPU {
         let tag = physical | UInt64(codePage.codeSize) << 56
         let slot = Int(truncatingIfNeeded: (physical ^ (physical >> 13)) & UInt64(DecodedCacheStorage.blockSlots - 1))
         let block = blocks + slot
-        if block.pointee.tag == tag && block.pointee.rip == rip {
+        // A block decoded under a larger CS limit is decoded again: the
+        // uncached fetch raises the #GP of an instruction beyond the limit.
+        if block.pointee.tag == tag && block.pointee.rip == rip && block.pointee.lastByte <= codePage.codeLimit {
             if block.pointee.checkedEpoch == codeEpoch { return block }
             if holdsBytes(block, slot, host: host, physical) {
                 block.pointee.checkedEpoch = codeEpoch
@@ -341,6 +348,7 @@ extension X86CPU {
         }
         codePage.codeSize = size
         codePage.stackSize = stackAddressSize
+        codePage.codeLimit = size == 8 ? ~0 : UInt64(state.cs.limit)
         let linear = (codePage.segmentBase &+ rip) & codePage.linearMask
         guard let physical = translate(linear, .fetch),
               let host = hostPointer(physical & ~0xFFF, size: 0x1000, write: false) else { return nil }
@@ -381,6 +389,7 @@ extension X86CPU {
         var nextRIP = rip
         var count = 0
         var wordCount = 0
+        var lastByte: UInt64 = 0
         // Return addresses of the CALLs followed, for the RETs.
         var returns = InlineArray<4, UInt64>(repeating: 0)
         var returnCount = 0
@@ -397,6 +406,8 @@ extension X86CPU {
             }
             var insn = Instruction()
             if decode(&insn, window, rip: nextRIP, size: size) != nil { break }
+            let end = nextRIP &+ UInt64(insn.length) &- 1
+            guard end <= codePage.codeLimit else { break }
             // The words holding the instruction's bytes (at most three), merged
             // into the block's; when they do not fit, the block ends before it.
             let firstWord = offset & ~7, lastWord = (offset + insn.length - 1) & ~7
@@ -451,6 +462,7 @@ extension X86CPU {
             insn.traceNext = follow ?? insn.nextRIP
             (pool + count).initialize(to: insn)
             count += 1
+            lastByte = max(lastByte, end)
             guard let target = follow else { break }
             offset = Int(truncatingIfNeeded: (codePage.segmentBase &+ target) & 0xFFF)
             nextRIP = target
@@ -460,7 +472,7 @@ extension X86CPU {
             words[k].bytes = host.loadUnaligned(fromByteOffset: words[k].offset, as: UInt64.self) & words[k].mask
         }
         block.pointee = CachedBlock(tag: tag, rip: rip, first: Int32(decoded.poolUsed), count: Int32(count),
-                                    wordCount: Int32(wordCount))
+                                    wordCount: Int32(wordCount), lastByte: lastByte)
         decoded.poolUsed += count
         return true
     }
@@ -506,8 +518,8 @@ extension X86CPU {
             // stops.
             var rip = block.pointee.rip
             var done = 0
-            // Barriers (which include every instruction that sets a shadow) end blocks.
-            interruptShadow = false
+            // No interrupt shadow here: the step loop runs the instruction
+            // under one, and a barrier that begins one leaves (below).
             blockInterrupted = false
             executingBlock = block
             while true {
@@ -544,6 +556,13 @@ extension X86CPU {
             state.rip = rip
             count &+= done
             executingBlock = nil
+            // What sets TF, arms the debug unit (MOV DR, a stop for the owner)
+            // or begins an interrupt shadow is a barrier, which ends its block:
+            // the step loop takes the instructions that follow one at a time.
+            if (first + (done &- 1)).pointee.handler == .barrier
+                && (state.flags.bits & RFLAGS.tf != 0 || debugUnit.armed || interruptShadowKind != 0) {
+                return .limit
+            }
         }
         return .limit
     }

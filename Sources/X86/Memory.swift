@@ -396,9 +396,11 @@ extension X86CPU {
     @inline(always)
     mutating func readLinear(_ address: UInt64, size: Int, _ access: Access = .read) -> UInt64? {
         let page = address >> 12
-        if access == .read {
+        if access != .fetch {
             let entry = decoded.hostTLB + Int(truncatingIfNeeded: page) & (HostTLBEntry.count - 1)
-            if entry.pointee.readTag == page | accessKey && (address & 0xFFF) &+ UInt64(truncatingIfNeeded: size) <= 0x1000,
+            // A read with write intent may use a writable entry: the write's checks passed for it.
+            let tag = access == .read ? entry.pointee.readTag : entry.pointee.writeTag
+            if tag == page | accessKey && (address & 0xFFF) &+ UInt64(truncatingIfNeeded: size) <= 0x1000,
                let host = UnsafeRawPointer(bitPattern: UInt(truncatingIfNeeded: address &+ entry.pointee.hostDelta)) {
                 switch size {
                 case 1: return UInt64(host.load(as: UInt8.self))
@@ -479,6 +481,37 @@ extension X86CPU {
     mutating func write(_ segment: Int, _ offset: UInt64, _ value: UInt64, size: Int) -> Bool {
         guard let address = checkedLinear(segment, offset, size: size, write: true) else { return false }
         if debugUnit.dataBreakpoints != 0 { noteDataAccess(address, size: size, write: true) }
+        return writeLinear(address, value, size: size)
+    }
+
+    /// The read of a read-modify-write operand, with the write's checks: a
+    /// segment that is not writable, or a read-only or absent page, faults
+    /// (W in the error code) before the instruction changes anything. A data
+    /// breakpoint sees the write that follows.
+    @inline(always)
+    mutating func readForUpdate(_ segment: Int, _ offset: UInt64, size: Int) -> UInt64? {
+        guard let address = checkedLinear(segment, offset, size: size, write: true) else { return nil }
+        return readLinear(address, size: size, .write)
+    }
+
+    // The accesses of the decoded cache's own handlers. Blocks run only
+    // while the debug unit is not armed (see `run`), so no data breakpoint
+    // is in force there and the per-access test of `read` and `write` is left out.
+
+    @inline(always)
+    mutating func cachedRead(_ segment: Int, _ offset: UInt64, size: Int) -> UInt64? {
+        guard let address = checkedLinear(segment, offset, size: size, write: false) else { return nil }
+        return readLinear(address, size: size)
+    }
+
+    @inline(always)
+    mutating func cachedReadForUpdate(_ segment: Int, _ offset: UInt64, size: Int) -> UInt64? {
+        readForUpdate(segment, offset, size: size)
+    }
+
+    @inline(always)
+    mutating func cachedWrite(_ segment: Int, _ offset: UInt64, _ value: UInt64, size: Int) -> Bool {
+        guard let address = checkedLinear(segment, offset, size: size, write: true) else { return false }
         return writeLinear(address, value, size: size)
     }
 }

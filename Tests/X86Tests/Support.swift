@@ -66,8 +66,21 @@ final class Machine {
     func load8(_ address: UInt64) -> UInt8 { memory.load(fromByteOffset: Int(address), as: UInt8.self) }
 
     /// Runs until an exit (the snippets end in HLT), at most 10 000 instructions.
+    /// Every run is also made by a copy of the CPU without the decoded cache,
+    /// over a copy of the memory, and the two must end alike (see
+    /// `compareWithUncachedRun`): each guest program of these tests checks the
+    /// cache against the reference path.
     @discardableResult
-    func run() -> X86Exit { cpu.run(maxInstructions: 10_000) }
+    func run() -> X86Exit {
+        guard cpu.decodedCacheEnabled else { return cpu.run(maxInstructions: 10_000) }
+        let reference = UncachedRun(cpu)
+        // The reference runs first: the copy shares the cache's storage until
+        // one of them runs, and the first to run takes a new one.
+        reference.run(maxInstructions: 10_000)
+        let exit = cpu.run(maxInstructions: 10_000)
+        reference.expectSameOutcome(as: cpu, exit: exit)
+        return exit
+    }
 
     subscript(register: GPR) -> UInt64 {
         get { cpu.state[register] }
@@ -96,3 +109,48 @@ func flags(_ names: String) -> UInt64 {
 }
 
 let hlt: UInt8 = 0xF4
+
+/// A copy of a CPU, with `decodedCacheEnabled` off, over copies of the
+/// memory ranges it runs on.
+final class UncachedRun {
+    var cpu: X86CPU
+    var exit: X86Exit = .instructionLimit
+    let copies: [(copy: UnsafeMutableRawPointer, original: UnsafeMutableRawPointer, size: Int)]
+
+    init(_ original: X86CPU) {
+        cpu = original
+        cpu.decodedCacheEnabled = false
+        copies = original.memory.ranges.map { range in
+            let copy = UnsafeMutableRawPointer.allocate(byteCount: Int(range.size), alignment: 4096)
+            copy.copyMemory(from: range.host, byteCount: Int(range.size))
+            return (copy, range.host, Int(range.size))
+        }
+        cpu.memory = PhysicalMemory(ranges: zip(original.memory.ranges, copies).map { range, copy in
+            PhysicalRange(guestAddress: range.guestAddress, size: range.size, host: copy.copy, readOnly: range.readOnly)
+        })
+    }
+
+    deinit { for copy in copies { copy.copy.deallocate() } }
+
+    func run(maxInstructions: Int) { exit = cpu.run(maxInstructions: maxInstructions) }
+
+    /// Exit, registers, flags, segments, control registers, the interrupt
+    /// shadow and every byte of memory.
+    func expectSameOutcome(as cached: X86CPU, exit cachedExit: X86Exit, sourceLocation: SourceLocation = #_sourceLocation) {
+        let a = cached.state, b = cpu.state
+        #expect(cachedExit == exit, "exit with the cache and without", sourceLocation: sourceLocation)
+        #expect((0..<16).map { a.gpr[$0] } == (0..<16).map { b.gpr[$0] }, "GPRs with the cache and without",
+                sourceLocation: sourceLocation)
+        #expect(a.rip == b.rip && a.rflags == b.rflags, "RIP, RFLAGS with the cache and without", sourceLocation: sourceLocation)
+        #expect(SegmentRegisterName.allCases.allSatisfy { a[$0] == b[$0] }, "segments with the cache and without",
+                sourceLocation: sourceLocation)
+        #expect([a.cr0, a.cr2, a.cr3, a.cr4, a.efer] == [b.cr0, b.cr2, b.cr3, b.cr4, b.efer],
+                "control registers with the cache and without", sourceLocation: sourceLocation)
+        #expect(cached.interruptShadowKind == cpu.interruptShadowKind, "interrupt shadow with the cache and without",
+                sourceLocation: sourceLocation)
+        for (copy, original, size) in copies {
+            let same = memcmp(copy, original, size) == 0
+            #expect(same, "memory with the cache and without", sourceLocation: sourceLocation)
+        }
+    }
+}

@@ -488,7 +488,7 @@ extension X86CPU {
     /// Runs cached blocks, each from its first instruction until one leaves
     /// the straight line (a taken branch, a REP that restarts, a fault or an
     /// exit) or stores into the block, until the limit, a fault or exit, or
-    /// an instruction the cache does not hold (RF set, a fetch that faults or
+    /// an instruction the cache does not hold (RF or TF set, a fetch that faults or
     /// leaves RAM, an instruction across a page boundary). A function of its
     /// own, so that the step loop's registers are the blocks'.
     @inline(never)
@@ -499,14 +499,15 @@ extension X86CPU {
         while count < limit {
             // Chained: the last successor, if it starts here and nothing has
             // begun a new epoch since (every barrier, exception and store into
-            // code does, and so does a flush of the cache). RF is never set
-            // within an epoch: what sets it is a barrier or a fault.
+            // code does, and so does a flush of the cache). RF and TF are
+            // never set within an epoch: what sets them is a barrier or a fault.
             let block: UnsafeMutablePointer<CachedBlock>
             if let next = previous?.pointee.successor, next.pointee.rip == state.rip,
                next.pointee.checkedEpoch == codeEpoch {
                 block = next
             } else {
-                guard state.flags.bits & RFLAGS.rf == 0, let found = lookupBlock() else { return .uncached }
+                // RF lasts one instruction and TF traps after each: both take the uncached path.
+                guard state.flags.bits & (RFLAGS.rf | RFLAGS.tf) == 0, let found = lookupBlock() else { return .uncached }
                 previous?.pointee.successor = found
                 block = found
             }

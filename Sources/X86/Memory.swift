@@ -27,8 +27,9 @@ struct TLBEntry {
 /// one add (the fast path of `readLinear` and `writeLinear`): filled after a
 /// translation succeeded, tagged with the linear page number and the CPL it
 /// was checked at. It lives as long as the TLB entry would (a paging
-/// generation, INVLPG) and as the memory ranges; pages with a dirty log or
-/// in a read-only range are never writable here.
+/// generation, INVLPG) and as the memory ranges; pages with a dirty log, in
+/// a read-only range or holding code this CPU has decoded are never writable
+/// here, so that their stores take the slow path that logs or notes them.
 struct HostTLBEntry {
     static let count = 256
     /// Tag bit of entries filled at CPL 3.
@@ -419,19 +420,17 @@ extension X86CPU {
     @inline(always)
     mutating func writeLinear(_ address: UInt64, _ value: UInt64, size: Int) -> Bool {
         let page = address >> 12
-        do {
-            let entry = decoded.hostTLB + Int(truncatingIfNeeded: page) & (HostTLBEntry.count - 1)
-            if entry.pointee.writeTag == page | accessKey && (address & 0xFFF) &+ UInt64(truncatingIfNeeded: size) <= 0x1000,
-               let host = UnsafeMutableRawPointer(bitPattern: UInt(truncatingIfNeeded: address &+ entry.pointee.hostDelta)) {
-                switch size {
-                case 1: host.storeBytes(of: UInt8(truncatingIfNeeded: value), as: UInt8.self)
-                case 2: host.storeBytes(of: UInt16(truncatingIfNeeded: value), as: UInt16.self)
-                case 4: host.storeBytes(of: UInt32(truncatingIfNeeded: value), as: UInt32.self)
-                case 8: host.storeBytes(of: value, as: UInt64.self)
-                default: return writeLinearSlow(address, value, size: size)
-                }
-                return true
+        let entry = decoded.hostTLB + Int(truncatingIfNeeded: page) & (HostTLBEntry.count - 1)
+        if entry.pointee.writeTag == page | accessKey && (address & 0xFFF) &+ UInt64(truncatingIfNeeded: size) <= 0x1000,
+           let host = UnsafeMutableRawPointer(bitPattern: UInt(truncatingIfNeeded: address &+ entry.pointee.hostDelta)) {
+            switch size {
+            case 1: host.storeBytes(of: UInt8(truncatingIfNeeded: value), as: UInt8.self)
+            case 2: host.storeBytes(of: UInt16(truncatingIfNeeded: value), as: UInt16.self)
+            case 4: host.storeBytes(of: UInt32(truncatingIfNeeded: value), as: UInt32.self)
+            case 8: host.storeBytes(of: value, as: UInt64.self)
+            default: return writeLinearSlow(address, value, size: size)
             }
+            return true
         }
         return writeLinearSlow(address, value, size: size)
     }

@@ -74,12 +74,23 @@ let supportedCPUID: [kvm_cpuid_entry2] = {
         | (1 << 16) | (1 << 17)
     // CX16 POPCNT. Not MOVBE (no 0F 38 map yet).
     let leaf1ECX: UInt32 = (1 << 13) | (1 << 23)
+    // SMEP SMAP (the page walk applies them; STAC/CLAC).
+    let leaf7EBX: UInt32 = (1 << 7) | (1 << 20)
+    let structured = CPUIDEntry(function: 7, index: 0, flags: UInt32(KVM_CPUID_FLAG_SIGNIFCANT_INDEX), ebx: leaf7EBX)
     return [
-        leaf(0, eax: 1, ebx: vendor.0, ecx: vendor.2, edx: vendor.1),
+        leaf(0, eax: 7, ebx: vendor.0, ecx: vendor.2, edx: vendor.1),
         leaf(1, eax: 0x600, ecx: leaf1ECX, edx: leaf1EDX),
-        leaf(0x8000_0000, eax: 0x8000_0001),
-        // LAHF, ABM (LZCNT); SYSCALL NX LM
-        leaf(0x8000_0001, ecx: (1 << 0) | (1 << 5), edx: (1 << 11) | (1 << 20) | (1 << 29)),
+        // Leaves 2-6 (caches, MONITOR, power) describe nothing.
+        leaf(2), leaf(3), leaf(4), leaf(5), leaf(6),
+        structured.kernelValue,
+        leaf(0x8000_0000, eax: 0x8000_0008),
+        // LAHF, ABM (LZCNT); SYSCALL NX Page1GB LM
+        leaf(0x8000_0001, ecx: (1 << 0) | (1 << 5), edx: (1 << 11) | (1 << 20) | (1 << 26) | (1 << 29)),
+        // No brand string, cache or power leaves.
+        leaf(0x8000_0002), leaf(0x8000_0003), leaf(0x8000_0004), leaf(0x8000_0005), leaf(0x8000_0006),
+        leaf(0x8000_0007),
+        // 40 physical address bits (MAXPHYADDR, which the page walk's reserved bits follow), 48 linear.
+        leaf(0x8000_0008, eax: 0x3028),
     ]
 }()
 

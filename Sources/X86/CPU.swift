@@ -186,7 +186,11 @@ public struct X86CPU {
     /// than out to the host as `.exception`.
     public var deliversExceptions = false
     /// The CPUID leaves the guest sees, as KVM_SET_CPUID2 gives them.
-    public var cpuid: [CPUIDLeaf] = []
+    public var cpuid: [CPUIDLeaf] = [] {
+        didSet { guestFeatures = GuestFeatures(cpuid) }
+    }
+    /// What the CPUID lets paging and CR4 do (PageProtection.swift).
+    var guestFeatures = GuestFeatures()
     /// A direct-mapped TLB of 4 KiB linear pages (see Memory.swift).
     var tlb = InlineArray<256, TLBEntry>(repeating: TLBEntry())
     var tlbGeneration: UInt64 = ~0
@@ -194,6 +198,12 @@ public struct X86CPU {
     /// Set while the CPU reads or writes system tables (GDT, LDT, IDT,
     /// TSS) or pushes a frame at a new CPL: supervisor accesses whatever CS says.
     var implicitSupervisor = false
+    /// Set while the CPU reads or writes system tables: an implicit
+    /// supervisor access, which SMAP forbids on user pages whatever EFLAGS.AC says.
+    var systemTableAccess = false
+    /// TLBEntry.user while CR4.SMEP or SMAP is on: a supervisor access that
+    /// hits a user page's TLB entry takes the walk, which applies them.
+    var supervisorUserGuard: UInt8 = 0
 
     public init(memory: PhysicalMemory, state: CPUState = CPUState()) {
         self.memory = memory

@@ -46,16 +46,18 @@ extension X86CPU {
 
     /// A read of the GDT, LDT, IDT or TSS: a supervisor access at any CPL.
     mutating func readSystem(_ address: UInt64, size: Int) -> UInt64? {
-        let saved = implicitSupervisor
+        let saved = (implicitSupervisor, systemTableAccess)
         implicitSupervisor = true
-        defer { implicitSupervisor = saved }
+        systemTableAccess = true
+        defer { (implicitSupervisor, systemTableAccess) = saved }
         return readLinear(systemAddress(address), size: size)
     }
 
     mutating func writeSystem(_ address: UInt64, _ value: UInt64, size: Int) -> Bool {
-        let saved = implicitSupervisor
+        let saved = (implicitSupervisor, systemTableAccess)
         implicitSupervisor = true
-        defer { implicitSupervisor = saved }
+        systemTableAccess = true
+        defer { (implicitSupervisor, systemTableAccess) = saved }
         return writeLinear(systemAddress(address), value, size: size)
     }
 

@@ -23,6 +23,9 @@ struct SystemGuest {
     var special = SpecialRegisters()
     var registers = Registers()
     var msrs: [MSREntry] = []
+    /// The guest's CPUID (KVM_SET_CPUID2 on the host, `X86CPU.cpuid` on the
+    /// soft CPU); none by default, as a vCPU starts.
+    var cpuid: [CPUIDEntry] = []
 
     mutating func write(_ bytes: [UInt8], at address: Int) {
         memory.replaceSubrange(address..<address + bytes.count, with: bytes)
@@ -129,6 +132,7 @@ extension SystemGuest {
         try region.write([0xE6, 0xF0], at: SystemGuest.warmUpAddress)
         try vm.setMemoryRegion(slot: 0, guestAddress: 0, region: region)
         let vcpu = try vm.createVCPU(id: 0)
+        if !cpuid.isEmpty { try vcpu.setCPUID(cpuid) }
         var warm = try vcpu.specialRegisters()
         warm.cs.base = 0
         warm.cs.selector = 0
@@ -161,6 +165,10 @@ extension SystemGuest {
         memory.withUnsafeBytes { buffer.copyMemory(from: $0.baseAddress!, byteCount: SystemGuest.memorySize) }
         var cpu = X86CPU(memory: PhysicalMemory(base: buffer, size: SystemGuest.memorySize))
         cpu.deliversExceptions = true
+        cpu.cpuid = cpuid.map {
+            CPUIDLeaf(function: $0.function, index: $0.index, significantIndex: $0.flags & 1 != 0,
+                      eax: $0.eax, ebx: $0.ebx, ecx: $0.ecx, edx: $0.edx)
+        }
         cpu.state.load(special, registers)
         for msr in msrs { _ = cpu.writeMSR(msr.index, msr.data, host: true) }
         var steps: [SystemStep] = []
@@ -177,6 +185,7 @@ extension SystemGuest {
     static func describe(_ exit: VCPUExit) -> String {
         switch exit {
         case .io(let io): return "io \(io.direction == .in ? "in" : "out") \(hex(io.port)) size \(io.size) value \(hex(io.value))"
+        case .mmio(let access): return "mmio \(access.isWrite ? "write" : "read") \(hex(access.address)) size \(access.length)"
         case .halt: return "halt"
         case .shutdown: return "shutdown"
         case .internalError: return "internal error"
@@ -187,6 +196,7 @@ extension SystemGuest {
     static func describe(_ exit: X86Exit) -> String {
         switch exit {
         case .io(let io): return "io \(io.isWrite ? "out" : "in") \(hex(io.port)) size \(io.size) value \(hex(io.isWrite ? io.data : 0))"
+        case .mmio(let access): return "mmio \(access.isWrite ? "write" : "read") \(hex(access.address)) size \(access.size)"
         case .halt: return "halt"
         case .shutdown: return "shutdown"
         case .emulationFailure: return "internal error"

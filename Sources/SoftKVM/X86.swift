@@ -67,10 +67,10 @@ let supportedCPUID: [kvm_cpuid_entry2] = {
     }
     // "SoftKVMSwift" in EBX, EDX, ECX order, as CPUID leaf 0 spells a vendor.
     let vendor: (UInt32, UInt32, UInt32) = (0x7466_6F53, 0x534D_564B, 0x7466_6977)
-    // PSE TSC MSR PAE CX8 SEP PGE CMOV PAT PSE-36. Not FPU, FXSR, SSE or
+    // VME PSE TSC MSR PAE CX8 SEP PGE CMOV PAT PSE-36. Not FPU, FXSR, SSE or
     // SSE2: X86 has no x87, FXSAVE or SSE yet, and a guest told otherwise
     // would take #UD where it expects the instruction to work.
-    let leaf1EDX: UInt32 = (1 << 3) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 8) | (1 << 11) | (1 << 13) | (1 << 15)
+    let leaf1EDX: UInt32 = (1 << 1) | (1 << 3) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 8) | (1 << 11) | (1 << 13) | (1 << 15)
         | (1 << 16) | (1 << 17)
     // CX16 POPCNT. Not MOVBE (no 0F 38 map yet).
     let leaf1ECX: UInt32 = (1 << 13) | (1 << 23)

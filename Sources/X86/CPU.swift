@@ -299,11 +299,4 @@ public struct X86CPU {
         pending = exit
         return false
     }
-
-    /// CLI, STI, IN, OUT: allowed when CPL <= IOPL (the TSS I/O bitmap and
-    /// VME do not exist yet).
-    mutating func ioPrivileged() -> Bool {
-        if state.cr0 & ControlBits.cr0PE == 0 { return true }
-        return UInt64(state.privilegeLevel()) <= (state.flags.bits & RFLAGS.iopl) >> 12
-    }
 }

@@ -158,8 +158,8 @@ extension SystemGuest {
         return (steps, try region.read(at: 0, count: SystemGuest.memorySize))
     }
 
-    /// Runs on the software CPU with the same rules.
-    func runOnSoftCPU(maxExits: Int = 16) -> (steps: [SystemStep], memory: [UInt8]) {
+    /// Runs on the software CPU with the same rules; `inspect` sees the CPU at the end.
+    func runOnSoftCPU(maxExits: Int = 16, inspect: (inout X86CPU) -> Void = { _ in }) -> (steps: [SystemStep], memory: [UInt8]) {
         let buffer = UnsafeMutableRawPointer.allocate(byteCount: SystemGuest.memorySize, alignment: 4096)
         defer { buffer.deallocate() }
         memory.withUnsafeBytes { buffer.copyMemory(from: $0.baseAddress!, byteCount: SystemGuest.memorySize) }
@@ -176,8 +176,13 @@ extension SystemGuest {
             let exit = cpu.run(maxInstructions: 1_000_000)
             steps.append(SystemStep(exit: Self.describe(exit), registers: cpu.state.registers, special: cpu.state.special))
             guard case .io(let io) = exit else { break }
-            if !io.isWrite { cpu.completeInput(0) }
+            if cpu.hasStringInput {
+                [UInt8](repeating: 0, count: io.count * io.size).withUnsafeBytes { cpu.completeStringInput($0) }
+            } else if !io.isWrite {
+                cpu.completeInput(0)
+            }
         }
+        inspect(&cpu)
         let bytes = [UInt8](UnsafeRawBufferPointer(start: buffer, count: SystemGuest.memorySize))
         return (steps, bytes)
     }

@@ -60,9 +60,8 @@ public enum X86Exit: Equatable, Sendable {
     case debug(DebugStop)
     /// `maxInstructions` instructions completed.
     case instructionLimit
-    /// Code fetched or a page table read from outside RAM, or what the CPU
-    /// does not model yet (32-bit paging, an interrupt needing a stack
-    /// switch, a task gate...): KVM reports these as an emulation failure.
+    /// Code fetched or a page table read from outside RAM: KVM reports
+    /// these as an emulation failure.
     case emulationFailure(address: UInt64)
 }
 

@@ -32,11 +32,11 @@ struct GuestFeatures {
         if let top = leaf(0x8000_0000), top.eax >= 0x8000_0008, let sizes = leaf(0x8000_0008) {
             physicalAddressBits = UInt64(sizes.eax & 0xFF)
         }
-        if let top = leaf(0x8000_0000), top.eax >= 0x8000_0001, let extended = leaf(0x8000_0001) {
-            gigabytePages = extended.edx & (1 << 26) != 0
-        }
+        // Feature bits are looked up as KVM's guest_cpuid_has does: the leaf
+        // itself, whatever the maximum leaf says.
+        if let extended = leaf(0x8000_0001) { gigabytePages = extended.edx & (1 << 26) != 0 }
         if let basic = leaf(1) { pse36 = basic.edx & (1 << 17) != 0 }
-        if let top = leaf(0), top.eax >= 7, let structured = leaf(7, 0) {
+        if let structured = leaf(7, 0) {
             smep = structured.ebx & (1 << 7) != 0
             smap = structured.ebx & (1 << 20) != 0
         }

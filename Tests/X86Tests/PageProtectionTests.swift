@@ -116,17 +116,26 @@ struct ReservedBitDifferentialTests {
         #expect(try address.expectSameOnHostAndSoftCPU().first?.exit == "mmio read 0x800001f000 size 8")
     }
 
-    /// A walk that ends in a reserved-bit or not-present fault leaves the
-    /// A bits of the entries it went through clear; one that succeeds sets
-    /// them all (memory is compared with the host's).
-    @Test(arguments: [false, true], [UInt64(0x1F000 | 7 | 1 << 40), 0x1F006, 0x1F007])
+    /// A walk that ends in a reserved-bit, not-present or protection fault
+    /// leaves the A bits of the entries it went through clear; one that
+    /// succeeds sets them all, and D in the last for a write (memory is
+    /// compared with the host's).
+    @Test(arguments: [false, true], [UInt64(0x1F000 | 7 | 1 << 40), 0x1F006, 0x1F007, 0x1F003, 0x1F005])
     func onlyASuccessfulWalkSetsAccessedBits(user: Bool, leaf: UInt64) throws {
-        var g = PageWalkGuest.long64(user: user, load: PageWalkGuest.loadFreshTables)
-        PageWalkGuest.withFreshTables(&g, leaf: leaf)
-        let steps = try g.expectSameOnHostAndSoftCPU()
-        let run = g.runOnSoftCPU()
-        let accessed = [0x2008, 0x10000, 0x11000, 0x12008].map { run.memory[$0] & 0x20 != 0 }
-        #expect(accessed == Array(repeating: leaf == 0x1F007, count: 4), "\(steps.map(\.exit))")
+        for write in [false, true] {
+            // mov rax, [0x8000001000] or mov [0x8000001000], rax
+            var load = PageWalkGuest.loadFreshTables
+            if write { load[1] = 0xA3 }
+            var g = PageWalkGuest.long64(user: user, load: load)
+            g.special.cr0 |= ControlBits.cr0WP
+            PageWalkGuest.withFreshTables(&g, leaf: leaf)
+            let steps = try g.expectSameOnHostAndSoftCPU()
+            let run = g.runOnSoftCPU()
+            let succeeds = leaf == 0x1F007 || (leaf == 0x1F003 && !user) || (leaf == 0x1F005 && !write)
+            let accessed = [0x2008, 0x10000, 0x11000, 0x12008].map { run.memory[$0] & 0x20 != 0 }
+            #expect(accessed == Array(repeating: succeeds, count: 4), "write \(write): \(steps.map(\.exit))")
+            #expect((run.memory[0x12008] & 0x40 != 0) == (succeeds && write), "D: write \(write)")
+        }
     }
 
     /// MOV to CR3 with a bit at or above MAXPHYADDR is #GP(0) in long mode.

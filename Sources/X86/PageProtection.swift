@@ -16,6 +16,9 @@ struct GuestFeatures {
     /// CPUID 7:EBX.SMEP and SMAP: the CR4 bits exist (else #GP), and STAC/CLAC (else #UD).
     var smep = false
     var smap = false
+    /// Whether a CPUID was given: before KVM_SET_CPUID2, KVM reserves no
+    /// CR4 bit for want of a CPUID feature (cr4_guest_rsvd_bits is set with the CPUID).
+    var hasCPUID = false
 
     /// Bits MAXPHYADDR...51 (4-level paging) or ...62 (PAE paging), reserved in every entry.
     var reservedLong: UInt64 = 0
@@ -26,6 +29,7 @@ struct GuestFeatures {
     init() { derive() }
 
     init(_ leaves: [CPUIDLeaf]) {
+        hasCPUID = !leaves.isEmpty
         func leaf(_ function: UInt32, _ index: UInt32 = 0) -> CPUIDLeaf? {
             leaves.first { $0.function == function && (!$0.significantIndex || $0.index == index) }
         }
@@ -59,9 +63,10 @@ struct GuestFeatures {
         }
     }
 
-    /// The CR4 bits that exist only when the CPUID shows their feature.
+    /// The CR4 bits that exist only when the CPUID shows their feature (all
+    /// of them while there is no CPUID).
     var cr4FeatureBits: UInt64 {
-        (smep ? ControlBits.cr4SMEP : 0) | (smap ? ControlBits.cr4SMAP : 0)
+        (smep || !hasCPUID ? ControlBits.cr4SMEP : 0) | (smap || !hasCPUID ? ControlBits.cr4SMAP : 0)
     }
 }
 

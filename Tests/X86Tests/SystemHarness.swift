@@ -212,7 +212,7 @@ extension SystemGuest {
     /// Runs on both and expects the same exits, registers, special
     /// registers and memory. Returns the software CPU's steps.
     @discardableResult
-    func expectSameOnHostAndSoftCPU(maxExits: Int = 16, ignoringMemory: [Range<Int>] = [],
+    func expectSameOnHostAndSoftCPU(maxExits: Int = 16, ignoringMemory: [Range<Int>] = [], ignoringFlags: UInt64 = 0,
                                     sourceLocation: SourceLocation = #_sourceLocation) throws -> [SystemStep] {
         let host = try runOnHost(maxExits: maxExits)
         let soft = runOnSoftCPU(maxExits: maxExits)
@@ -221,8 +221,8 @@ extension SystemGuest {
             #expect(got.exit == want.exit, "exit \(index): host \(want) soft \(got)", sourceLocation: sourceLocation)
             var wantRegisters = want.registers, gotRegisters = got.registers
             // kvm_pvm reads IOPL back as 0.
-            wantRegisters.rflags &= ~RFLAGS.iopl
-            gotRegisters.rflags &= ~RFLAGS.iopl
+            wantRegisters.rflags &= ~(RFLAGS.iopl | ignoringFlags)
+            gotRegisters.rflags &= ~(RFLAGS.iopl | ignoringFlags)
             #expect(gotRegisters == wantRegisters, "registers after exit \(index) (\(want.exit))", sourceLocation: sourceLocation)
             let differences = Self.differences(Self.comparable(want.special), Self.comparable(got.special))
             #expect(differences.isEmpty, "special registers after exit \(index) (\(want.exit)): \(differences)",

@@ -35,6 +35,7 @@ struct SupportedCPUIDTests {
         Feature(name: "POPCNT (popcnt ax, bx)", function: 1, register: \.ecx, bit: 23, instruction: [0xF3, 0x0F, 0xB8, 0xC3]),
         Feature(name: "LAHF (lahf)", function: 0x8000_0001, register: \.ecx, bit: 0, instruction: [0x9F]),
         Feature(name: "ABM (lzcnt ax, bx)", function: 0x8000_0001, register: \.ecx, bit: 5, instruction: [0xF3, 0x0F, 0xBD, 0xC3]),
+        Feature(name: "SMAP (stac; clac)", function: 7, register: \.ebx, bit: 20, instruction: [0x0F, 0x01, 0xCB, 0x0F, 0x01, 0xCA]),
     ]
 
     static let undefinedOpcodePort: UInt16 = 0x66

@@ -314,6 +314,16 @@ struct HostTLBTests {
         #expect(m.cpu.state.cr2 == 0x2000)
     }
 
+    @Test func clacTakesUserPagesFromASupervisorWithSMAP() {
+        // stac; mov eax, [0x2000]; clac; mov eax, [0x2000]; hlt — every page of the set-up is a user page.
+        let m = Machine(.long64, code: [0x0F, 0x01, 0xCB, 0x8B, 0x04, 0x25, 0x00, 0x20, 0x00, 0x00,
+                                        0x0F, 0x01, 0xCA, 0x8B, 0x04, 0x25, 0x00, 0x20, 0x00, 0x00, hlt])
+        m.cpu.cpuid = [CPUIDLeaf(function: 0, eax: 7), CPUIDLeaf(function: 7, significantIndex: true, ebx: 1 << 20)]
+        m.cpu.state.cr4 |= ControlBits.cr4SMAP
+        #expect(m.run() == .exception(vector: Vector.pf.rawValue, errorCode: 1))
+        #expect(m.cpu.state.rip == 0x100D)
+    }
+
     @Test func storeAfterACR3SwitchUsesTheNewTables() {
         // A second hierarchy at 0x14000-0x17000 maps linear 0x2000 to 0x9000.
         let code: [UInt8] = [0xC6, 0x04, 0x25, 0x00, 0x20, 0x00, 0x00, 0x11,  // mov byte [0x2000], 0x11

@@ -36,6 +36,9 @@ let MSR_KERNEL_GS_BASE: UInt32 = 0xC000_0102
 let msrsToSave: [UInt32] = [
     MSR_IA32_TSC, MSR_IA32_SYSENTER_CS, MSR_IA32_SYSENTER_ESP, MSR_IA32_SYSENTER_EIP, MSR_IA32_CR_PAT,
     MSR_STAR, MSR_LSTAR, MSR_CSTAR, MSR_SYSCALL_MASK, MSR_KERNEL_GS_BASE,
+    // The TSC's, the APIC timer's and kvmclock's (LAPICVCPU.swift, KVMClock.swift).
+    MSR_TSC_AUX, MSR_IA32_TSC_ADJUST, MSR_IA32_TSC_DEADLINE,
+    MSR_KVM_WALL_CLOCK, MSR_KVM_SYSTEM_TIME, MSR_KVM_WALL_CLOCK_NEW, MSR_KVM_SYSTEM_TIME_NEW,
 ]
 
 /// The power-on PAT (Intel SDM 11.12.4).
@@ -70,12 +73,21 @@ let supportedCPUID: [kvm_cpuid_entry2] = {
     // TSC MSR PAE PGE CMOV PAT. Not FPU, CX8, SEP, FXSR, SSE or SSE2: X86
     // has no x87, CMPXCHG8B, SYSENTER, FXSAVE or SSE yet, and a guest told
     // otherwise would take #UD where it expects the instruction to work.
-    let leaf1EDX: UInt32 = (1 << 4) | (1 << 5) | (1 << 6) | (1 << 13) | (1 << 15) | (1 << 16)
+    // APIC: the in-kernel local APIC (a VMM without an irqchip clears it).
+    let leaf1EDX: UInt32 = (1 << 4) | (1 << 5) | (1 << 6) | (1 << 9) | (1 << 13) | (1 << 15) | (1 << 16)
+    // TSC-deadline timer mode; running on a hypervisor (which makes guests look at 0x40000000).
+    let leaf1ECX: UInt32 = (1 << 24) | (1 << 31)
+    // KVM's paravirtual leaves: kvmclock (both MSR sets, stable TSC), no port 0x80 delays needed.
+    let kvmFeatures: UInt32 = (1 << KVM_FEATURE_CLOCKSOURCE) | (1 << KVM_FEATURE_NOP_IO_DELAY)
+        | (1 << KVM_FEATURE_CLOCKSOURCE2) | (1 << KVM_FEATURE_CLOCKSOURCE_STABLE_BIT)
     return [
         leaf(0, eax: 1, ebx: vendor.0, ecx: vendor.2, edx: vendor.1),
-        leaf(1, eax: 0x600, edx: leaf1EDX),
+        leaf(1, eax: 0x600, ecx: leaf1ECX, edx: leaf1EDX),
         leaf(0x8000_0000, eax: 0x8000_0001),
-        leaf(0x8000_0001, ecx: 1 << 0, edx: (1 << 20) | (1 << 29)),  // LAHF; NX LM (no SYSCALL yet)
+        leaf(0x8000_0001, ecx: 1 << 0, edx: (1 << 20) | (1 << 27) | (1 << 29)),  // LAHF; NX RDTSCP LM (no SYSCALL yet)
+        // "KVMKVMKVM\0\0\0" and the highest paravirtual leaf.
+        leaf(KVM_CPUID_SIGNATURE, eax: KVM_CPUID_FEATURES, ebx: 0x4B4D_564B, ecx: 0x564B_4D56, edx: 0x4D),
+        leaf(KVM_CPUID_FEATURES, eax: kvmFeatures),
     ]
 }()
 
@@ -126,6 +138,12 @@ extension SoftBackend {
         case Capability.irqchip.rawValue, Capability.irqInjectStatus.rawValue, Capability.ioapicPolarityIgnored.rawValue,
              Capability.signalMSI.rawValue:
             return 1
+        // The TSC is scaled in software, to any frequency, and the APIC timer has TSC-deadline mode.
+        case Capability.getTSCKhz.rawValue, Capability.tscControl.rawValue, Capability.vmTSCControl.rawValue,
+             Capability.tscDeadlineTimer.rawValue:
+            return 1
+        case Capability.adjustClock.rawValue:
+            return Int32(KVM_CLOCK_VALID_FLAGS)
         default:
             return 0
         }
@@ -143,6 +161,14 @@ extension SoftBackend {
             return kvm_vm_ioctl_create_irqchip(vm)
         case KVMRequest.getIrqchip.number, KVMRequest.setIrqchip.number:
             return kvm_vm_ioctl_irqchip(vm, arg, set: request == KVMRequest.setIrqchip.number)
+        case KVMRequest.getClock.number:
+            return kvm_vm_ioctl_get_clock(vm, arg)
+        case KVMRequest.setClock.number:
+            return kvm_vm_ioctl_set_clock(vm, arg)
+        case KVMRequest.setTSCKhz.number:
+            return kvm_vm_ioctl_set_tsc_khz(vm, arg)
+        case KVMRequest.getTSCKhz.number:
+            return Int32(bitPattern: vm.arch.withLock { $0.clock.defaultKilohertz })
         default:
             return fail(.inappropriateIOCTLForDevice)
         }
@@ -179,10 +205,12 @@ extension SoftBackend {
                 arch.regs = regs
                 return 0
             case KVMRequest.getSregs.number:
-                return UserMemory.write(arch.sregs, to: arg) ? 0 : fail(.badAddress)
+                var sregs = arch.sregs
+                sregs.cr8 = kvm_get_cr8(arch, vcpu)
+                return UserMemory.write(sregs, to: arg) ? 0 : fail(.badAddress)
             case KVMRequest.setSregs.number:
                 guard let sregs = UserMemory.read(kvm_sregs.self, from: arg) else { return fail(.badAddress) }
-                return kvm_arch_vcpu_ioctl_set_sregs(&arch, sregs)
+                return kvm_arch_vcpu_ioctl_set_sregs(&arch, vcpu, sregs)
             case KVMRequest.getFPU.number:
                 return UserMemory.write(arch.fpu, to: arg) ? 0 : fail(.badAddress)
             case KVMRequest.setFPU.number:
@@ -190,18 +218,27 @@ extension SoftBackend {
                 arch.fpu = fpu
                 return 0
             case KVMRequest.getMPState.number:
-                return UserMemory.write(kvm_mp_state(mp_state: arch.mpState), to: arg) ? 0 : fail(.badAddress)
+                let state = kvm_arch_vcpu_ioctl_get_mpstate(vcpu, &arch)
+                return UserMemory.write(kvm_mp_state(mp_state: state), to: arg) ? 0 : fail(.badAddress)
             case KVMRequest.setMPState.number:
                 guard let state = UserMemory.read(kvm_mp_state.self, from: arg) else { return fail(.badAddress) }
-                // Without an in-kernel local APIC a vCPU can only be runnable.
-                if state.mp_state != UInt32(KVM_MP_STATE_RUNNABLE) { return fail(.invalidArgument) }
-                arch.mpState = state.mp_state
-                return 0
+                return kvm_arch_vcpu_ioctl_set_mpstate(vcpu, &arch, state.mp_state)
             case KVMRequest.getVCPUEvents.number:
+                process_nmi(&arch, vcpu)
                 return UserMemory.write(kvm_vcpu_ioctl_x86_get_vcpu_events(arch), to: arg) ? 0 : fail(.badAddress)
             case KVMRequest.setVCPUEvents.number:
                 guard let events = UserMemory.read(kvm_vcpu_events.self, from: arg) else { return fail(.badAddress) }
                 return kvm_vcpu_ioctl_x86_set_vcpu_events(&arch, events)
+            case KVMRequest.getLAPIC.number:
+                return kvm_vcpu_ioctl_get_lapic(vcpu, arg)
+            case KVMRequest.setLAPIC.number:
+                return kvm_vcpu_ioctl_set_lapic(vcpu, &arch, arg)
+            case KVMRequest.nmi.number:
+                return kvm_vcpu_ioctl_nmi(&arch)
+            case KVMRequest.getTSCKhz.number:
+                return Int32(bitPattern: arch.cpu.tsc.kilohertz)
+            case KVMRequest.setTSCKhz.number:
+                return kvm_vcpu_ioctl_set_tsc_khz(vcpu.vm, &arch, arg)
             case KVMRequest.getDebugregs.number:
                 var debug = kvm_debugregs()
                 debug.db = arch.db
@@ -226,16 +263,18 @@ extension SoftBackend {
             case KVMRequest.getCPUID2.number:
                 return kvm_vcpu_ioctl_get_cpuid2(arch, arg)
             case KVMRequest.setCPUID2.number:
-                return kvm_vcpu_ioctl_set_cpuid2(&arch, arg)
+                let r = kvm_vcpu_ioctl_set_cpuid2(&arch, arg)
+                if r == 0 { kvm_lapic_after_set_cpuid(arch, vcpu) }
+                return r
             case KVMRequest.interrupt.number:
                 guard let irq = UserMemory.read(kvm_interrupt.self, from: arg) else { return fail(.badAddress) }
                 // With the PIC in the kernel, interrupts come from it, not from user space.
                 if vcpu.vm.irqchip != nil { return fail(.noSuchAddressOrDevice) }
                 return kvm_vcpu_ioctl_interrupt(&arch, irq)
             case KVMRequest.getMSRs.number:
-                return msr_io(&arch, arg, write: false)
+                return msr_io(&arch, vcpu, arg, write: false)
             case KVMRequest.setMSRs.number:
-                return msr_io(&arch, arg, write: true)
+                return msr_io(&arch, vcpu, arg, write: true)
             default:
                 return fail(.invalidArgument)
             }
@@ -253,8 +292,9 @@ extension SoftBackend {
 
     // MARK: State rules
 
-    /// kvm_is_valid_sregs and kvm_is_valid_cr0.
-    func kvm_arch_vcpu_ioctl_set_sregs(_ arch: inout VCPUArch, _ sregs: kvm_sregs) -> Int32 {
+    /// kvm_is_valid_sregs and kvm_is_valid_cr0, then the APIC base and CR8
+    /// (which go to the local APIC).
+    func kvm_arch_vcpu_ioctl_set_sregs(_ arch: inout VCPUArch, _ vcpu: SoftVCPU, _ sregs: kvm_sregs) -> Int32 {
         if sregs.efer & EFER_LME != 0 && sregs.cr0 & X86_CR0_PG != 0 {
             if sregs.cr4 & X86_CR4_PAE == 0 || sregs.efer & EFER_LMA == 0 { return fail(.invalidArgument) }
         } else if sregs.efer & EFER_LMA != 0 || sregs.cs.l != 0 {
@@ -263,13 +303,17 @@ extension SoftBackend {
         if sregs.cr0 >> 32 != 0 { return fail(.invalidArgument) }
         if sregs.cr0 & X86_CR0_NW != 0 && sregs.cr0 & X86_CR0_CD == 0 { return fail(.invalidArgument) }
         if sregs.cr0 & X86_CR0_PG != 0 && sregs.cr0 & X86_CR0_PE == 0 { return fail(.invalidArgument) }
+        if !kvm_apic_set_base(&arch, vcpu, sregs.apic_base, hostInitiated: true) { return fail(.invalidArgument) }
         arch.sregs = sregs
+        _ = kvm_set_cr8(&arch, vcpu, sregs.cr8)
         return 0
     }
 
     /// KVM_GET_VCPU_EVENTS: the flags say which parts are valid, not what was set.
     func kvm_vcpu_ioctl_x86_get_vcpu_events(_ arch: VCPUArch) -> kvm_vcpu_events {
         var events = arch.events
+        events.nmi.pending = arch.nmiPending != 0 ? 1 : 0
+        events.nmi.masked = arch.cpu.nmiBlocked ? 1 : 0
         events.flags = UInt32(KVM_VCPUEVENT_VALID_NMI_PENDING | KVM_VCPUEVENT_VALID_SHADOW | KVM_VCPUEVENT_VALID_SMM)
         return events
     }
@@ -289,8 +333,13 @@ extension SoftBackend {
         stored.interrupt.soft = events.interrupt.soft
         if events.flags & UInt32(KVM_VCPUEVENT_VALID_SHADOW) != 0 { stored.interrupt.shadow = events.interrupt.shadow }
         stored.nmi.injected = events.nmi.injected
-        if events.flags & UInt32(KVM_VCPUEVENT_VALID_NMI_PENDING) != 0 { stored.nmi.pending = events.nmi.pending }
+        if events.flags & UInt32(KVM_VCPUEVENT_VALID_NMI_PENDING) != 0 {
+            stored.nmi.pending = events.nmi.pending
+            arch.nmiPending = 0
+            arch.nmiQueued = Int(events.nmi.pending)
+        }
         stored.nmi.masked = events.nmi.masked
+        arch.cpu.nmiBlocked = events.nmi.masked != 0
         if events.flags & UInt32(KVM_VCPUEVENT_VALID_SMM) != 0 { stored.smi = events.smi }
         arch.events = stored
         return 0
@@ -351,7 +400,7 @@ extension SoftBackend {
 
     /// KVM_GET_MSRS and KVM_SET_MSRS: entries are done in order until one
     /// fails; the result is how many were done.
-    func msr_io(_ arch: inout VCPUArch, _ arg: UInt, write: Bool) -> Int32 {
+    func msr_io(_ arch: inout VCPUArch, _ vcpu: SoftVCPU, _ arg: UInt, write: Bool) -> Int32 {
         guard let msrs = UserMemory.read(kvm_msrs.self, from: arg) else { return fail(.badAddress) }
         if msrs.nmsrs >= MAX_IO_MSRS { return fail(.argListTooLong) }
         let entries = arg + UInt(MemoryLayout<kvm_msrs>.size)
@@ -360,9 +409,13 @@ extension SoftBackend {
             let address = entries + UInt(i * MemoryLayout<kvm_msr_entry>.stride)
             guard var entry = UserMemory.read(kvm_msr_entry.self, from: address) else { return fail(.badAddress) }
             if write {
-                guard arch.setMSR(entry.index, entry.data) else { break }
+                if let done = kvm_set_msr_local(&arch, vcpu, entry.index, entry.data, hostInitiated: true) {
+                    guard done else { break }
+                } else {
+                    guard arch.setMSR(entry.index, entry.data) else { break }
+                }
             } else {
-                guard let data = arch.getMSR(entry.index) else { break }
+                guard let data = kvm_get_msr_local(arch, vcpu, entry.index) ?? arch.getMSR(entry.index) else { break }
                 entry.data = data
                 guard UserMemory.write(entry, to: address) else { return fail(.badAddress) }
             }
@@ -376,6 +429,8 @@ extension SoftBackend {
 struct KVMArch: Sendable {
     var tssAddress: UInt64 = 0
     var identityMapAddress: UInt64 = 0
+    /// kvmclock and the TSCs (KVMClock.swift).
+    var clock: VMClock
 }
 
 /// A vCPU's x86 state (`struct kvm_vcpu_arch`). The architectural state
@@ -393,6 +448,11 @@ struct VCPUArch: @unchecked Sendable {
     var dr6: UInt64 = 0
     var dr7: UInt64 = 0
     var xcr0: UInt64 = XFEATURE_MASK_FP
+    /// NMIs KVM_NMI queued (`nmi_queued`) and those waiting for delivery (`nmi_pending`).
+    var nmiQueued = 0
+    var nmiPending = 0
+    /// kvmclock (KVMClock.swift).
+    var clock = VCPUClock()
     var cpuid: [kvm_cpuid_entry2] = [] {
         didSet {
             cpu.cpuid = cpuid.map {
@@ -459,6 +519,8 @@ struct VCPUArch: @unchecked Sendable {
         dr7 = 0x400  // DR7_FIXED_1
         // Faults go to the guest's IDT, as on hardware; KVM's exits are what is left.
         cpu.deliversExceptions = true
+        // The APIC's and kvmclock's MSRs and CR8 are KVM's (LAPICVCPU.swift).
+        cpu.forwardsSystemRegisters = true
     }
 
     /// kvm_regs, from and to the CPU's registers.
@@ -582,8 +644,10 @@ final class SoftVCPU: @unchecked Sendable {
     let mapping: UnsafeMutableRawPointer
     /// `vcpu->mutex` and the state it guards.
     let arch: Mutex<VCPUArch>
+    /// The in-kernel local APIC, with an in-kernel irqchip (`vcpu->arch.apic`).
+    let apic: LocalAPIC?
 
-    init?(vm: SoftVM, id: UInt32, descriptor: Int32) {
+    init?(vm: SoftVM, id: UInt32, index: Int, descriptor: Int32) {
         guard let address = mmap(nil, SoftVCPU.mmapSize, PROT_READ | PROT_WRITE, MAP_SHARED, descriptor, 0),
               address != MAP_FAILED else { return nil }
         guard vm.coalesced.mapInto(address, size: SoftVCPU.mmapSize) else {
@@ -593,7 +657,11 @@ final class SoftVCPU: @unchecked Sendable {
         self.vm = vm
         self.id = id
         mapping = address
-        arch = Mutex(VCPUArch(id: id))
+        apic = SoftVCPU.kvm_create_lapic(vm, id: id, index: index)
+        var arch = VCPUArch(id: id)
+        // kvm_arch_vcpu_create: with an in-kernel APIC, vCPUs other than the BSP wait for INIT.
+        if apic != nil && id != 0 { arch.mpState = UInt32(KVM_MP_STATE_UNINITIALIZED) }
+        self.arch = Mutex(arch)
     }
 
     deinit { munmap(mapping, SoftVCPU.mmapSize) }

@@ -54,6 +54,9 @@ public enum X86Exit: Equatable, Sendable {
     case exception(vector: UInt8, errorCode: UInt32?)
     /// A triple fault: an exception while delivering a double fault.
     case shutdown
+    /// An MSR or CR8 access for the owner (`forwardsSystemRegisters`);
+    /// RIP stays at the instruction until `completeSystemRegisterAccess`.
+    case systemRegister(SystemRegisterExit)
     /// `maxInstructions` instructions completed.
     case instructionLimit
     /// Code fetched or a page table read from outside RAM, or what the CPU
@@ -172,6 +175,8 @@ public struct X86CPU {
     /// A direct-mapped TLB of 4 KiB linear pages (see Memory.swift).
     var tlb = InlineArray<256, TLBEntry>(repeating: TLBEntry())
     var tlbGeneration: UInt64 = ~0
+    /// The TSC, forwarded MSRs, NMI blocking and waiting events (Platform.swift).
+    var platform = PlatformState()
 
     public init(memory: PhysicalMemory, state: CPUState = CPUState()) {
         self.memory = memory
@@ -201,6 +206,8 @@ public struct X86CPU {
         }
         var executed = 0
         while executed < maxInstructions {
+            // An event the owner holds can be taken at this boundary (Platform.swift).
+            if platform.waitingEvents != 0 && executed > 0 && waitingEventCanBeTaken { return .instructionLimit }
             var insn = Instruction()
             // RF suppresses instruction breakpoints for one instruction: it
             // is cleared when the instruction that saw it set completes (not

@@ -267,7 +267,6 @@ public struct CPUState {
 
 /// MSRs whose value the CPU keeps but does not act on yet.
 public struct ModelSpecificRegisters: Hashable, Sendable {
-    public var tsc: UInt64 = 0
     /// Enabled at the default base; bit 8 (BSP) is for the owner to set.
     public var apicBase: UInt64 = 0xFEE0_0800
     public var sysenterCS: UInt64 = 0
@@ -286,6 +285,7 @@ public struct ModelSpecificRegisters: Hashable, Sendable {
 /// MSR numbers the CPU knows.
 public enum MSR {
     public static let tsc: UInt32 = 0x10
+    public static let tscAdjust: UInt32 = 0x3B
     public static let apicBase: UInt32 = 0x1B
     public static let sysenterCS: UInt32 = 0x174
     public static let sysenterESP: UInt32 = 0x175
@@ -299,6 +299,7 @@ public enum MSR {
     public static let fsBase: UInt32 = 0xC000_0100
     public static let gsBase: UInt32 = 0xC000_0101
     public static let kernelGSBase: UInt32 = 0xC000_0102
+    public static let tscAux: UInt32 = 0xC000_0103
 }
 
 /// RFLAGS bit positions.

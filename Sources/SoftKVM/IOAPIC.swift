@@ -167,14 +167,25 @@ struct IOAPIC: Sendable {
     /// pins with that vector drop remote IRR and, if their line is still
     /// high, deliver again.
     mutating func endOfInterrupt(vector: UInt8, levelTriggered: Bool = true, bus: LocalAPICBus) {
-        for pin in 0..<IOAPIC_NUM_PINS where redirectionTable[pin].vector == vector {
-            if pin == RTC_GSI && rtcPendingEOI > 0 { rtcPendingEOI -= 1 }
+        for pin in pins(vector: vector) {
             acked.append(pin)
-            guard levelTriggered && redirectionTable[pin].levelTriggered else { continue }
-            redirectionTable[pin].remoteIRR = false
-            if !redirectionTable[pin].masked && irr & (1 << pin) != 0 {
-                _ = service(pin, lineStatus: false, bus: bus)
-            }
+            endOfInterrupt(pin: pin, levelTriggered: levelTriggered, bus: bus)
+        }
+    }
+
+    /// The pins whose entry has `vector`.
+    func pins(vector: UInt8) -> [Int] {
+        (0..<IOAPIC_NUM_PINS).filter { redirectionTable[$0].vector == vector }
+    }
+
+    /// kvm_ioapic_update_eoi_one, after the pin's ack notifiers (which may
+    /// have lowered its line): remote IRR ends, and a line still high delivers again.
+    mutating func endOfInterrupt(pin: Int, levelTriggered: Bool, bus: LocalAPICBus) {
+        if pin == RTC_GSI && rtcPendingEOI > 0 { rtcPendingEOI -= 1 }
+        guard levelTriggered && redirectionTable[pin].levelTriggered else { return }
+        redirectionTable[pin].remoteIRR = false
+        if !redirectionTable[pin].masked && irr & (1 << pin) != 0 {
+            _ = service(pin, lineStatus: false, bus: bus)
         }
     }
 

@@ -84,10 +84,23 @@ struct IrqchipCore: Sendable {
         acked += ioapic.acked.map { (UInt32(KVM_IRQCHIP_IOAPIC), $0) }
         pic.acked = []
         ioapic.acked = []
-        for (chip, pin) in acked {
-            guard let gsi = gsi(chip: chip, pin: pin), let fds = resamplers[gsi], !fds.isEmpty else { continue }
-            _ = setIRQ(source: KVM_IRQFD_RESAMPLE_IRQ_SOURCE_ID, gsi: gsi, level: false, lineStatus: false, bus: bus)
-            for fd in fds { signalEventFD(fd) }
+        for (chip, pin) in acked { notifyAcked(chip: chip, pin: pin, bus: bus) }
+    }
+
+    /// kvm_notify_acked_irq for one pin: its GSI's resamplers lower it and tell user space.
+    mutating func notifyAcked(chip: UInt32, pin: Int, bus: LocalAPICBus) {
+        guard let gsi = gsi(chip: chip, pin: pin), let fds = resamplers[gsi], !fds.isEmpty else { return }
+        _ = setIRQ(source: KVM_IRQFD_RESAMPLE_IRQ_SOURCE_ID, gsi: gsi, level: false, lineStatus: false, bus: bus)
+        for fd in fds { signalEventFD(fd) }
+    }
+
+    /// kvm_ioapic_update_eoi: for each pin with `vector`, the ack notifiers
+    /// first (a resampler lowers the line), then the pin's EOI, so that a
+    /// line the device no longer drives is not delivered again.
+    mutating func endOfInterrupt(vector: UInt8, levelTriggered: Bool, bus: LocalAPICBus) {
+        for pin in ioapic.pins(vector: vector) {
+            notifyAcked(chip: UInt32(KVM_IRQCHIP_IOAPIC), pin: pin, bus: bus)
+            ioapic.endOfInterrupt(pin: pin, levelTriggered: levelTriggered, bus: bus)
         }
     }
 
@@ -190,7 +203,7 @@ public final class SoftIrqchip: Sendable {
     /// A local APIC's EOI of `vector`, level-triggered in its TMR or not (kvm_ioapic_update_eoi).
     public func endOfInterrupt(vector: UInt8, levelTriggered: Bool = true) {
         core.withLock { core in
-            core.ioapic.endOfInterrupt(vector: vector, levelTriggered: levelTriggered, bus: bus)
+            core.endOfInterrupt(vector: vector, levelTriggered: levelTriggered, bus: bus)
             core.notifyAcked(bus: bus)
         }
     }

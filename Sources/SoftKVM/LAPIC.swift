@@ -210,6 +210,11 @@ struct KVMLapic: Sendable {
     var arbitrationPriority: UInt32 = 0
     /// `vcpu->arch.pv.pv_unhalted`: a remote-read message wakes a halted vCPU.
     var pvUnhalted = false
+    /// The kernel's cache of the in-service register (`isr_count`,
+    /// `highest_isr_cache`): KVM_SET_LAPIC computes PPR before refreshing
+    /// it, and what KVM_GET_LAPIC then shows depends on that.
+    var isrCount = 0
+    var highestISRCache: Int = -1
 
     init(vcpuID: UInt32) {
         self.vcpuID = vcpuID
@@ -278,6 +283,7 @@ struct KVMLapic: Sendable {
             setReg(APIC_ISR + 0x10 * i, 0)
             setReg(APIC_TMR + 0x10 * i, 0)
         }
+        refreshISRCache()
         updateDivideCount()
         timer.pending = 0
         updatePPR()
@@ -330,7 +336,7 @@ struct KVMLapic: Sendable {
     mutating func updatePPR() -> Bool {
         let old = reg(APIC_PROCPRI)
         let tpr = reg(APIC_TASKPRI)
-        let isrv = UInt32(highestVector(APIC_ISR) ?? 0)
+        let isrv = UInt32(highestISR() ?? 0)
         let ppr = (tpr & 0xF0) >= (isrv & 0xF0) ? tpr & 0xFF : isrv & 0xF0
         if ppr != old { setReg(APIC_PROCPRI, ppr) }
         return ppr < old
@@ -353,8 +359,37 @@ struct KVMLapic: Sendable {
     /// kvm_apic_ack_interrupt: the CPU takes `vector`: from IRR to ISR.
     mutating func acknowledge(_ vector: UInt8) {
         setVector(vector, APIC_IRR, false)
-        setVector(vector, APIC_ISR, true)
+        setISR(vector)
         updatePPR()
+    }
+
+    /// apic_set_isr.
+    mutating func setISR(_ vector: UInt8) {
+        if testVector(vector, APIC_ISR) { return }
+        setVector(vector, APIC_ISR, true)
+        isrCount += 1
+        highestISRCache = Int(vector)
+    }
+
+    /// apic_clear_isr.
+    mutating func clearISR(_ vector: UInt8) {
+        guard testVector(vector, APIC_ISR) else { return }
+        setVector(vector, APIC_ISR, false)
+        isrCount -= 1
+        highestISRCache = -1
+    }
+
+    /// apic_find_highest_isr: through the cache, as the kernel looks.
+    func highestISR() -> UInt8? {
+        if isrCount <= 0 { return nil }
+        if highestISRCache >= 0 { return UInt8(highestISRCache) }
+        return highestVector(APIC_ISR)
+    }
+
+    /// kvm_apic_update_apicv (without APICv): the cache recounted from the page.
+    mutating func refreshISRCache() {
+        isrCount = (0..<8).reduce(0) { $0 + reg(APIC_ISR + $1 * 0x10).nonzeroBitCount }
+        highestISRCache = -1
     }
 
     /// kvm_apic_accept_pic_intr: LINT0 takes the PIC's INTR when the APIC
@@ -567,8 +602,8 @@ struct KVMLapic: Sendable {
     /// apic_set_eoi: ends the highest vector in service, for the IOAPIC to
     /// hear of it (nil when nothing was in service).
     mutating func setEOI() -> (vector: UInt8, levelTriggered: Bool)? {
-        guard let vector = highestVector(APIC_ISR) else { return nil }
-        setVector(vector, APIC_ISR, false)
+        guard let vector = highestISR() else { return nil }
+        clearISR(vector)
         updatePPR()
         return (vector, testVector(vector, APIC_TMR))
     }
@@ -775,6 +810,7 @@ struct KVMLapic: Sendable {
             startTimer(countRegister: APIC_TMCCT, now: now)
         }
         setReg(APIC_TMCCT, 0)
+        refreshISRCache()
         arbitrationPriority = 0
         return effects
     }

@@ -220,6 +220,8 @@ extension SoftBackend {
             return .some(nil)  // x2APIC registers: not in x2APIC mode.
         case MSR_IA32_TSC_DEADLINE:
             return .some(vcpu.apic?.withState { $0.tscDeadlineMSR } ?? 0)
+        case MSR_IA32_TSC_ADJUST:
+            return .some(arch.cpu.tsc.adjust)
         case MSR_KVM_SYSTEM_TIME, MSR_KVM_SYSTEM_TIME_NEW:
             return .some(arch.clock.systemTime)
         case MSR_KVM_WALL_CLOCK, MSR_KVM_WALL_CLOCK_NEW:
@@ -244,6 +246,14 @@ extension SoftBackend {
             return true
         case MSR_IA32_TSC where hostInitiated:
             kvm_synchronize_tsc(vcpu.vm, &arch.cpu.tsc, value)
+            return true
+        case MSR_IA32_TSC_ADJUST:
+            // Taken only when the guest's CPUID has TSC_ADJUST, and ignored
+            // (not refused) otherwise; from user space it only sets the MSR.
+            guard arch.cpuid.contains(where: { $0.function == 7 && $0.index == 0 && $0.ebx & (1 << 1) != 0 }) else {
+                return true
+            }
+            if hostInitiated { arch.cpu.tsc.adjust = value } else { arch.cpu.tsc.guestWriteAdjust(value) }
             return true
         case MSR_KVM_WALL_CLOCK, MSR_KVM_WALL_CLOCK_NEW:
             vcpu.vm.arch.withLock { $0.clock.wallClock = value }
@@ -428,10 +438,12 @@ extension SoftBackend {
         }
     }
 
-    /// kvm_update_cpuid_runtime's part for the APIC: the timer's
-    /// TSC-deadline mode exists when the guest's CPUID has it.
+    /// kvm_vcpu_after_set_cpuid's part for the APIC: with a leaf 1, the
+    /// timer has periodic mode, and TSC-deadline mode when the leaf says so
+    /// (without one, only one-shot, as the kernel leaves it).
     func kvm_lapic_after_set_cpuid(_ arch: VCPUArch, _ vcpu: SoftVCPU) {
-        let deadline = arch.cpuid.contains { $0.function == 1 && $0.ecx & (1 << 24) != 0 }
-        vcpu.apic?.withState { $0.timer.modeMask = deadline ? 3 << 17 : 1 << 17 }
+        guard let leaf = arch.cpuid.first(where: { $0.function == 1 }) else { return }
+        let mask: UInt32 = leaf.ecx & (1 << 24) != 0 ? 3 << 17 : 1 << 17
+        vcpu.apic?.withState { $0.timer.modeMask = mask }
     }
 }

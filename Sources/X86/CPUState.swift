@@ -285,7 +285,6 @@ public struct ModelSpecificRegisters: Hashable, Sendable {
 /// MSR numbers the CPU knows.
 public enum MSR {
     public static let tsc: UInt32 = 0x10
-    public static let tscAdjust: UInt32 = 0x3B
     public static let apicBase: UInt32 = 0x1B
     public static let sysenterCS: UInt32 = 0x174
     public static let sysenterESP: UInt32 = 0x175

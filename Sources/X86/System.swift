@@ -125,7 +125,6 @@ extension X86CPU {
         case MSR.fsBase: return state.fs.base
         case MSR.gsBase: return state.gs.base
         case MSR.tsc: return tsc.read()
-        case MSR.tscAdjust: return tsc.adjust
         case MSR.tscAux: return UInt64(tsc.aux)
         case MSR.apicBase: return m.apicBase
         case MSR.sysenterCS: return m.sysenterCS
@@ -170,8 +169,6 @@ extension X86CPU {
         case MSR.tsc:
             if host { platform.tsc.offset = tsc.offset(toRead: value, atHostNanoseconds: TimeStampCounter.hostNanoseconds()) }
             else { platform.tsc.guestWrite(value) }
-        case MSR.tscAdjust:
-            if host { platform.tsc.adjust = value } else { platform.tsc.guestWriteAdjust(value) }
         case MSR.tscAux:
             guard host || value >> 32 == 0 else { return false }
             platform.tsc.aux = UInt32(truncatingIfNeeded: value)

@@ -255,7 +255,6 @@ extension SoftBackend {
         guard arch.clock.systemTime & 1 != 0 else { return }
         let clock = vm.arch.withLock { $0.clock }
         guard let inputs = pvclockInputs(arch, clock), inputs != arch.clock.written else { return }
-        arch.clock.written = inputs
         let master = clock.masterHostNanoseconds
         let tscTimestamp = arch.cpu.tsc.value(atHostNanoseconds: master)
         let systemTime = clock.kvmclock(atHostNanoseconds: master)
@@ -264,7 +263,9 @@ extension SoftBackend {
         guard let old = GuestPhysical.read32(memory, inputs.address) else { return }
         // The version is odd while the structure changes, and moves by 2 in all.
         let version = (old &+ 1) | 1
-        _ = GuestPhysical.withBytes(memory, inputs.address, 32) { bytes in
+        // Kept only once written: a structure outside memory now (before
+        // the first KVM_RUN has a memory view) is written when it can be.
+        let written = GuestPhysical.withBytes(memory, inputs.address, 32) { bytes in
             bytes.storeBytes(of: version.littleEndian, as: UInt32.self)
             atomicMemoryFence(ordering: .sequentiallyConsistent)
             bytes.storeBytes(of: tscTimestamp.littleEndian, toByteOffset: 8, as: UInt64.self)
@@ -275,6 +276,7 @@ extension SoftBackend {
             atomicMemoryFence(ordering: .sequentiallyConsistent)
             bytes.storeBytes(of: (version &+ 1).littleEndian, as: UInt32.self)
         }
+        if written != nil { arch.clock.written = inputs }
     }
 
     /// The MSR_KVM_SYSTEM_TIME(_NEW) write (kvm_write_system_time).

@@ -848,7 +848,9 @@ final class LocalAPIC: @unchecked Sendable {
         state.withLock { lapic in
             let result = body(&lapic)
             base.store(lapic.baseAddress, ordering: .relaxed)
-            expiration.store(lapic.nextExpiration ?? .max, ordering: .relaxed)
+            // An expiration not yet delivered (a deadline already past when
+            // set) is due at once.
+            expiration.store(lapic.timer.pending > 0 ? 0 : lapic.nextExpiration ?? .max, ordering: .relaxed)
             return result
         }
     }
@@ -861,7 +863,8 @@ final class LocalAPIC: @unchecked Sendable {
 
     var mmioBase: UInt64 { base.load(ordering: .relaxed) }
 
-    /// When the timer next expires, UInt64.max if it does not run.
+    /// When the timer next expires or has an expiration to deliver (0),
+    /// UInt64.max if neither.
     var nextTimerExpiration: UInt64 { expiration.load(ordering: .relaxed) }
 
     /// kvm_vcpu_kick: wakes the vCPU if it is blocked.
@@ -872,7 +875,7 @@ final class LocalAPIC: @unchecked Sendable {
     /// kvm_apic_set_irq from a message: accepted into the APIC, the vCPU kicked.
     func setIRQ(_ irq: LAPICIRQ) -> Int32 {
         let result = withState { $0.acceptIRQ(irq) }
-        if result != 0 || irq.deliveryMode == APIC_DM_FIXED { kick() }
+        if result != 0 { kick() }
         return result
     }
 }

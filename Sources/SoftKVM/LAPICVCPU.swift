@@ -257,9 +257,11 @@ extension SoftBackend {
             return true
         case MSR_KVM_WALL_CLOCK, MSR_KVM_WALL_CLOCK_NEW:
             vcpu.vm.arch.withLock { $0.clock.wallClock = value }
+            refreshMemoryView(&arch, vcpu.vm)
             kvm_write_wall_clock(vcpu.vm, arch.cpu.memory, value)
             return true
         case MSR_KVM_SYSTEM_TIME, MSR_KVM_SYSTEM_TIME_NEW:
+            refreshMemoryView(&arch, vcpu.vm)
             kvm_write_system_time(&arch, vcpu.vm, vcpuID: vcpu.id, value, oldMSR: index == MSR_KVM_SYSTEM_TIME,
                                   hostInitiated: hostInitiated)
             return true

@@ -50,8 +50,11 @@ extension SoftBackend {
             }
             while true {
                 refreshMemoryView(&arch, vcpu.vm)
+                var slice = runSliceInstructions
+                let sliceStart = TimeStampCounter.hostNanoseconds()
                 if let apic = vcpu.apic, let bus, let irqchip {
-                    serviceTimer(apic, now: TimeStampCounter.hostNanoseconds())
+                    serviceTimer(apic, now: sliceStart)
+                    slice = arch.sliceLength(until: apic.nextTimerExpiration, now: sliceStart)
                     kvm_apic_accept_events(&arch, vcpu)
                     // A halted vCPU, or one waiting for SIPI, sleeps until
                     // an event makes it runnable (vcpu_block).
@@ -81,8 +84,9 @@ extension SoftBackend {
                     }
                     if windowRequested { arch.cpu.waitingEvents.insert(.interrupt) }
                 }
-                let exit = arch.cpu.run(maxInstructions: runSliceInstructions)
+                let exit = arch.cpu.run(maxInstructions: slice)
                 if case .instructionLimit = exit {
+                    arch.measureSlice(slice, from: sliceStart, to: TimeStampCounter.hostNanoseconds())
                     // A kick between slices: the signal the kernel would see.
                     if run.pointee.immediate_exit != 0 { return interrupted(arch, vcpu, irqchip: irqchip) }
                     // The guest may have moved its TSC: its pvclock follows.
@@ -289,3 +293,24 @@ extension SoftBackend {
         }
     }
 }
+
+extension VCPUArch {
+    /// The instructions of the next slice: a whole one, or fewer when the
+    /// APIC timer expires sooner, at the rate the CPU has been running, so
+    /// that the expiry is seen close to its time rather than a slice late.
+    func sliceLength(until expiration: UInt64, now: UInt64) -> Int {
+        guard expiration != .max else { return runSliceInstructions }
+        let remaining = expiration > now ? Double(expiration - now) : 0
+        return max(minimumSliceInstructions, min(runSliceInstructions, Int(remaining * instructionsPerNanosecond)))
+    }
+
+    /// Folds a slice's instructions per nanosecond into the running rate.
+    mutating func measureSlice(_ instructions: Int, from start: UInt64, to end: UInt64) {
+        guard end > start else { return }
+        instructionsPerNanosecond = 0.75 * instructionsPerNanosecond + 0.25 * Double(instructions) / Double(end - start)
+    }
+}
+
+/// The shortest slice, so that a timer about to expire does not make the
+/// checks between slices the CPU's main work.
+let minimumSliceInstructions = 500

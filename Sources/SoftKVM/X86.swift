@@ -453,6 +453,8 @@ struct VCPUArch: @unchecked Sendable {
     var nmiPending = 0
     /// kvmclock (KVMClock.swift).
     var clock = VCPUClock()
+    /// How fast the CPU has been running, to end a slice near the APIC timer's expiry (Run.swift).
+    var instructionsPerNanosecond = 0.05
     var cpuid: [kvm_cpuid_entry2] = [] {
         didSet {
             cpu.cpuid = cpuid.map {

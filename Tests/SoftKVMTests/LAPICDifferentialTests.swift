@@ -569,6 +569,24 @@ struct LAPICDifferentialTests {
         }
     }
 
+    /// kvmclock set up by user space (KVM_SET_MSRS, as a VMM restores it):
+    /// the wall clock is written at once, the pvclock structure by the next KVM_RUN.
+    @Test func kvmclockMSRsFromUserSpaceAreWritten() throws {
+        func run(_ backend: Backend) throws -> [String] {
+            let guest = try RealModeGuest(hypervisor: backend.hypervisor(), code: [0xE6, 0xF1], irqchip: true)
+            let count = try guest.vcpu.writeMSRs([(MSR_KVM_WALL_CLOCK_NEW, 0x3040), (MSR_KVM_SYSTEM_TIME_NEW, 0x3001)])
+            let wall = try guest.memory.load(UInt32.self, at: 0x3040)
+            let trace = try portTrace(guest.vcpu)
+            let version = try guest.memory.load(UInt32.self, at: 0x3000)
+            let multiplier = try guest.memory.load(UInt32.self, at: 0x3018)
+            return ["\(count)", "wall version \(wall)", "\(trace)", "version even \(version & 1 == 0 && version != 0)",
+                    "scaled \(multiplier != 0)"]
+        }
+        let host = try run(.host)
+        #expect(host == ["2", "wall version 2", "[\"f1\"]", "version even true", "scaled true"])
+        #expect(try run(.soft) == host)
+    }
+
     /// The TSC counts at the frequency KVM_GET_TSC_KHZ reports, while the
     /// guest runs and while it waits in user space.
     @Test(arguments: Backend.allCases)

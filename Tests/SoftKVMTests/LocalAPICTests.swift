@@ -306,3 +306,44 @@ struct LocalAPICTests {
         #expect((ns * UInt64(scale.multiplier)) >> 32 >= 999_999_990)
     }
 }
+
+@Suite("SoftKVM's local APIC timer on the vCPU's thread")
+struct LocalAPICTimerServiceTests {
+    /// A TSC deadline already past when written (Linux writes one when an
+    /// event is due at once) is delivered at the next boundary, not lost.
+    @Test func deadlineInThePastIsDeliveredAtOnce() {
+        let apic = LocalAPIC(vcpuID: 0, index: 0)
+        let tsc = TimeStampCounter()
+        apic.withState { lapic in
+            _ = lapic.reset(initEvent: false, isResetBSP: true)
+            _ = lapic.regWrite(APIC_SPIV, 0x1FF, now: 0)
+            lapic.timer.modeMask = 3 << 17
+            _ = lapic.regWrite(APIC_LVTT, APIC_LVT_TIMER_TSCDEADLINE | 0xEC, now: 0)
+        }
+        #expect(apic.nextTimerExpiration == .max)
+        let now = TimeStampCounter.hostNanoseconds()
+        apic.withState { $0.setTSCDeadline(tsc.value(atHostNanoseconds: now) - 1000, tsc: tsc, now: now) }
+        #expect(apic.nextTimerExpiration == 0)
+        SoftBackend().serviceTimer(apic, now: now)
+        #expect(apic.withState { $0.hasInterrupt() } == 0xEC)
+        #expect(apic.nextTimerExpiration == .max)
+    }
+
+    /// The same for a one-shot count that has run out by the time it is loaded.
+    @Test func oneShotCountAlreadyRunOutIsDelivered() {
+        let apic = LocalAPIC(vcpuID: 0, index: 0)
+        apic.withState { lapic in
+            _ = lapic.reset(initEvent: false, isResetBSP: true)
+            _ = lapic.regWrite(APIC_SPIV, 0x1FF, now: 0)
+            _ = lapic.regWrite(APIC_TDCR, 0xB, now: 0)
+            _ = lapic.regWrite(APIC_LVTT, 0xEC, now: 0)
+            lapic.timer.targetExpiration = 0
+            lapic.setReg(APIC_TMICT, 1)
+            lapic.timer.period = 1
+            lapic.restartTimer(now: 10)
+        }
+        #expect(apic.nextTimerExpiration == 0)
+        SoftBackend().serviceTimer(apic, now: 10)
+        #expect(apic.withState { $0.hasInterrupt() } == 0xEC)
+    }
+}

@@ -11,11 +11,10 @@ import X86
 
 /// KVM_PIO_PAGE_OFFSET: port I/O data lives in the page after kvm_run.
 let KVM_PIO_PAGE_OFFSET = 1
-/// Instructions per slice: long enough that the checks between slices
-/// (the kick, the APIC timer, events other threads delivered) cost
-/// nothing, short enough that they are seen within a fraction of a
-/// millisecond.
-let runSliceInstructions = 25_000
+/// The most instructions per slice: long enough that the checks between
+/// slices (the kick, the APIC timer, events other threads delivered) cost
+/// nothing. Slices are shorter when the CPU is slower (see sliceLength).
+let runSliceInstructions = 100_000
 
 extension SoftBackend {
     /// KVM_RUN (kvm_arch_vcpu_ioctl_run).
@@ -50,8 +49,8 @@ extension SoftBackend {
             }
             while true {
                 refreshMemoryView(&arch, vcpu.vm)
-                var slice = runSliceInstructions
                 let sliceStart = TimeStampCounter.hostNanoseconds()
+                var slice = arch.sliceLength(until: .max, now: sliceStart)
                 if let apic = vcpu.apic, let bus, let irqchip {
                     serviceTimer(apic, now: sliceStart)
                     slice = arch.sliceLength(until: apic.nextTimerExpiration, now: sliceStart)
@@ -295,22 +294,29 @@ extension SoftBackend {
 }
 
 extension VCPUArch {
-    /// The instructions of the next slice: a whole one, or fewer when the
-    /// APIC timer expires sooner, at the rate the CPU has been running, so
-    /// that the expiry is seen close to its time rather than a slice late.
+    /// The instructions of the next slice: about `sliceNanoseconds` of
+    /// work at the rate the CPU has been running, or less when the APIC
+    /// timer expires sooner, so that an expiry, a kick or an IPI is seen
+    /// close to its time however fast the CPU runs.
     func sliceLength(until expiration: UInt64, now: UInt64) -> Int {
-        guard expiration != .max else { return runSliceInstructions }
-        let remaining = expiration > now ? Double(expiration - now) : 0
-        return max(minimumSliceInstructions, min(runSliceInstructions, Int(remaining * instructionsPerNanosecond)))
+        let remaining = expiration > now ? min(expiration - now, sliceNanoseconds) : 0
+        let instructions = Double(remaining) * instructionsPerNanosecond
+        return max(minimumSliceInstructions, min(runSliceInstructions, Int(instructions)))
     }
 
     /// Folds a slice's instructions per nanosecond into the running rate.
+    /// A slice can end early (an event window opened) and look fast: one
+    /// sample moves the rate by at most a factor of two.
     mutating func measureSlice(_ instructions: Int, from start: UInt64, to end: UInt64) {
         guard end > start else { return }
-        instructionsPerNanosecond = 0.75 * instructionsPerNanosecond + 0.25 * Double(instructions) / Double(end - start)
+        let sample = Double(instructions) / Double(end - start)
+        let bounded = min(max(sample, instructionsPerNanosecond / 2), instructionsPerNanosecond * 2)
+        instructionsPerNanosecond = 0.75 * instructionsPerNanosecond + 0.25 * bounded
     }
 }
 
+/// How long a slice runs when no timer is due sooner.
+let sliceNanoseconds: UInt64 = 200_000
 /// The shortest slice, so that a timer about to expire does not make the
 /// checks between slices the CPU's main work.
 let minimumSliceInstructions = 500

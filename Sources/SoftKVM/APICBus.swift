@@ -54,7 +54,7 @@ struct APICMap {
 
 /// The local APICs of a VM as its irqchip sees them: where the IOAPIC's
 /// and MSIs' messages go, and where the PIC's INTR reaches a vCPU.
-final class SoftAPICBus: LocalAPICBus, @unchecked Sendable {
+final class SoftAPICBus: LocalAPICBus, Sendable {
     /// The online vCPUs' APICs in creation order (`kvm->vcpu_array`).
     private let online = Mutex<[LocalAPIC]>([])
     /// The map; nil when APIC IDs alias (the kernel then disables it).

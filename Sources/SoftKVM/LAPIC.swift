@@ -818,7 +818,7 @@ struct KVMLapic: Sendable {
 
 /// One vCPU's local APIC: the state behind its lock, and what lets other
 /// threads reach the vCPU (its wake-up eventfd).
-final class LocalAPIC: @unchecked Sendable {
+final class LocalAPIC: Sendable {
     let vcpuID: UInt32
     /// The vCPU's index in creation order (`vcpu->vcpu_idx`).
     let index: Int

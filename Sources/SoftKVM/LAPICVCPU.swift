@@ -62,7 +62,10 @@ extension SoftBackend {
     func kvm_vcpu_ioctl_set_lapic(_ vcpu: SoftVCPU, _ arch: inout VCPUArch, _ arg: UInt) -> Int32 {
         guard let apic = vcpu.apic else { return fail(.invalidArgument) }
         var page = [UInt8](repeating: 0, count: MemoryLayout<kvm_lapic_state>.size)
-        guard page.withUnsafeMutableBytes({ UserMemory.copyIn($0.baseAddress!, from: arg, count: $0.count) }) else {
+        let copied = page.withUnsafeMutableBytes { bytes in
+            bytes.baseAddress.map { UserMemory.copyIn($0, from: arg, count: bytes.count) } ?? false
+        }
+        guard copied else {
             return fail(.badAddress)
         }
         let tsc = arch.cpu.tsc

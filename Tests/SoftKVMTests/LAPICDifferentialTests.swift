@@ -776,3 +776,66 @@ struct SoftTimeTests {
         #expect(b >= a && b - a < 5_000_000)
     }
 }
+
+@Suite("Message delivery to configured local APICs on both backends", .enabled(if: HostKVM.isAvailable))
+struct APICDeliveryDifferentialTests {
+    /// Three software-enabled APICs given logical IDs through KVM_SET_LAPIC
+    /// (flat, then cluster, then two sharing one ID, which disables the
+    /// map), an APIC ID changed to another's (aliasing), and MSIs of each
+    /// kind to physical and logical destinations: what KVM_SIGNAL_MSI
+    /// returns and which IRR bits each APIC has.
+    @Test func msiDeliveryThroughTheAPICMapAgrees() throws {
+        func run(_ backend: Backend) throws -> [String] {
+            let vm = try backend.hypervisor().createVM()
+            try vm.createIrqchip()
+            let vcpus = try (0..<3).map { try vm.createVCPU(id: UInt32($0)) }
+            func configure(ldr: [UInt32], dfr: UInt32, ids: [UInt32]? = nil) throws {
+                for (i, vcpu) in vcpus.enumerated() {
+                    var state = try vcpu.lapic()
+                    state[APIC_SPIV] = 0x1FF
+                    state[APIC_LDR] = ldr[i] << 24
+                    state[APIC_DFR] = dfr
+                    if let ids { state[APIC_ID] = ids[i] << 24 }
+                    for word in 0..<8 { state[APIC_IRR + word * 0x10] = 0 }
+                    try vcpu.setLAPIC(state)
+                }
+            }
+            func irrs() throws -> String {
+                try vcpus.map { vcpu in
+                    let page = try vcpu.lapic()
+                    return (0..<8).map { String(format: "%08x", page[APIC_IRR + $0 * 0x10]) }.joined()
+                }.joined(separator: "/")
+            }
+            func msi(dest: UInt64, logical: Bool, mode: UInt32, vector: UInt32) -> String {
+                outcome { () throws(KVMError) -> Int32 in
+                    try vm.signalMSI(address: 0xFEE0_0000 | dest << 12 | (logical ? 4 : 0), data: mode << 8 | vector)
+                }.description
+            }
+            var trace: [String] = []
+            let cases: [(String, [UInt32], UInt32, [UInt32]?)] = [
+                ("flat", [1, 2, 4], APIC_DFR_FLAT, nil),
+                ("cluster", [0x11, 0x12, 0x21], APIC_DFR_CLUSTER, nil),
+                ("shared logical ID", [1, 1, 4], APIC_DFR_FLAT, nil),
+                ("aliased APIC IDs", [1, 2, 4], APIC_DFR_FLAT, [0, 0, 2]),
+            ]
+            for (name, ldr, dfr, ids) in cases {
+                try configure(ldr: ldr, dfr: dfr, ids: ids)
+                var vector: UInt32 = 0x40
+                for (dest, logical) in [(0 as UInt64, false), (1, false), (2, false), (3, true), (5, true), (7, true),
+                                        (0x13, true), (0x21, true), (0xFF, true), (0xFF, false)] {
+                    for mode: UInt32 in [0, 1] {
+                        trace.append("\(name) dest \(dest) logical \(logical) mode \(mode): \(msi(dest: dest, logical: logical, mode: mode, vector: vector))")
+                        vector += 1
+                    }
+                }
+                trace.append("\(name) IRR \(try irrs())")
+            }
+            return trace
+        }
+        let host = try run(.host)
+        let soft = try run(.soft)
+        #expect(soft.count == host.count)
+        if ProcessInfo.processInfo.environment["SWIFTKVM_TRACE"] != nil { host.forEach { print($0) } }
+        for (h, s) in zip(host, soft) { #expect(s == h) }
+    }
+}

@@ -71,9 +71,10 @@ let supportedCPUID: [kvm_cpuid_entry2] = {
     // "SoftKVMSwift" in EBX, EDX, ECX order, as CPUID leaf 0 spells a vendor.
     let vendor: (UInt32, UInt32, UInt32) = (0x7466_6F53, 0x534D_564B, 0x7466_6977)
     // PSE TSC MSR PAE CX8 APIC SEP PGE CMOV PAT PSE-36; FPU CLFSH MMX FXSR SSE
-    // SSE2. FPU: the x87 state, its control instructions and FXSAVE are
-    // there (Linux requires the bit). No XSAVE: Linux then saves the FPU
-    // with FXSAVE. APIC: the in-kernel local APIC (a VMM without an irqchip clears it).
+    // SSE2. FPU: the whole x87 (its arithmetic runs on the host's FPU: on a
+    // host without one, the data instructions are an emulation failure).
+    // No XSAVE: Linux then saves the FPU with FXSAVE. APIC: the in-kernel
+    // local APIC (a VMM without an irqchip clears it).
     let leaf1EDX: UInt32 = (1 << 3) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 8) | (1 << 9) | (1 << 11) | (1 << 13)
         | (1 << 15) | (1 << 16) | (1 << 17) | (1 << 0) | (1 << 19) | (1 << 23) | (1 << 24) | (1 << 25) | (1 << 26)
     // CLFLUSH's line size, in 8-byte units (needed with CLFSH).

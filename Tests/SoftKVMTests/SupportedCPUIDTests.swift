@@ -20,7 +20,8 @@ struct SupportedCPUIDTests {
     }
 
     static let features: [Feature] = [
-        Feature(name: "FPU (fninit)", function: 1, register: \.edx, bit: 0, instruction: [0xDB, 0xE3]),
+        Feature(name: "FPU (fninit; fld1; fsqrt; fistp word [0x2000])", function: 1, register: \.edx, bit: 0,
+                instruction: [0xDB, 0xE3, 0xD9, 0xE8, 0xD9, 0xFA, 0xDF, 0x1E, 0x00, 0x20]),
         Feature(name: "TSC (rdtsc)", function: 1, register: \.edx, bit: 4, instruction: [0x0F, 0x31]),
         Feature(name: "CX8 (cmpxchg8b [0x2000])", function: 1, register: \.edx, bit: 8, instruction: [0x0F, 0xC7, 0x0E, 0x00, 0x20]),
         Feature(name: "CMOV (cmovz ax, bx)", function: 1, register: \.edx, bit: 15, instruction: [0x0F, 0x44, 0xC3]),

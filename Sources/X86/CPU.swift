@@ -61,6 +61,9 @@ public enum X86Exit: Equatable, Sendable {
     /// An RDMSR or WRMSR for the owner (`interceptsMSRs`); RIP stays at the
     /// instruction until `completeMSRAccess`.
     case msr(MSRAccessExit)
+    /// An MSR or CR8 access for the owner (`forwardsSystemRegisters`);
+    /// RIP stays at the instruction until `completeSystemRegisterAccess`.
+    case systemRegister(SystemRegisterExit)
     /// `maxInstructions` instructions completed.
     case instructionLimit
     /// Code fetched or a page table read from outside RAM: KVM reports
@@ -232,6 +235,8 @@ public struct X86CPU {
     /// TLBEntry.user while CR4.SMEP or SMAP is on: a supervisor access that
     /// hits a user page's TLB entry takes the walk, which applies them.
     var supervisorUserGuard: UInt8 = 0
+    /// The TSC, forwarded MSRs, NMI blocking and waiting events (Platform.swift).
+    var platform = PlatformState()
 
     public init(memory: PhysicalMemory, state: CPUState = CPUState()) {
         self.memory = memory
@@ -269,6 +274,8 @@ public struct X86CPU {
         defer { invalidateContext() }
         var executed = 0
         while executed < maxInstructions {
+            // An event the owner holds can be taken at this boundary (Platform.swift).
+            if platform.waitingEvents != 0 && executed > 0 && waitingEventCanBeTaken { return .instructionLimit }
             // Breakpoints, single-step or the owner's debugging: the slow
             // path, one instruction at a time, never from the cache.
             if debugUnit.armed || state.flags.bits & RFLAGS.tf != 0 {
@@ -280,7 +287,9 @@ public struct X86CPU {
             // In an interrupt shadow the next instruction goes the uncached
             // way, which ends the shadow after it (or keeps it over an exit
             // that leaves the instruction pending); blocks start outside one.
-            if decodedCacheEnabled && interruptShadowKind == 0 {
+            // An event the owner holds waits for the instruction boundary at
+            // which it can be taken: blocks run only while there is none.
+            if decodedCacheEnabled && interruptShadowKind == 0 && platform.waitingEvents == 0 {
                 switch runCachedBlocks(&executed, limit: maxInstructions) {
                 case .limit:
                     continue

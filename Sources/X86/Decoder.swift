@@ -24,6 +24,8 @@ struct Instruction {
     /// The memory operand's segment and offset (when `mod != 3`).
     var segment: Int = SegmentRegisterName.ds.rawValue
     var offset: UInt64 = 0
+    /// The memory operand's base register is rSP (POP Ev adjusts its address).
+    var stackPointerBase = false
     var immediate: UInt64 = 0
     var mode64 = false
 
@@ -201,6 +203,7 @@ extension X86CPU {
                             let base = baseLow | (insn.rex & 1 != 0 ? 8 : 0)
                             offset = offset &+ state.reg(base)
                             if base == 4 || base == 5 { segment = 2 }
+                            insn.stackPointerBase = base == 4
                         }
                     } else if rmLow == 5 && insn.mod == 0 {
                         dispSize = 4

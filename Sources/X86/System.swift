@@ -259,8 +259,11 @@ extension X86CPU {
             selector = UInt16(truncatingIfNeeded: sel)
         }
         if case .real = state.mode {
+            // SDM JMP: "IF tempEIP is beyond code segment limit THEN #GP(0)"
+            // (a 32-bit offset can be).
+            guard offset <= UInt64(state.cs.limit) else { return fault(.gp, errorCode: 0) }
             state.cs = .realMode(selector: selector, code: true)
-            state.rip = offset & 0xFFFF
+            state.rip = offset
             return true
         }
         guard var target = codeSegment(selector, external: false) else { return false }
@@ -269,6 +272,10 @@ extension X86CPU {
         if conforming ? target.dpl > cpl : (target.dpl != cpl || UInt8(selector & 3) > cpl) {
             return fault(.gp, errorCode: UInt32(selector & 0xFFFC))
         }
+        // SDM JMP: "IF EIP not within code segment limit THEN #GP(0)" (a
+        // 64-bit target has no limit).
+        let long = state.efer & ControlBits.eferLMA != 0 && target.isLong
+        guard long || offset <= UInt64(target.limit) else { return fault(.gp, errorCode: 0) }
         target.selector = (selector & 0xFFFC) | UInt16(cpl)
         state.cs = target
         state.rip = offset

@@ -1,0 +1,279 @@
+import Foundation
+import Testing
+@testable import X86
+import X86OracleSupport
+
+/// The flags compared: all that an unprivileged program can see change.
+let comparedFlags = RFLAGS.arithmetic | RFLAGS.tf | RFLAGS.if | RFLAGS.df | RFLAGS.iopl | RFLAGS.nt | RFLAGS.ac | RFLAGS.id
+
+/// What the manuals leave undefined for one prepared instruction.
+struct Undefined {
+    var flags: UInt64 = 0
+    var registers: [Int] = []
+    var memory: (address: UInt64, size: Int)?
+}
+
+/// One difference between X86 and unicorn, kept for the report.
+struct Mismatch {
+    var mode: CodeMode
+    var form: String
+    var text: String
+}
+
+@Suite("X86 against unicorn", .enabled(if: UnicornLibrary.isAvailable, Comment(rawValue: UnicornLibrary.skipMessage)))
+struct UnicornDifferentialTests {
+    /// Instances of each form and operand size per mode (SWIFTKVM_UNICORN_SAMPLES for more).
+    static var samples: Int { Int(ProcessInfo.processInfo.environment["SWIFTKVM_UNICORN_SAMPLES"] ?? "") ?? 12 }
+    static var seed: UInt64 { UInt64(ProcessInfo.processInfo.environment["SWIFTKVM_UNICORN_SEED"] ?? "") ?? 0x5EED_0C0D }
+
+    /// Every form X86 implements, at each operand size, with edge operands in
+    /// registers and memory, in shuffled order (so that each instruction
+    /// meets the lazy flags of many others), one instruction at a time on
+    /// X86 and unicorn from the same state: GPRs, RIP, RFLAGS (less what the
+    /// manuals leave undefined), segment selectors, the exception raised and
+    /// all of memory must match after each.
+    @Test(arguments: CodeMode.allCases)
+    func everyImplementedFormMatchesUnicorn(mode: CodeMode) throws {
+        _ = try UnicornLibrary.require()
+        let seed = Self.seed ^ UInt64(mode.codeSize)
+        let machine = try PairedMachine(mode: mode, seed: seed)
+        let implemented = Form.all.filter { $0.exists(in: mode) && Probe.implements($0, mode: mode) }
+        var work: [(Form, Int)] = []
+        for form in implemented {
+            for size in form.operandSizes(in: mode) {
+                work += Array(repeating: (form, size), count: Self.samples)
+            }
+        }
+        work.shuffle(using: &machine.rng)
+        var mismatches: [String: [Mismatch]] = [:]
+        for (form, size) in work {
+            if let text = try machine.compareOne(form, size: size) {
+                mismatches[form.name, default: []].append(Mismatch(mode: mode, form: form.name, text: text))
+            }
+        }
+        let implementedNames = Set(implemented.map(\.name))
+        let missing = Form.all.filter { $0.exists(in: mode) && !implementedNames.contains($0.name) }
+        print("unicorn \(mode): \(work.count) instructions, \(implemented.count) forms compared,",
+              "\(machine.deviationHits) with a known unicorn deviation,", "\(missing.count) not implemented by X86 yet (\(missing.map(\.name).joined(separator: ", "))), seed \(hex(seed))")
+        for form in implemented {
+            guard let found = mismatches[form.name] else {
+                continue
+            }
+            let report = "\(mode) \(form.name): \(found.count) of \(Self.samples * form.operandSizes(in: mode).count) differ (seed \(hex(seed)))\n"
+                + found.prefix(3).map(\.text).joined(separator: "\n")
+            if let known = KnownIssues.comment(form: form.name, mode: mode) {
+                // Intermittent: whether a sample hits the bug depends on the draw.
+                withKnownIssue(Comment(rawValue: known), isIntermittent: true) { Issue.record(Comment(rawValue: report)) }
+            } else {
+                Issue.record(Comment(rawValue: report))
+            }
+        }
+    }
+}
+
+/// X86 bugs found here and not fixed yet (the fix is not small, or belongs
+/// to another part): form name (and mode) with what is wrong.
+enum KnownIssues {
+    static let segmentLoadChecks = """
+        X86's loadSegment checks the selector's index and presence only. The SDM (MOV, POP: Protected Mode \
+        Exceptions) also wants #GP(selector) when SS gets a selector whose RPL or DPL is not the CPL or a segment \
+        that is not writable data, and when DS, ES, FS or GS get an execute-only code segment or a data (or \
+        non-conforming code) segment whose DPL is below both CPL and RPL. Found by unicorn; segment checks are the \
+        system part's.
+        """
+    static let entries: [(form: String, modes: [CodeMode], comment: String)] =
+        ["mov es,Ew", "mov ss,Ew", "mov ds,Ew", "mov fs,Ew", "mov gs,Ew", "pop es", "pop ss", "pop ds", "pop fs", "pop gs"]
+            .map { ($0, [CodeMode.protected32, .long64], segmentLoadChecks) }
+
+    static func comment(form: String, mode: CodeMode) -> String? {
+        entries.first { $0.form == form && $0.modes.contains(mode) }?.comment
+    }
+}
+
+extension PairedMachine {
+    /// Prepares, runs and compares one instance; returns the report of a difference.
+    func compareOne(_ form: Form, size: Int) throws -> String? {
+        let prepared = try prepare(form, size: size)
+        let before = x86Snapshot
+        let undefined = undefinedParts(prepared)
+        let rmValue = operandValue(registers: [], memory: prepared.rmAddress.map { [($0, x86Memory.read(at: Int($0), count: 8))] } ?? [],
+                                   rmRegister: prepared.rmRegister, rmAddress: prepared.rmAddress, size: max(size, 1),
+                                   legacyHighBytes: prepared.legacyHighBytes)
+        let context = DeviationContext(form: form.name, bytes: prepared.bytes, rex: prepared.rex, operandSize: size,
+                                       mode64: mode == .long64, realMode: mode == .real, address: prepared.address,
+                                       stackAddressSize: mode.codeSize, memoryOperand: prepared.rmAddress != nil,
+                                       rmValue: rmValue, immediate: prepared.immediate, before: before.gpr,
+                                       beforeFlags: before.rflags, beforeSelectors: before.selectors)
+        let deviations = UnicornDeviations.all.filter { $0.applies(context) }
+        let unicornBytes = deviations.lazy.compactMap(\.equivalentEncoding).first?(context) ?? prepared.bytes
+        let branch = form.needs.contains(.branch)
+        let (x86, unicornOutcome) = step(prepared.bytes, unicornBytes: unicornBytes, at: prepared.address, branch: branch)
+
+        // unicorn's result, turned into the SDM's where unicorn is known to deviate.
+        let observed = unicornSnapshot
+        var expected = OracleResult(gpr: observed.gpr, rip: observed.rip, rflags: observed.rflags, selectors: observed.selectors,
+                                    exception: { if case .exception(let v) = unicornOutcome { return v }; return nil }())
+        if unicornBytes.count != prepared.bytes.count && unicornOutcome == .completed && !branch {
+            expected.rip &+= UInt64(prepared.bytes.count) &- UInt64(unicornBytes.count)
+        }
+        for deviation in deviations { deviation.correct?(&expected, context) }
+        var expectedOutcome = unicornOutcome
+        if let vector = expected.exception { expectedOutcome = .exception(vector) }
+        else if case .exception = unicornOutcome { expectedOutcome = .completed }
+
+        var differences: [String] = []
+        let comparable: Bool
+        switch (x86, expectedOutcome) {
+        case (.completed, .completed): comparable = true
+        case (.exception(let a), .exception(let b)) where a == b: comparable = true
+        case (.outsideMemory, .outsideMemory): comparable = false
+        default:
+            differences.append("outcome: X86 \(x86), unicorn \(expectedOutcome)")
+            comparable = false
+        }
+        if comparable {
+            let actual = x86Snapshot
+            for index in actual.gpr.indices where actual.gpr[index] != expected.gpr[index] && !undefined.registers.contains(index) {
+                differences.append("\(registerName(index)): X86 \(hex(actual.gpr[index])) unicorn \(hex(expected.gpr[index]))")
+            }
+            if actual.rip != expected.rip { differences.append("rip: X86 \(hex(actual.rip)) unicorn \(hex(expected.rip))") }
+            let mask = comparedFlags & ~undefined.flags
+            if actual.rflags & mask != expected.rflags & mask {
+                differences.append("rflags: X86 \(hex(actual.rflags & mask)) unicorn \(hex(expected.rflags & mask)) (compared \(hex(mask)))")
+            }
+            if actual.selectors != expected.selectors {
+                differences.append("selectors: X86 \(actual.selectors.map { hex(UInt64($0)) }) unicorn \(expected.selectors.map { hex(UInt64($0)) })")
+            }
+            if let (address, size) = undefined.memory {
+                unicornMemory.write(x86Memory.read(at: Int(address), count: size), at: Int(address))
+            }
+            if let offset = x86Memory.firstDifference(from: unicornMemory) {
+                differences.append("memory at \(hex(UInt64(offset))): X86 \(x86Memory.read(at: offset, count: 8)) unicorn \(unicornMemory.read(at: offset, count: 8))")
+            }
+        }
+        if !deviations.isEmpty { deviationHits += 1 }
+        let clean = differences.isEmpty && comparable && unicornOutcome == .completed && deviations.allSatisfy { $0.correct == nil }
+        if case .exception = unicornOutcome { try unicorn.recover() }
+        if clean {
+            // What is undefined takes X86's value, so that it cannot differ later.
+            if undefined.flags != 0 || !undefined.registers.isEmpty {
+                let flagsRegister: UnicornRegister = mode == .long64 ? .rflags : .eflags
+                try unicorn.write(flagsRegister, (unicorn.read(flagsRegister) & ~undefined.flags) | (cpu.state.rflags & undefined.flags))
+                for index in undefined.registers { try unicorn.write(gprRegister(index), cpu.state.gpr[index]) }
+            }
+        } else {
+            // After a difference, an exception or a corrected result: unicorn takes X86's state.
+            try resynchronize()
+        }
+        // A popped TF would trap the next instruction: keep it clear.
+        if cpu.state.rflags & RFLAGS.tf != 0 { try setFlags(cpu.state.rflags & ~RFLAGS.tf) }
+        guard differences.isEmpty else {
+            return "  \(prepared.hex)  (\(form.name), \(size * 8)-bit at \(hex(prepared.address)); \(prepared.setup.joined(separator: " ")))\n    "
+                + differences.joined(separator: "\n    ")
+        }
+        return nil
+    }
+
+    /// The flags, registers and memory the manuals leave undefined for this instance.
+    func undefinedParts(_ p: Prepared) -> Undefined {
+        var u = Undefined()
+        let width = max(p.size, 1) * 8
+        func count(_ source: Form.Count) -> Int {
+            let raw: UInt64
+            switch source {
+            case .one: raw = 1
+            case .cl: raw = cpu.state.gpr[1] & 0xFF
+            case .imm: raw = p.immediate & 0xFF
+            }
+            return Int(raw & (width == 64 ? 0x3F : 0x1F))
+        }
+        switch p.form.flags {
+        case .defined: break
+        case .logic: u.flags = UndefinedFlags.logic
+        case .multiply: u.flags = UndefinedFlags.multiply
+        case .divide: u.flags = UndefinedFlags.divide
+        case .bitTest: u.flags = UndefinedFlags.bitTest
+        case .asciiAdjust: u.flags = UndefinedFlags.asciiAdjust
+        case .decimalAdjust: u.flags = UndefinedFlags.decimalAdjust
+        case .asciiAdjustMultiply: u.flags = UndefinedFlags.asciiAdjustMultiply
+        case .shift(let source): u.flags = UndefinedFlags.shift(count: count(source), width: width)
+        case .shiftArithmetic(let source):
+            u.flags = UndefinedFlags.shift(count: count(source), width: width, arithmeticRight: true)
+        case .rotate(let source): u.flags = UndefinedFlags.rotate(count: count(source))
+        case .doubleShift(let source):
+            let n = count(source)
+            u.flags = UndefinedFlags.doubleShift(count: n, width: width)
+            if UndefinedResults.doubleShiftDestination(count: n, width: width) {
+                if let rm = p.rmRegister { u.registers.append(rm) }
+                if let address = p.rmAddress { u.memory = (address, p.size) }
+            }
+        case .bitScan:
+            u.flags = UndefinedFlags.bitScan
+            let source = operandValue(registers: [], memory: p.rmAddress.map { [($0, x86Memory.read(at: Int($0), count: 8))] } ?? [],
+                                      rmRegister: p.rmRegister, rmAddress: p.rmAddress, size: p.size,
+                                      legacyHighBytes: p.legacyHighBytes)
+            if UndefinedResults.bitScanDestination(source: source), let reg = p.regIndex { u.registers.append(reg) }
+        case .byteSwap:
+            if UndefinedResults.byteSwapDestination(width: width), let reg = p.regIndex { u.registers.append(reg) }
+        }
+        return u
+    }
+}
+
+/// Whether X86 implements a form: the instruction, run alone, does not raise #UD.
+enum Probe {
+    static func implements(_ form: Form, mode: CodeMode) -> Bool {
+        let memory = GuardedMemory(size: Layout.memorySize)
+        let segments = Layout.segments(mode)
+        for size in form.operandSizes(in: mode) {
+            for useMemory in [false, true] where (useMemory ? form.rm != .register : form.rm != .memory) {
+                var state = CPUState()
+                for (index, segment) in segments.enumerated() { state[segmentIndex: index] = segment }
+                if mode != .real {
+                    state.cr0 |= ControlBits.cr0PE
+                    state.gdtr = DescriptorTableRegister(base: Layout.gdt, limit: Layout.gdtLimit)
+                }
+                // Long mode: the same identity map as PairedMachine's.
+                var ranges = [PhysicalRange(guestAddress: 0, size: UInt64(Layout.memorySize), host: memory.base)]
+                let tables = GuardedMemory(size: 0x2000)
+                if mode == .long64 {
+                    tables.store(Layout.pageTables + 0x1000 | 0x7, at: 0)
+                    tables.store(UInt64(0x87), at: 0x1000)
+                    ranges.append(PhysicalRange(guestAddress: Layout.pageTables, size: 0x2000, host: tables.base))
+                    state.cr3 = Layout.pageTables
+                    state.cr4 |= ControlBits.cr4PAE
+                    state.efer = ControlBits.eferLME | ControlBits.eferLMA
+                    state.cr0 |= ControlBits.cr0PG
+                }
+                state.rip = Layout.codeStart
+                state[.rsp] = Layout.stackPage + 0x800
+                state[.rbp] = Layout.stackPage + 0x800
+                var bytes = form.prefix
+                if size == 8 { bytes.append(0x48) }
+                if (size == 2 && mode != .real) || (size == 4 && mode == .real) { bytes.insert(0x66, at: 0) }
+                var opcode = form.opcode
+                if case .plusRegister = form.operands { opcode[opcode.count - 1] += 1 }
+                bytes += opcode
+                if form.hasModRM {
+                    var reg = 0
+                    if case .digit(let digit) = form.operands { reg = digit }
+                    if useMemory {
+                        // [disp] at the data page.
+                        switch mode {
+                        case .real: bytes += [UInt8(0x06 | reg << 3), 0x00, 0x00]
+                        case .protected32: bytes += [UInt8(0x05 | reg << 3)] + le(Layout.pages[3], 4)
+                        case .long64: bytes += [UInt8(0x04 | reg << 3), 0x25] + le(Layout.pages[3], 4)
+                        }
+                    } else {
+                        bytes.append(UInt8(0xC0 | reg << 3 | 1))
+                    }
+                }
+                bytes += [UInt8](repeating: 0, count: 8)  // any immediate
+                memory.write(bytes, at: Int(Layout.codeStart))
+                var cpu = X86CPU(memory: PhysicalMemory(ranges: ranges), state: state)
+                if cpu.step() != .exception(vector: Vector.ud.rawValue, errorCode: nil) { return true }
+            }
+        }
+        return false
+    }
+}

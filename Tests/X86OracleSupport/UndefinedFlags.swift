@@ -1,0 +1,242 @@
+import X86
+
+/// The one table of what the manuals leave undefined: flags (and results)
+/// that X86 is not compared on, per instruction, with the Intel SDM's words
+/// (Vol. 2, each instruction's "Flags Affected"). Every differential test
+/// (the host's KVM, unicorn) masks from here and nowhere else.
+public enum UndefinedFlags {
+    public static let none: UInt64 = 0
+
+    /// AND, OR, XOR, TEST: "The OF and CF flags are cleared; the SF, ZF, and
+    /// PF flags are set according to the result. The state of the AF flag is
+    /// undefined."
+    public static let logic = RFLAGS.af
+
+    /// SHL/SAL, SHR, SAR: "The OF flag is affected only on 1-bit shifts. For
+    /// left shifts, the OF flag is set to 0 [...]. For a non-zero count, the
+    /// AF flag is undefined." and "[CF] is undefined for SHL and SHR
+    /// instructions where the count is greater than or equal to the size (in
+    /// bits) of the destination operand." `count` is the masked count; a
+    /// count of 0 affects no flag. SAR's CF stays defined (the sign).
+    public static func shift(count: Int, width: Int, arithmeticRight: Bool = false) -> UInt64 {
+        if count == 0 { return 0 }
+        var mask = RFLAGS.af
+        if count != 1 { mask |= RFLAGS.of }
+        if count >= width && !arithmeticRight { mask |= RFLAGS.cf }
+        return mask
+    }
+
+    /// ROL, ROR, RCL, RCR: "If the masked count is 0, the flags are not
+    /// affected. If the masked count is 1, then the OF flag is affected,
+    /// otherwise (masked count is greater than 1) the OF flag is undefined."
+    public static func rotate(count: Int) -> UInt64 { count <= 1 ? 0 : RFLAGS.of }
+
+    /// MUL, IMUL (all forms): "The SF, ZF, AF, and PF flags are undefined."
+    public static let multiply = RFLAGS.sf | RFLAGS.zf | RFLAGS.af | RFLAGS.pf
+
+    /// DIV, IDIV: "The CF, OF, SF, ZF, AF, and PF flags are undefined."
+    public static let divide = RFLAGS.arithmetic
+
+    /// BT, BTS, BTR, BTC: "The CF flag contains the value of the selected
+    /// bit. The ZF flag is unaffected. The OF, SF, AF, and PF flags are
+    /// undefined."
+    public static let bitTest = RFLAGS.of | RFLAGS.sf | RFLAGS.af | RFLAGS.pf
+
+    /// BSF, BSR: "The ZF flag is set to 1 if the source operand is 0;
+    /// otherwise, the ZF flag is cleared. The CF, OF, SF, AF, and PF flags
+    /// are undefined." (The destination is undefined for a zero source: see
+    /// `UndefinedResults`.)
+    public static let bitScan = RFLAGS.cf | RFLAGS.of | RFLAGS.sf | RFLAGS.af | RFLAGS.pf
+
+    /// SHLD, SHRD: "If the count is 1 or greater, the CF flag is filled with
+    /// the last bit shifted out of the destination operand and the SF, ZF,
+    /// and PF flags are set according to the value of the result. For a
+    /// 1-bit shift, the OF flag is set if a sign change occurred; otherwise,
+    /// it is cleared. For shifts greater than 1 bit, the OF flag is
+    /// undefined. If a shift occurs, the AF flag is undefined. If the count
+    /// operand is 0, the flags are not affected. If the count is greater than
+    /// the operand size, the flags are undefined." `count` is the masked count.
+    public static func doubleShift(count: Int, width: Int) -> UInt64 {
+        if count == 0 { return 0 }
+        if count > width { return RFLAGS.arithmetic }
+        return RFLAGS.af | (count == 1 ? 0 : RFLAGS.of)
+    }
+
+    /// AAA, AAS: "The AF and CF flags are set to 1 if there is a decimal
+    /// carry [borrow]; otherwise, they are set to 0. The OF, SF, ZF, and PF
+    /// flags are undefined."
+    public static let asciiAdjust = RFLAGS.of | RFLAGS.sf | RFLAGS.zf | RFLAGS.pf
+
+    /// DAA, DAS: "The CF and AF flags are set if the adjustment of the value
+    /// results in a decimal carry [borrow] in either digit of the result. The
+    /// SF, ZF, and PF flags are set according to the result. The OF flag is
+    /// undefined."
+    public static let decimalAdjust = RFLAGS.of
+
+    /// AAM, AAD: "The SF, ZF, and PF flags are set according to the resulting
+    /// binary value in the AL register. The OF, AF, and CF flags are
+    /// undefined."
+    public static let asciiAdjustMultiply = RFLAGS.of | RFLAGS.af | RFLAGS.cf
+}
+
+/// Results (not flags) the manuals leave undefined: the register is not
+/// compared and the oracle takes X86's value.
+public enum UndefinedResults {
+    /// BSF, BSR: "If the content of the source operand is 0, the content of
+    /// the destination operand is undefined."
+    public static func bitScanDestination(source: UInt64) -> Bool { source == 0 }
+
+    /// SHLD, SHRD: "If the count is greater than the operand size, the
+    /// result is undefined." (Reachable with 16-bit operands only.)
+    public static func doubleShiftDestination(count: Int, width: Int) -> Bool { count > width }
+
+    /// BSWAP: "When the BSWAP instruction references a 16-bit register, the
+    /// result is undefined."
+    public static func byteSwapDestination(width: Int) -> Bool { width == 16 }
+}
+
+/// What a deviation needs to know about the instruction it concerns.
+public struct DeviationContext: Sendable {
+    /// The form's name as the unicorn tests spell it ("ret Iw").
+    public var form: String
+    public var bytes: [UInt8]
+    /// The REX prefix (0: none).
+    public var rex: UInt8
+    /// In bytes (0: no operand size).
+    public var operandSize: Int
+    public var mode64: Bool
+    public var realMode: Bool
+    /// Where the instruction is.
+    public var address: UInt64
+    /// The stack's address size in bytes.
+    public var stackAddressSize: Int
+    /// The r/m operand is in memory.
+    public var memoryOperand: Bool
+    /// The r/m operand's value before the instruction.
+    public var rmValue: UInt64
+    public var immediate: UInt64
+    /// The GPRs, RFLAGS and segment selectors before the instruction.
+    public var before: [UInt64]
+    public var beforeFlags: UInt64
+    public var beforeSelectors: [UInt16]
+
+    public init(form: String, bytes: [UInt8], rex: UInt8, operandSize: Int, mode64: Bool, realMode: Bool, address: UInt64,
+                stackAddressSize: Int, memoryOperand: Bool, rmValue: UInt64, immediate: UInt64, before: [UInt64],
+                beforeFlags: UInt64, beforeSelectors: [UInt16]) {
+        self.form = form
+        self.bytes = bytes
+        self.rex = rex
+        self.operandSize = operandSize
+        self.mode64 = mode64
+        self.realMode = realMode
+        self.address = address
+        self.stackAddressSize = stackAddressSize
+        self.memoryOperand = memoryOperand
+        self.rmValue = rmValue
+        self.immediate = immediate
+        self.before = before
+        self.beforeFlags = beforeFlags
+        self.beforeSelectors = beforeSelectors
+    }
+}
+
+/// unicorn's result, as the deviations correct it.
+public struct OracleResult: Sendable {
+    public var gpr: [UInt64]
+    public var rip: UInt64
+    public var rflags: UInt64
+    public var selectors: [UInt16]
+    /// The exception raised, or nil.
+    public var exception: UInt32?
+
+    public init(gpr: [UInt64], rip: UInt64, rflags: UInt64, selectors: [UInt16], exception: UInt32?) {
+        self.gpr = gpr
+        self.rip = rip
+        self.rflags = rflags
+        self.selectors = selectors
+        self.exception = exception
+    }
+}
+
+/// A place where unicorn (QEMU's TCG inside) is known to differ from the
+/// SDM: the instruction, what the SDM states, what unicorn does instead, and
+/// either an encoding the SDM gives the same meaning that unicorn gets
+/// right, or how to turn unicorn's result into the SDM's. X86 is then
+/// checked against the SDM's result.
+public struct UnicornDeviation: Sendable {
+    public var instruction: String
+    public var sdm: String
+    public var unicorn: String
+    public var applies: @Sendable (DeviationContext) -> Bool
+    /// The bytes unicorn runs instead (same meaning by the SDM), or nil.
+    public var equivalentEncoding: (@Sendable (DeviationContext) -> [UInt8])?
+    /// Turns unicorn's result into the SDM's, or nil.
+    public var correct: (@Sendable (inout OracleResult, DeviationContext) -> Void)?
+}
+
+/// Every known deviation of unicorn 2.0.1 (Debian's libunicorn2) from the SDM.
+public enum UnicornDeviations {
+    static func mask(_ size: Int) -> UInt64 { size >= 8 ? ~0 : (1 << UInt64(size * 8)) - 1 }
+
+    public static let all: [UnicornDeviation] = [
+        UnicornDeviation(
+            instruction: "LAHF, SAHF with a REX prefix (64-bit mode)",
+            sdm: "LAHF: AH <- EFLAGS(SF:ZF:0:AF:0:PF:1:CF); SAHF: EFLAGS(SF:ZF:0:AF:0:PF:1:CF) <- AH. "
+                + "Vol. 2 2.2.1: a REX prefix is ignored by instructions it does not apply to",
+            unicorn: "with a REX prefix, writes (LAHF) or reads (SAHF) SPL instead of AH",
+            applies: { ($0.form == "lahf" || $0.form == "sahf") && $0.rex != 0 },
+            equivalentEncoding: { context in context.bytes.filter { $0 & 0xF0 != 0x40 } },
+            correct: nil),
+        UnicornDeviation(
+            instruction: "MOV Eb,Ib (C6 /0) and MOV Ev,Iz (C7 /0) with REX.R",
+            sdm: "Vol. 2 2.2.1.2: REX.R \"is ignored when ModR/M specifies other registers or defines an extended opcode\"",
+            unicorn: "reads REX.R into the opcode extension (/8) and raises #UD",
+            applies: { ($0.form == "mov Eb,Ib" || $0.form == "mov Ev,Iz") && $0.rex & 0x04 != 0 },
+            equivalentEncoding: { context in context.bytes.map { $0 == context.rex ? $0 & ~0x04 : $0 } },
+            correct: nil),
+        UnicornDeviation(
+            instruction: "RET imm16 (C2) with imm16 >= 8000H",
+            sdm: "RET: \"IF instruction has immediate operand THEN RSP <- RSP + SRC\" where SRC is the imm16, "
+                + "\"the number of stack bytes to be released\" (zero-extended)",
+            unicorn: "sign-extends imm16, releasing 10000H bytes fewer",
+            applies: { $0.form == "ret Iw" && $0.immediate & 0x8000 != 0 },
+            equivalentEncoding: nil,
+            correct: { result, context in
+                let mask = UnicornDeviations.mask(context.stackAddressSize)
+                let rsp = result.gpr[4]
+                result.gpr[4] = (rsp & ~mask) | ((rsp &+ 0x10000) & mask)
+            }),
+        UnicornDeviation(
+            instruction: "LOCK NEG m8/m16/m32/m64",
+            sdm: "NEG: \"The CF flag set to 0 if the source operand is 0; otherwise it is set to 1. The OF, SF, ZF, AF, "
+                + "and PF flags are set according to the result.\"",
+            unicorn: "computes the flags of a locked NEG from the wrong operands",
+            applies: { $0.form.hasPrefix("neg ") && $0.memoryOperand && $0.bytes.contains(0xF0) },
+            equivalentEncoding: nil,
+            correct: { result, context in
+                let size = context.operandSize
+                let mask = UnicornDeviations.mask(size)
+                let value = context.rmValue & mask
+                let negated = (0 &- value) & mask
+                let sign: UInt64 = 1 << UInt64(size * 8 - 1)
+                var flags: UInt64 = 0
+                if value != 0 { flags |= RFLAGS.cf }
+                if value == sign { flags |= RFLAGS.of }
+                if negated == 0 { flags |= RFLAGS.zf }
+                if negated & sign != 0 { flags |= RFLAGS.sf }
+                if (negated & 0xFF).nonzeroBitCount % 2 == 0 { flags |= RFLAGS.pf }
+                if value & 0xF != 0 { flags |= RFLAGS.af }
+                result.rflags = (result.rflags & ~RFLAGS.arithmetic) | flags
+            }),
+        UnicornDeviation(
+            instruction: "JMP ptr16:32 (66 EA) in real mode with an offset beyond FFFFH",
+            sdm: "JMP, real-address mode: \"tempEIP <- DEST(Offset); IF tempEIP is beyond code segment limit THEN #GP(0)\"",
+            unicorn: "jumps, with EIP the whole 32-bit offset",
+            applies: { $0.form == "jmp ptr16:z" && $0.realMode && $0.operandSize == 4 && $0.immediate > 0xFFFF },
+            equivalentEncoding: nil,
+            correct: { result, context in
+                result = OracleResult(gpr: context.before, rip: context.address, rflags: context.beforeFlags,
+                                      selectors: context.beforeSelectors, exception: 13)
+            }),
+    ]
+}

@@ -14,6 +14,8 @@ struct Prepared {
     var legacyHighBytes: Bool
     /// The REX prefix (0: none).
     var rex: UInt8
+    /// Where the opcode starts in `bytes`.
+    var opcodeIndex: Int
     var immediate: UInt64
     /// What was set before the instruction, for the report.
     var setup: [String]
@@ -315,6 +317,7 @@ extension PairedMachine {
         }
         if needs.contains(.lockable) && rmAddress != nil && form.hasModRM && rng.oneIn(4) { bytes.insert(0xF0, at: 0) }
         if mode64 && rex != 0 { bytes.append(rex) }
+        let opcodeIndex = bytes.count
         bytes += opcode
         if var a = addressing {
             bytes.append(a.modrm | UInt8((modrmReg & 7) << 3))
@@ -349,7 +352,7 @@ extension PairedMachine {
         }
         return Prepared(form: form, size: size, address: address, bytes: bytes, regIndex: regIndex,
                         rmRegister: rmRegister, rmAddress: rmAddress, legacyHighBytes: legacyHighBytes,
-                        rex: mode64 ? rex : 0, immediate: immediate, setup: setup)
+                        rex: mode64 ? rex : 0, opcodeIndex: opcodeIndex, immediate: immediate, setup: setup)
     }
 
     func isShift(_ form: Form) -> Bool {

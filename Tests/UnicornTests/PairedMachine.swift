@@ -273,14 +273,20 @@ final class PairedMachine {
                 unicornMemory.write(x86Memory.read(at: Int(address), count: count), at: Int(address))
             }
         }
-        // A branch stops where X86 went (a count of one backs that up); the
-        // rest after their last byte.
+        // A branch stops where X86 went (or, if unicorn goes elsewhere, at
+        // the 0xCC bytes around the code or by the timeout); the rest after
+        // their last byte.
         var until = address + UInt64(unicornBytes.count)
-        if branch, x86 == .completed, cpu.state.rip != address {
+        if branch, x86 == .completed {
             until = mode == .real ? cpu.state.cs.base &+ cpu.state.rip : cpu.state.rip
+            // unicorn stops at `until` only in code translated for this run.
+            try? unicorn.forgetTranslations(at: until)
         }
         let unicornOutcome: Outcome
-        switch unicorn.step(at: address, until: until, countOne: branch) {
+        // A branch to itself would stop before it runs: count one instead.
+        let toItself = until == address
+        if toItself { until = 0xFFFF_FFF0 }
+        switch unicorn.step(at: address, until: until, timeout: branch ? 200_000 : 0, countOne: toItself) {
         case .completed: unicornOutcome = .completed
         case .exception(let vector): unicornOutcome = .exception(vector)
         case .error(let code, let message):

@@ -99,7 +99,8 @@ extension PairedMachine {
         let rmValue = operandValue(registers: [], memory: prepared.rmAddress.map { [($0, x86Memory.read(at: Int($0), count: 8))] } ?? [],
                                    rmRegister: prepared.rmRegister, rmAddress: prepared.rmAddress, size: max(size, 1),
                                    legacyHighBytes: prepared.legacyHighBytes)
-        let context = DeviationContext(form: form.name, bytes: prepared.bytes, rex: prepared.rex, operandSize: size,
+        let context = DeviationContext(form: form.name, bytes: prepared.bytes, rex: prepared.rex,
+                                       opcodeIndex: prepared.opcodeIndex, operandSize: size,
                                        mode64: mode == .long64, realMode: mode == .real, address: prepared.address,
                                        stackAddressSize: mode.codeSize, memoryOperand: prepared.rmAddress != nil,
                                        rmValue: rmValue, immediate: prepared.immediate, before: before.gpr,

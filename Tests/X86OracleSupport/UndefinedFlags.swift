@@ -100,8 +100,10 @@ public struct DeviationContext: Sendable {
     /// The form's name as the unicorn tests spell it ("ret Iw").
     public var form: String
     public var bytes: [UInt8]
-    /// The REX prefix (0: none).
+    /// The REX prefix (0: none), which is `bytes[opcodeIndex - 1]`.
     public var rex: UInt8
+    /// Where the opcode starts in `bytes`.
+    public var opcodeIndex: Int
     /// In bytes (0: no operand size).
     public var operandSize: Int
     public var mode64: Bool
@@ -120,12 +122,13 @@ public struct DeviationContext: Sendable {
     public var beforeFlags: UInt64
     public var beforeSelectors: [UInt16]
 
-    public init(form: String, bytes: [UInt8], rex: UInt8, operandSize: Int, mode64: Bool, realMode: Bool, address: UInt64,
+    public init(form: String, bytes: [UInt8], rex: UInt8, opcodeIndex: Int, operandSize: Int, mode64: Bool, realMode: Bool, address: UInt64,
                 stackAddressSize: Int, memoryOperand: Bool, rmValue: UInt64, immediate: UInt64, before: [UInt64],
                 beforeFlags: UInt64, beforeSelectors: [UInt16]) {
         self.form = form
         self.bytes = bytes
         self.rex = rex
+        self.opcodeIndex = opcodeIndex
         self.operandSize = operandSize
         self.mode64 = mode64
         self.realMode = realMode
@@ -185,14 +188,22 @@ public enum UnicornDeviations {
                 + "Vol. 2 2.2.1: a REX prefix is ignored by instructions it does not apply to",
             unicorn: "with a REX prefix, writes (LAHF) or reads (SAHF) SPL instead of AH",
             applies: { ($0.form == "lahf" || $0.form == "sahf") && $0.rex != 0 },
-            equivalentEncoding: { context in context.bytes.filter { $0 & 0xF0 != 0x40 } },
+            equivalentEncoding: { context in
+                var bytes = context.bytes
+                bytes.remove(at: context.opcodeIndex - 1)
+                return bytes
+            },
             correct: nil),
         UnicornDeviation(
             instruction: "MOV Eb,Ib (C6 /0) and MOV Ev,Iz (C7 /0) with REX.R",
             sdm: "Vol. 2 2.2.1.2: REX.R \"is ignored when ModR/M specifies other registers or defines an extended opcode\"",
             unicorn: "reads REX.R into the opcode extension (/8) and raises #UD",
             applies: { ($0.form == "mov Eb,Ib" || $0.form == "mov Ev,Iz") && $0.rex & 0x04 != 0 },
-            equivalentEncoding: { context in context.bytes.map { $0 == context.rex ? $0 & ~0x04 : $0 } },
+            equivalentEncoding: { context in
+                var bytes = context.bytes
+                bytes[context.opcodeIndex - 1] &= ~0x04
+                return bytes
+            },
             correct: nil),
         UnicornDeviation(
             instruction: "RET imm16 (C2) with imm16 >= 8000H",

@@ -247,6 +247,13 @@ public final class Unicorn {
         try check("uc_context_restore", functions.contextRestore(engine, clean))
     }
 
+    /// Drops the translations that cover `address`: a translation made
+    /// before runs through the address `step` should stop at.
+    public func forgetTranslations(at address: UInt64) throws {
+        // UC_CTL_WRITE(UC_CTL_TB_REMOVE_CACHE, 2)
+        try check("uc_ctl(TB_REMOVE_CACHE)", functions.ctl(engine, 0x4800_0009, address, address &+ 1))
+    }
+
     /// Drops translated code: unicorn does not notice code rewritten from outside.
     public func flushTranslations() throws {
         // UC_CTL_WRITE(UC_CTL_TB_FLUSH, 0); the two extra arguments are ignored.
@@ -256,12 +263,14 @@ public final class Unicorn {
     /// Executes one instruction at `address` (a linear address: CS base +
     /// IP in real mode), stopping when the next instruction would start at
     /// `until`. Stopping at an address is fifty times faster than counting
-    /// instructions (the count is a hook, which needs fresh translations);
-    /// `countOne` adds the count as a backstop, for an instruction whose
-    /// next address is only a guess (a branch: unicorn may go elsewhere).
-    public func step(at address: UInt64, until: UInt64, countOne: Bool = false) -> UnicornStep {
+    /// one instruction, which needs a hook and flushes the translations on
+    /// every call; `timeout` (microseconds, 0: none) bounds an instruction
+    /// whose next address is only a guess (a branch: unicorn may go
+    /// elsewhere); `countOne` stops after one instruction (slow), for a
+    /// branch to itself.
+    public func step(at address: UInt64, until: UInt64, timeout: UInt64 = 0, countOne: Bool = false) -> UnicornStep {
         interrupt[0] = -1
-        let code = functions.emuStart(engine, address, until, 0, countOne ? 1 : 0)
+        let code = functions.emuStart(engine, address, until, timeout, countOne ? 1 : 0)
         if interrupt[0] >= 0 { return .exception(vector: UInt32(interrupt[0])) }
         if code == 10 /* UC_ERR_INSN_INVALID */ { return .exception(vector: 6) }
         if code != 0 { return .error(code: code, message: functions.message(code)) }

@@ -272,7 +272,7 @@ extension Form {
             Form("xchg Zv,rAX", [0x90], .v, .plusRegister),
             Form("nop", [0x90], .none),
             Form("pause", [0x90], .none, prefix: [0xF3]),
-            Form("nop Ev", [0x0F, 0x1F], .v, .digit(0)),
+            Form("nop Ev", [0x0F, 0x1F], .v, .modrm),
             Form("hint nop Ev (0F 19)", [0x0F, 0x19], .v, .modrm),
             Form("hint nop Ev (0F 1A)", [0x0F, 0x1A], .v, .modrm),
             Form("hint nop Ev (0F 1B)", [0x0F, 0x1B], .v, .modrm),
@@ -284,6 +284,7 @@ extension Form {
             Form("cwd/cdq/cqo", [0x99], .v),
             Form("bswap Zv", [0x0F, 0xC8], .v, .plusRegister, flags: .byteSwap),
             Form("xlat", [0xD7], .none, needs: .table),
+            Form("bound Gv,Ma", [0x62], .v, .modrm, rm: .memory, modes: .legacy),
             Form("salc", [0xD6], .none, modes: .legacy),
             // Segment registers.
             Form("mov Ev,Sreg", [0x8C], .v, .modrm),
@@ -334,6 +335,7 @@ extension Form {
             Form("loop rel8", [0xE2], .near, imm: .rel8, needs: .branch),
             Form("jcxz rel8", [0xE3], .near, imm: .rel8, needs: .branch),
             Form("jmp ptr16:z", [0xEA], .v, imm: .pointer, modes: .legacy, needs: [.branch, .segmentLoad]),
+            Form("jmp Mp", [0xFF], .v, .digit(5), rm: .memory, needs: [.branch, .segmentLoad, .farPointer]),
             // Flags.
             Form("cmc", [0xF5], .none),
             Form("clc", [0xF8], .none),

@@ -273,13 +273,16 @@ extension PairedMachine {
             set(reg, (rng.next() & ~sizeMaskBits) | (offset & sizeMaskBits))
         }
         if needs.contains(.segmentLoad) {
-            let selector = UInt64(segmentSelector(code: false))
+            let selector = UInt64(segmentSelector(code: needs.contains(.branch)))
             if let rm = rmRegister {
                 set(rm, (rng.next() & ~0xFFFF) | selector)
             } else if let address = rmAddress {
                 if needs.contains(.farPointer) {
                     let offsetSize = max(size, 2)
-                    memory.append((address, le(rng.edge(offsetSize * 8), offsetSize) + le(selector, 2)))
+                    // A far jump's target: mostly code.
+                    let offset = needs.contains(.branch) && !rng.oneIn(4)
+                        ? Layout.codeStart + UInt64(rng.below(0x3000)) : rng.edge(offsetSize * 8)
+                    memory.append((address, le(offset, offsetSize) + le(selector, 2)))
                 } else {
                     memory.append((address, le(selector, 2)))
                 }

@@ -224,56 +224,23 @@ extension PairedMachine {
 /// Whether X86 implements a form: the instruction, run alone, does not raise #UD.
 enum Probe {
     static func implements(_ form: Form, mode: CodeMode) -> Bool {
-        let memory = GuardedMemory(size: Layout.memorySize)
-        let segments = Layout.segments(mode)
+        let probe = X86Probe(mode: mode)
         for size in form.operandSizes(in: mode) {
-            for useMemory in [false, true] where (useMemory ? form.rm != .register : form.rm != .memory) {
-                var state = CPUState()
-                for (index, segment) in segments.enumerated() { state[segmentIndex: index] = segment }
-                if mode != .real {
-                    state.cr0 |= ControlBits.cr0PE
-                    state.gdtr = DescriptorTableRegister(base: Layout.gdt, limit: Layout.gdtLimit)
-                }
-                // Long mode: the same identity map as PairedMachine's.
-                var ranges = [PhysicalRange(guestAddress: 0, size: UInt64(Layout.memorySize), host: memory.base)]
-                let tables = GuardedMemory(size: 0x2000)
-                if mode == .long64 {
-                    tables.store(Layout.pageTables + 0x1000 | 0x7, at: 0)
-                    tables.store(UInt64(0x87), at: 0x1000)
-                    ranges.append(PhysicalRange(guestAddress: Layout.pageTables, size: 0x2000, host: tables.base))
-                    state.cr3 = Layout.pageTables
-                    state.cr4 |= ControlBits.cr4PAE
-                    state.efer = ControlBits.eferLME | ControlBits.eferLMA
-                    state.cr0 |= ControlBits.cr0PG
-                }
-                state.rip = Layout.codeStart
-                state[.rsp] = Layout.stackPage + 0x800
-                state[.rbp] = Layout.stackPage + 0x800
-                var bytes = form.prefix
-                if size == 8 { bytes.append(0x48) }
-                if (size == 2 && mode != .real) || (size == 4 && mode == .real) { bytes.insert(0x66, at: 0) }
-                var opcode = form.opcode
-                if case .plusRegister = form.operands { opcode[opcode.count - 1] += 1 }
-                bytes += opcode
-                if form.hasModRM {
-                    var reg = 0
-                    if case .digit(let digit) = form.operands { reg = digit }
-                    if useMemory {
-                        // [disp] at the data page.
-                        switch mode {
-                        case .real: bytes += [UInt8(0x06 | reg << 3), 0x00, 0x00]
-                        case .protected32: bytes += [UInt8(0x05 | reg << 3)] + le(Layout.pages[3], 4)
-                        case .long64: bytes += [UInt8(0x04 | reg << 3), 0x25] + le(Layout.pages[3], 4)
-                        }
-                    } else {
-                        bytes.append(UInt8(0xC0 | reg << 3 | 1))
-                    }
-                }
-                bytes += [UInt8](repeating: 0, count: 8)  // any immediate
-                memory.write(bytes, at: Int(Layout.codeStart))
-                var cpu = X86CPU(memory: PhysicalMemory(ranges: ranges), state: state)
-                if cpu.step() != .exception(vector: Vector.ud.rawValue, errorCode: nil) { return true }
+            var prefixes = form.prefix
+            if (size == 2 && mode != .real) || (size == 4 && mode == .real) { prefixes.append(0x66) }
+            if size == 8 { prefixes.append(0x48) }
+            var opcode = form.opcode
+            if case .plusRegister = form.operands { opcode[opcode.count - 1] += 1 }
+            var runs: [[UInt8]] = []
+            if form.hasModRM {
+                var digit = 0
+                if case .digit(let d) = form.operands { digit = d }
+                if form.rm != .memory { runs.append(probe.registerForm(opcode, digit: digit)) }
+                if form.rm != .register { runs.append(probe.memoryForm(opcode, digit: digit)) }
+            } else {
+                runs.append(opcode + [UInt8](repeating: 0, count: 10))
             }
+            if runs.contains(where: { !probe.raisesUD(prefixes + $0) }) { return true }
         }
         return false
     }

@@ -240,10 +240,14 @@ public enum UnicornDeviations {
                 result.rflags = (result.rflags & ~RFLAGS.arithmetic) | flags
             }),
         UnicornDeviation(
-            instruction: "JMP ptr16:32 (66 EA) in real mode with an offset beyond FFFFH",
+            instruction: "JMP ptr16:32 (66 EA) and JMP m16:32 (66 FF /5) in real mode with an offset beyond FFFFH",
             sdm: "JMP, real-address mode: \"tempEIP <- DEST(Offset); IF tempEIP is beyond code segment limit THEN #GP(0)\"",
             unicorn: "jumps, with EIP the whole 32-bit offset",
-            applies: { $0.form == "jmp ptr16:z" && $0.realMode && $0.operandSize == 4 && $0.immediate > 0xFFFF },
+            applies: { context in
+                guard context.realMode && context.operandSize == 4 else { return false }
+                if context.form == "jmp ptr16:z" { return context.immediate > 0xFFFF }
+                return context.form == "jmp Mp" && context.rmValue & 0xFFFF_FFFF > 0xFFFF
+            },
             equivalentEncoding: nil,
             correct: { result, context in
                 result = OracleResult(gpr: context.before, rip: context.address, rflags: context.beforeFlags,

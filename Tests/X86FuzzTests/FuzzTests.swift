@@ -1,0 +1,315 @@
+import Foundation
+import Testing
+@testable import X86
+import X86OracleSupport
+
+/// The CPU set-ups the fuzzer starts random code in.
+enum FuzzMode: String, CaseIterable, Sendable, CustomStringConvertible {
+    case real, protected16, protected32, long64
+    /// CPL 3 in 32-bit protected mode (no paging: user code may write anything).
+    case user32
+    /// CPL 3 in 64-bit mode, with the system structures on supervisor pages.
+    case user64
+    var description: String { rawValue }
+    var isUser: Bool { self == .user32 || self == .user64 }
+    var isLong: Bool { self == .long64 || self == .user64 }
+}
+
+/// Where things are in the fuzzer's 1 MiB of guest memory.
+enum FuzzLayout {
+    static let memorySize = 0x10_0000
+    static let gdt: UInt64 = 0x500
+    static let idt: UInt64 = 0x1000
+    /// Every exception handler: HLT (a CPL 0 exit).
+    static let handler: UInt64 = 0x2000
+    static let pml4: UInt64 = 0x3000, pdpt: UInt64 = 0x4000, pd: UInt64 = 0x5000, pt: UInt64 = 0x6000
+    /// The first byte user code may touch when paging protects the rest.
+    static let userStart: UInt64 = 0x10000
+    static let code: UInt64 = 0x10000
+    static let stack: UInt64 = 0x80000
+    /// What each program starts from: restored before it runs.
+    static let systemEnd = 0x30000
+
+    // GDT selectors.
+    static let code32: UInt16 = 0x08, data32: UInt16 = 0x10, code64: UInt16 = 0x18, code16: UInt16 = 0x20
+    static let data16: UInt16 = 0x28, userCode32: UInt16 = 0x33, userData: UInt16 = 0x3B, userCode64: UInt16 = 0x43
+    static let descriptors: [UInt64] = [
+        0,
+        0x00CF_9B00_0000_FFFF,  // 08 code, 32-bit
+        0x00CF_9300_0000_FFFF,  // 10 data
+        0x00AF_9B00_0000_FFFF,  // 18 code, 64-bit
+        0x000F_9B00_0000_FFFF,  // 20 code, 16-bit
+        0x000F_9300_0000_FFFF,  // 28 data, 16-bit
+        0x00CF_FB00_0000_FFFF,  // 30 code, 32-bit, DPL 3
+        0x00CF_F300_0000_FFFF,  // 38 data, DPL 3
+        0x00AF_FB00_0000_FFFF,  // 40 code, 64-bit, DPL 3
+    ]
+}
+
+/// One X86 over guarded memory, set up in a fuzz mode, that runs random
+/// programs and checks what must hold whatever they do.
+final class FuzzMachine {
+    let mode: FuzzMode
+    let deliversExceptions: Bool
+    let memory = GuardedMemory(size: FuzzLayout.memorySize)
+    let initial: CPUState
+    let snapshot: [UInt8]
+    var cpu: X86CPU
+
+    init(mode: FuzzMode, deliversExceptions: Bool) {
+        self.mode = mode
+        self.deliversExceptions = deliversExceptions
+        var state = CPUState()
+        state.rip = FuzzLayout.code
+        state[.rsp] = FuzzLayout.stack
+        state.rflags = 0x2
+        for (index, descriptor) in FuzzLayout.descriptors.enumerated() {
+            memory.store(descriptor, at: Int(FuzzLayout.gdt) + index * 8)
+        }
+        memory.store(UInt8(0xF4), at: Int(FuzzLayout.handler))
+        if mode == .real {
+            state[.cs] = .realMode(selector: 0, code: true)
+            state.idtr = DescriptorTableRegister(base: 0, limit: 0x3FF)
+            for vector in 0..<256 { memory.store(UInt32(FuzzLayout.handler), at: vector * 4) }
+        } else {
+            state.cr0 |= ControlBits.cr0PE
+            state.gdtr = DescriptorTableRegister(base: FuzzLayout.gdt, limit: UInt16(FuzzLayout.descriptors.count * 8 - 1))
+            let long = mode.isLong
+            state.idtr = DescriptorTableRegister(base: FuzzLayout.idt, limit: long ? 0xFFF : 0x7FF)
+            for vector in 0..<256 {
+                // Interrupt gates to the CPL 0 handler (64-bit gates take 16 bytes).
+                let selector = long ? FuzzLayout.code64 : FuzzLayout.code32
+                let gate = (FuzzLayout.handler & 0xFFFF) | UInt64(selector) << 16 | UInt64(0x8E) << 40
+                    | (FuzzLayout.handler & 0xFFFF_0000) << 32
+                memory.store(gate, at: Int(FuzzLayout.idt) + vector * (long ? 16 : 8))
+            }
+            func flat(_ selector: UInt16, _ attributes: UInt16, limit: UInt32 = 0xFFFF_FFFF) -> SegmentRegister {
+                SegmentRegister(selector: selector, base: 0, limit: limit, attributes: attributes)
+            }
+            let data = flat(FuzzLayout.data32, 0xC093)
+            state.ds = data; state.es = data; state.fs = data; state.gs = data; state.ss = data
+            switch mode {
+            case .protected16:
+                state.cs = flat(FuzzLayout.code16, 0x009B, limit: 0xFFFFF)
+                let data16 = flat(FuzzLayout.data16, 0x0093, limit: 0xFFFFF)
+                state.ds = data16; state.es = data16; state.ss = data16
+            case .protected32:
+                state.cs = flat(FuzzLayout.code32, 0xC09B)
+            case .user32:
+                state.cs = flat(FuzzLayout.userCode32, 0xC0FB)
+                let user = flat(FuzzLayout.userData, 0xC0F3)
+                state.ds = user; state.es = user; state.fs = user; state.gs = user; state.ss = user
+            case .long64, .user64:
+                state.cs = mode == .user64 ? flat(FuzzLayout.userCode64, 0xA0FB) : flat(FuzzLayout.code64, 0xA09B)
+                if mode == .user64 {
+                    let user = flat(FuzzLayout.userData, 0xC0F3)
+                    state.ds = user; state.es = user; state.fs = user; state.gs = user; state.ss = user
+                }
+                // 4 KiB pages over the first MiB: the system structures below
+                // userStart are supervisor-only, the rest user, all writable.
+                memory.store(FuzzLayout.pdpt | 7, at: Int(FuzzLayout.pml4))
+                memory.store(FuzzLayout.pd | 7, at: Int(FuzzLayout.pdpt))
+                memory.store(FuzzLayout.pt | 7, at: Int(FuzzLayout.pd))
+                for page in 0..<256 {
+                    let user: UInt64 = UInt64(page) << 12 >= FuzzLayout.userStart ? 4 : 0
+                    memory.store(UInt64(page) << 12 | 3 | user, at: Int(FuzzLayout.pt) + page * 8)
+                }
+                state.cr3 = FuzzLayout.pml4
+                state.cr4 |= ControlBits.cr4PAE
+                state.efer = ControlBits.eferLME | ControlBits.eferLMA | ControlBits.eferNXE
+                state.cr0 |= ControlBits.cr0PG | ControlBits.cr0WP
+            case .real:
+                break
+            }
+        }
+        initial = state
+        snapshot = memory.read(at: 0, count: FuzzLayout.systemEnd)
+        cpu = X86CPU(memory: PhysicalMemory(base: memory.base, size: FuzzLayout.memorySize), state: state)
+    }
+
+    /// Runs the program of `seed`; returns what went wrong (empty: nothing).
+    func run(seed: UInt64, exits: inout [String: Int], moved: inout Int) -> [String] {
+        var rng = SplitMix64(state: seed)
+        memory.write(snapshot, at: 0)
+        let code = (0..<(16 + rng.below(112))).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
+        memory.write(code, at: Int(FuzzLayout.code))
+        var state = initial
+        for register in GPR.allCases where register != .rsp {
+            // Small values half the time, so that memory operands often land in RAM.
+            state[register] = rng.below(2) == 0 ? rng.next() & 0xFFFF : rng.next()
+        }
+        if rng.oneIn(4) { state[.rsp] = rng.next() & 0xF_FFFF }
+        state.rflags = 0x2 | (rng.next() & (RFLAGS.arithmetic | RFLAGS.df))
+        cpu = X86CPU(memory: cpu.memory, state: state)
+        cpu.deliversExceptions = deliversExceptions
+        let protectedTables = mode == .user64 ? systemTables() : []
+        var problems: [String] = []
+        for _ in 0..<4 {
+            let exit = cpu.run(maxInstructions: 64)
+            exits[String(describing: exit).prefix(while: { $0 != "(" }).description, default: 0] += 1
+            if cpu.state.rip != FuzzLayout.code { moved += 1 }
+            problems += check(exit)
+            switch exit {
+            case .io(let io) where !io.isWrite && cpu.hasStringInput:
+                let bytes = (0..<io.size * io.count).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
+                bytes.withUnsafeBytes { cpu.completeStringInput($0) }
+            case .io(let io) where !io.isWrite: cpu.completeInput(rng.next())
+            case .mmio(let access) where !access.isWrite: cpu.completeMMIORead(address: access.address, value: rng.next())
+            case .shutdown, .emulationFailure: break
+            default: break
+            }
+        }
+        if mode == .user64 && systemTables() != protectedTables {
+            problems.append("user code changed the supervisor pages' GDT, IDT or page tables (beyond A/D bits)")
+        }
+        return problems
+    }
+
+    /// What must hold after every exit.
+    func check(_ exit: X86Exit) -> [String] {
+        var problems: [String] = []
+        let state = cpu.state
+        if case .exception(let vector, let errorCode) = exit {
+            if vector >= 32 { problems.append("exit with exception vector \(vector)") }
+            // SDM Vol. 3 table 6-1: #DF #TS #NP #SS #GP #PF #AC #CP push an error code.
+            let pushesCode = [8, 10, 11, 12, 13, 14, 17, 21].contains(vector)
+            if pushesCode != (errorCode != nil) {
+                problems.append("exception \(vector) with error code \(String(describing: errorCode))")
+            }
+            if deliversExceptions && vector != Vector.db.rawValue {
+                problems.append("exception \(vector) exited although the guest's IDT delivers it")
+            }
+        }
+        let rflags = state.rflags
+        if rflags & 0x2 == 0 || rflags & (1 << 3 | 1 << 5 | 1 << 15 | ~UInt64(0x3F_FFFF)) != 0 {
+            problems.append("RFLAGS \(String(rflags, radix: 16)): a reserved bit is wrong")
+        }
+        if mode.isUser {
+            // IOPL is 0 and no TSS grants ports: user code can neither do I/O
+            // nor halt nor change the system state, and stays at CPL 3 unless
+            // an exception is delivered to the kernel.
+            switch exit {
+            case .io: problems.append("I/O exit at CPL 3 with IOPL 0")
+            case .halt: problems.append("HLT exited at CPL 3")
+            default: break
+            }
+            if state.cr0 != initial.cr0 || state.cr3 != initial.cr3 || state.cr4 != initial.cr4 || state.efer != initial.efer
+                || state.gdtr != initial.gdtr || state.idtr != initial.idtr {
+                problems.append("user code changed CR0/CR3/CR4/EFER/GDTR/IDTR")
+            }
+            if state.cpl != 3, exit != .shutdown, !deliversExceptions {
+                problems.append("CPL \(state.cpl) after user code, with no exception delivered")
+            }
+            if state.rflags & RFLAGS.iopl != 0 { problems.append("user code raised IOPL") }
+            if mode == .user64, case .shutdown = exit {
+                // The GDT and IDT are intact (user code cannot write their
+                // pages), so delivering through them cannot fault.
+                problems.append("triple fault at CPL 3 with the system tables intact")
+            }
+        }
+        return problems
+    }
+
+    /// The GDT, the IDT and the page tables, with the accessed and dirty
+    /// bits the page walk may set masked out.
+    func systemTables() -> [UInt64] {
+        var words: [UInt64] = []
+        for offset in stride(from: Int(FuzzLayout.gdt), to: Int(FuzzLayout.gdt) + FuzzLayout.descriptors.count * 8, by: 8) {
+            words.append(memory.load(at: offset, as: UInt64.self))
+        }
+        for offset in stride(from: Int(FuzzLayout.idt), to: Int(FuzzLayout.idt) + 0x1000, by: 8) {
+            words.append(memory.load(at: offset, as: UInt64.self))
+        }
+        for offset in stride(from: Int(FuzzLayout.pml4), to: Int(FuzzLayout.pt) + 0x1000, by: 8) {
+            words.append(memory.load(at: offset, as: UInt64.self) & ~0x60)
+        }
+        return words
+    }
+}
+
+/// Runs the fuzz programs of one mode and records each problem with its seed.
+func fuzz(_ mode: FuzzMode, deliversExceptions: Bool) {
+    let index = FuzzMode.allCases.firstIndex(of: mode) ?? 0
+    let base: UInt64 = 0xF022_0000_0000 | UInt64(index) << 16
+        | (deliversExceptions ? 0x8000 : 0)
+    let machine = FuzzMachine(mode: mode, deliversExceptions: deliversExceptions)
+    let slot = CrashNotes.claimSlot()
+    let watchdog = Watchdog(seconds: 60)
+    defer { watchdog.stop() }
+    var exits: [String: Int] = [:]
+    var moved = 0
+    var failures = 0
+    for seed in FuzzConfiguration.seeds(base: base) {
+        let note = "fuzz \(mode) delivery \(deliversExceptions): SWIFTKVM_FUZZ_SEED=0x\(String(seed, radix: 16))"
+        CrashNotes.write(note, slot: slot)
+        watchdog.tick(note)
+        let problems = machine.run(seed: seed, exits: &exits, moved: &moved)
+        if !problems.isEmpty {
+            failures += 1
+            if failures <= 5 { Issue.record("\(note): \(problems.joined(separator: "; "))") }
+        }
+    }
+    CrashNotes.write("", slot: slot)
+    // Code ran at all: instructions completed, and (where faults do not all
+    // look alike) several kinds of exit were reached.
+    #expect(moved > 0, "no program moved RIP: \(exits)")
+    if !mode.isUser && FuzzConfiguration.replaySeed == nil { #expect(exits.count > 2, "\(exits)") }
+    #expect(failures == 0, "\(failures) programs broke an invariant in \(mode)")
+}
+
+// One suite per mode, so that a mode can be run (and fail) on its own:
+// `swift test --filter "X86FuzzTests.RealMode"`.
+
+@Suite("X86 fuzzing: real mode")
+struct RealModeFuzzTests {
+    @Test(arguments: [false, true])
+    func randomBytesEndInExitsOrGuestExceptions(deliversExceptions: Bool) { fuzz(.real, deliversExceptions: deliversExceptions) }
+}
+
+@Suite("X86 fuzzing: 16-bit protected mode")
+struct Protected16FuzzTests {
+    @Test(arguments: [false, true])
+    func randomBytesEndInExitsOrGuestExceptions(deliversExceptions: Bool) {
+        fuzz(.protected16, deliversExceptions: deliversExceptions)
+    }
+}
+
+@Suite("X86 fuzzing: 32-bit protected mode")
+struct Protected32FuzzTests {
+    @Test(arguments: [false, true])
+    func randomBytesEndInExitsOrGuestExceptions(deliversExceptions: Bool) {
+        fuzz(.protected32, deliversExceptions: deliversExceptions)
+    }
+}
+
+@Suite("X86 fuzzing: 64-bit long mode with paging")
+struct LongModeFuzzTests {
+    @Test(arguments: [false, true])
+    func randomBytesEndInExitsOrGuestExceptions(deliversExceptions: Bool) { fuzz(.long64, deliversExceptions: deliversExceptions) }
+}
+
+@Suite("X86 fuzzing: CPL 3")
+struct UserModeFuzzTests {
+    /// 32-bit protected mode without paging.
+    @Test(arguments: [false, true])
+    func randomBytesAtCPL3In32BitModeCannotReachTheSystem(deliversExceptions: Bool) {
+        fuzz(.user32, deliversExceptions: deliversExceptions)
+    }
+
+    /// 64-bit mode, the system structures on supervisor pages.
+    @Test func randomBytesAtCPL3In64BitModeCannotReachTheSystem() {
+        fuzz(.user64, deliversExceptions: false)
+    }
+
+    /// The same with exceptions delivered through the IDT.
+    @Test func randomBytesAtCPL3In64BitModeWithDeliveryCannotReachTheSystem() {
+        withKnownIssue("""
+            X86 checks the CPL against the U/S bit for the CPU's own accesses to the IDT and GDT: an exception at \
+            CPL 3 faults reading a gate on a supervisor page and ends in a triple fault. The SDM (Vol. 3 4.6) calls \
+            those accesses implicit supervisor-mode accesses, allowed whatever the CPL (delivery should end here in \
+            the emulation failure of the unmodelled stack switch). Paging and privilege are the system part's.
+            """, isIntermittent: true) {
+            fuzz(.user64, deliversExceptions: true)
+        }
+    }
+}

@@ -112,10 +112,11 @@ extension X86CPU {
         case 0x00...0x3F: return op & 7 < 2 && op >> 3 != 7
         case 0x80...0x83: return insn.reg & 7 != 7
         case 0x86, 0x87: return true
-        case 0x1AB, 0x1B3, 0x1BB: return true  // BTS BTR BTC Ev,Gv
-        case 0x1BA: return insn.reg & 7 >= 5  // BTS BTR BTC Ev,Ib
         case 0xF6, 0xF7: return insn.reg & 7 == 2 || insn.reg & 7 == 3
         case 0xFE, 0xFF: return insn.reg & 7 < 2
+        case 0x1AB, 0x1B3, 0x1BB, 0x1B0, 0x1B1, 0x1C0, 0x1C1: return true
+        case 0x1BA: return insn.reg & 7 >= 5
+        case 0x1C7: return insn.reg & 7 == 1
         default: return false
         }
     }

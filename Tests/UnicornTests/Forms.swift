@@ -19,6 +19,8 @@ struct Form: Sendable, CustomStringConvertible {
         case near
         /// Fixed 16-bit operands (segment registers), no operand-size prefix.
         case word
+        /// 32 bits, and 64 with REX.W in 64-bit mode (MOVNTI).
+        case dq
         /// No operand size (CLC, SAHF...).
         case none
     }
@@ -68,7 +70,7 @@ struct Form: Sendable, CustomStringConvertible {
     /// The rule of `UndefinedFlags` and `UndefinedResults` (in
     /// X86OracleSupport) that applies.
     enum Flags: Sendable {
-        case defined, logic, multiply, divide, bitTest, bitScan, asciiAdjust, decimalAdjust, asciiAdjustMultiply
+        case defined, logic, multiply, divide, bitTest, bitScan, countZeros, asciiAdjust, decimalAdjust, asciiAdjustMultiply
         case shift(Count), shiftArithmetic(Count), rotate(Count), doubleShift(Count)
         /// No flag, but a 16-bit destination is undefined.
         case byteSwap
@@ -159,6 +161,7 @@ struct Form: Sendable, CustomStringConvertible {
         case .stack: return mode == .long64 ? [2, 8] : [2, 4]
         case .near: return mode == .long64 ? [8] : [2, 4]
         case .word: return [2]
+        case .dq: return mode == .long64 ? [4, 8] : [4]
         case .none: return [0]
         }
     }
@@ -280,6 +283,8 @@ extension Form {
             Form("hint nop Ev (0F 1D)", [0x0F, 0x1D], .v, .modrm),
             Form("hint nop Ev (0F 1E)", [0x0F, 0x1E], .v, .modrm),
             Form("prefetch Mb (0F 18)", [0x0F, 0x18], .none, .modrm, rm: .memory),
+            Form("prefetchw Mb (0F 0D)", [0x0F, 0x0D], .none, .modrm, rm: .memory),
+            Form("movnti My,Gy", [0x0F, 0xC3], .dq, .modrm, rm: .memory),
             Form("cbw/cwde/cdqe", [0x98], .v),
             Form("cwd/cdq/cqo", [0x99], .v),
             Form("bswap Zv", [0x0F, 0xC8], .v, .plusRegister, flags: .byteSwap),
@@ -382,6 +387,8 @@ extension Form {
             Form("btc Ev,Ib", [0x0F, 0xBA], .v, .digit(7), imm: .b, flags: .bitTest, needs: .lockable),
             Form("bsf Gv,Ev", [0x0F, 0xBC], .v, .modrm, flags: .bitScan),
             Form("bsr Gv,Ev", [0x0F, 0xBD], .v, .modrm, flags: .bitScan),
+            Form("lzcnt Gv,Ev", [0x0F, 0xBD], .v, .modrm, flags: .countZeros, prefix: [0xF3]),
+            Form("popcnt Gv,Ev", [0x0F, 0xB8], .v, .modrm, prefix: [0xF3]),
             Form("shld Ev,Gv,Ib", [0x0F, 0xA4], .v, .modrm, imm: .b, flags: .doubleShift(.imm)),
             Form("shld Ev,Gv,CL", [0x0F, 0xA5], .v, .modrm, flags: .doubleShift(.cl), needs: .shiftCount),
             Form("shrd Ev,Gv,Ib", [0x0F, 0xAC], .v, .modrm, imm: .b, flags: .doubleShift(.imm)),

@@ -194,6 +194,7 @@ extension PairedMachine {
         case .multiply: u.flags = UndefinedFlags.multiply
         case .divide: u.flags = UndefinedFlags.divide
         case .bitTest: u.flags = UndefinedFlags.bitTest
+        case .countZeros: u.flags = UndefinedFlags.countZeros
         case .asciiAdjust: u.flags = UndefinedFlags.asciiAdjust
         case .decimalAdjust: u.flags = UndefinedFlags.decimalAdjust
         case .asciiAdjustMultiply: u.flags = UndefinedFlags.asciiAdjustMultiply

@@ -48,6 +48,12 @@ public enum UndefinedFlags {
     /// `UndefinedResults`.)
     public static let bitScan = RFLAGS.cf | RFLAGS.of | RFLAGS.sf | RFLAGS.af | RFLAGS.pf
 
+    /// LZCNT, TZCNT: "ZF flag is set to 1 in case of zero output (most
+    /// significant bit of the source is set), and to 0 otherwise, CF flag is
+    /// set to 1 if input was zero and cleared otherwise. OF, SF, PF and AF
+    /// flags are undefined."
+    public static let countZeros = RFLAGS.of | RFLAGS.sf | RFLAGS.pf | RFLAGS.af
+
     /// SHLD, SHRD: "If the count is 1 or greater, the CF flag is filled with
     /// the last bit shifted out of the destination operand and the SF, ZF,
     /// and PF flags are set according to the value of the result. For a

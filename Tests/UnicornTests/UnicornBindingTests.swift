@@ -3,7 +3,7 @@ import X86OracleSupport
 
 @Suite("unicorn binding", .enabled(if: UnicornLibrary.isAvailable, Comment(rawValue: UnicornLibrary.skipMessage)))
 struct UnicornBindingTests {
-    @Test func addStepsInEachMode() throws {
+    @Test func stepsOneInstructionAndReportsADivideErrorInEachMode() throws {
         for mode in [Unicorn.Mode.real16, .protected32, .long64] {
             let memory = UnsafeMutableRawPointer.allocate(byteCount: 0x10000, alignment: 4096)
             defer { memory.deallocate() }
@@ -20,7 +20,6 @@ struct UnicornBindingTests {
             let ip = uc.read(mode == .long64 ? .rip : .eip)
             #expect(ip == 0x1002)
             #expect(uc.step(at: ip, until: ip + 2) == .exception(vector: 0))
-            print(mode, uc.read(mode == .long64 ? .rip : .eip), String(uc.read(.eflags), radix: 16))
         }
     }
 }

@@ -56,7 +56,7 @@ let package = Package(
         .executableTarget(
             name: "swiftkvm",
             dependencies: [
-                "KVM", "Accelerators", "VMM", "CKVMBench",
+                "KVM", "Accelerators", "VMM", "LinuxBoot", "CKVMBench",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]

@@ -7,15 +7,17 @@ import SoftKVM
 
 extension Hypervisor {
     /// Opens the system object of `accelerator`: the host's /dev/kvm,
-    /// SoftKVM, or (`.automatic`) the host where its /dev/kvm opens and
-    /// speaks API version 12, and SoftKVM otherwise.
-    public static func open(_ accelerator: Accelerator) throws(KVMError) -> Hypervisor {
+    /// SoftKVM, or (`.automatic`) the host where its /dev/kvm opens, speaks
+    /// API version 12 and runs guests on hardware virtualization
+    /// (`HostKVMKind`), and SoftKVM otherwise.
+    public static func open(_ accelerator: Accelerator, hostKind: HostKVMKind = .probe()) throws(KVMError) -> Hypervisor {
         switch accelerator {
         case .host:
             return try Hypervisor(accelerator: .host)
         case .soft:
             return try Hypervisor(backend: SoftBackend())
         case .automatic:
+            guard hostKind.isPreferredOverSoft else { return try Hypervisor(backend: SoftBackend()) }
             do {
                 return try Hypervisor(accelerator: .host)
             } catch {

@@ -186,6 +186,12 @@ int ioctl(int fd, unsigned long request, ...) {
     int result = swiftkvm_preload_ioctl(fd, request, argument);
     inside_softkvm = 0;
     if (result >= 0 && (request == KVM_CREATE_VM || request == KVM_CREATE_VCPU)) mark_kvm_fd(result, 1);
+    // A device's descriptor comes back in the struct, not as the result.
+    // SoftKVM wrote it there, so the read cannot fault.
+    if (result == 0 && request == KVM_CREATE_DEVICE) {
+        const struct kvm_create_device *created = (const struct kvm_create_device *)argument;
+        if (!(created->flags & KVM_CREATE_DEVICE_TEST)) mark_kvm_fd((int)created->fd, 1);
+    }
     return set_errno(result);
 }
 

@@ -10,12 +10,30 @@ public struct RTCInstant: Sendable, Equatable {
     }
 }
 
+extension RTCInstant {
+    /// Nanoseconds since the epoch.
+    var totalNanoseconds: Int64 { seconds * 1_000_000_000 + Int64(nanoseconds) }
+
+    init(totalNanoseconds: Int64) {
+        let seconds = totalNanoseconds >= 0 ? totalNanoseconds / 1_000_000_000 : (totalNanoseconds - 999_999_999) / 1_000_000_000
+        self.init(seconds: seconds, nanoseconds: Int32(totalNanoseconds - seconds * 1_000_000_000))
+    }
+}
+
 /// A Motorola MC146818 real-time clock with its CMOS RAM: the index port
 /// (offset 0, port 0x70; bit 7 masks NMI) and the data port (offset 1, port
 /// 0x71). Time comes from the injected `clock`, shown in BCD or binary and
 /// in 12- or 24-hour form as register B asks; a time the guest sets is kept
-/// as an offset from that clock. Alarm, periodic and update interrupts are
-/// not generated.
+/// as an offset from that clock.
+///
+/// Its interrupt (IRQ 8) follows register C as on the MC146818: the
+/// periodic flag (PF) at the rate register A selects, the update-ended flag
+/// (UF) once a second, the alarm flag (AF) when the time matches the alarm
+/// registers (a value of 0xc0 or above matches any); each sets IRQF, and
+/// raises the line, when register B enables it. Reading register C clears
+/// the flags and lowers the line. The flags are brought up to the clock at
+/// every access and at `update()`, which the machine calls at
+/// `nextEventTime`, so that an enabled interrupt comes on time.
 public final class CMOSRTC {
     public static let indexOffset = 0
     public static let dataOffset = 1
@@ -34,8 +52,19 @@ public final class CMOSRTC {
     /// The century byte, where the FADT's CENTURY field points.
     public static let century: UInt8 = 0x32
 
+    public static let secondsAlarm: UInt8 = 0x01
+    public static let minutesAlarm: UInt8 = 0x03
+    public static let hoursAlarm: UInt8 = 0x05
+
     public static let aUpdateInProgress: UInt8 = 0x80
     public static let bSet: UInt8 = 0x80
+    public static let bPeriodicInterruptEnable: UInt8 = 0x40
+    public static let bAlarmInterruptEnable: UInt8 = 0x20
+    public static let bUpdateEndedInterruptEnable: UInt8 = 0x10
+    public static let cInterruptRequest: UInt8 = 0x80
+    public static let cPeriodic: UInt8 = 0x40
+    public static let cAlarm: UInt8 = 0x20
+    public static let cUpdateEnded: UInt8 = 0x10
     public static let bBinary: UInt8 = 0x04
     public static let b24Hour: UInt8 = 0x02
     public static let dValidRAM: UInt8 = 0x80
@@ -53,9 +82,17 @@ public final class CMOSRTC {
     private var offset: Int64 = 0
     /// With SET in register B the clock stops at this time while the guest writes.
     private var frozen: Int64?
+    private let interrupt: (Bool) -> Void
+    /// The IRQ line as last driven.
+    private var level = false
+    /// The clock time (ns since the epoch) the flags have been brought up to.
+    private var evaluated: Int64
 
-    public init(clock: @escaping () -> RTCInstant) {
+    /// `interrupt` drives IRQ 8: high while IRQF is set.
+    public init(clock: @escaping () -> RTCInstant, interrupt: @escaping (Bool) -> Void = { _ in }) {
         self.clock = clock
+        self.interrupt = interrupt
+        evaluated = clock().totalNanoseconds
         ram[Int(Self.registerA)] = 0x26  // 32.768 kHz time base, 1024 Hz rate
         ram[Int(Self.registerB)] = Self.b24Hour
         ram[Int(Self.registerD)] = Self.dValidRAM
@@ -63,6 +100,7 @@ public final class CMOSRTC {
 
     public func read(offset: Int) -> UInt8 {
         guard offset == Self.dataOffset else { return 0xff }
+        update()
         switch index {
         case Self.seconds, Self.minutes, Self.hours, Self.dayOfWeek, Self.dayOfMonth, Self.month, Self.year,
              Self.century:
@@ -74,6 +112,7 @@ public final class CMOSRTC {
         case Self.registerC:
             let flags = ram[Int(index)]
             ram[Int(index)] = 0
+            driveInterrupt()
             return flags
         default:
             return ram[Int(index)]
@@ -86,7 +125,9 @@ public final class CMOSRTC {
             nmiMasked = value & 0x80 != 0
             index = value & 0x7f
         case Self.dataOffset:
+            update()
             writeData(value)
+            driveInterrupt()
         default:
             break
         }
@@ -105,7 +146,8 @@ public final class CMOSRTC {
             ram[Int(index)] = value & 0x7f
         case Self.registerB:
             let wasSet = ram[Int(index)] & Self.bSet != 0
-            ram[Int(index)] = value
+            // Setting SET ends update-ended interrupts (UIE is cleared), as on the MC146818.
+            ram[Int(index)] = value & Self.bSet != 0 ? value & ~Self.bUpdateEndedInterruptEnable : value
             let isSet = value & Self.bSet != 0
             if isSet, !wasSet {
                 frozen = currentSeconds
@@ -118,6 +160,108 @@ public final class CMOSRTC {
         default:
             ram[Int(index)] = value
         }
+    }
+
+    // MARK: Interrupts
+
+    /// The divider runs (register A's DV bits select a time base, not a
+    /// reset): the periodic rate and the update cycle need it.
+    private var dividerRunning: Bool { ram[Int(Self.registerA)] & 0x70 <= 0x20 }
+    /// The clock updates once a second: the divider runs and SET is clear.
+    private var updating: Bool { dividerRunning && ram[Int(Self.registerB)] & Self.bSet == 0 }
+
+    /// The periodic rate as a shift: the period is 2^shift cycles of the
+    /// 32.768 kHz time base; rate select n gives 32768 Hz >> (n - 1), with
+    /// 1 and 2 the same as 8 and 9 (256 and 128 Hz). nil for none.
+    var periodShift: Int? {
+        let select = Int(ram[Int(Self.registerA)] & 0x0f)
+        guard dividerRunning, select != 0 else { return nil }
+        return (select <= 2 ? select + 7 : select) - 1
+    }
+
+    /// Cycles of the 32.768 kHz time base since the epoch at `nanoseconds`
+    /// (a clock before the epoch counts from it).
+    static func timeBaseCycles(at nanoseconds: Int64) -> UInt64 {
+        let (high, low) = UInt64(max(nanoseconds, 0)).multipliedFullWidth(by: 32768)
+        return UInt64(1_000_000_000).dividingFullWidth((high, low)).quotient
+    }
+
+    /// The first nanosecond at which `cycles` cycles of the time base have passed.
+    static func nanoseconds(atCycle cycles: UInt64) -> Int64 {
+        let (high, low) = cycles.multipliedFullWidth(by: 1_000_000_000)
+        let (quotient, remainder) = UInt64(32768).dividingFullWidth((high, low))
+        return Int64(quotient + (remainder == 0 ? 0 : 1))
+    }
+
+    /// Brings the flags of register C up to the clock: PF for each periodic
+    /// edge passed, UF and a matching alarm for each second the clock turned.
+    public func update() {
+        let now = clock().totalNanoseconds
+        let from = evaluated
+        guard now > from else { return }
+        evaluated = now
+        var flags = ram[Int(Self.registerC)]
+        if let shift = periodShift, Self.timeBaseCycles(at: now) >> shift > Self.timeBaseCycles(at: from) >> shift {
+            flags |= Self.cPeriodic
+        }
+        if updating {
+            let first = floorDivide(from, 1_000_000_000) + 1
+            let last = floorDivide(now, 1_000_000_000)
+            if last >= first {
+                flags |= Self.cUpdateEnded
+                // Every time of day comes once a day: a day's worth of seconds is enough to look at.
+                for second in max(first, last - 86_399)...last where alarmMatches(at: second + offset) {
+                    flags |= Self.cAlarm
+                    break
+                }
+            }
+        }
+        ram[Int(Self.registerC)] = flags
+        driveInterrupt()
+    }
+
+    /// When the next enabled interrupt is due (on the injected clock), or
+    /// nil while none is enabled or the line is already high (until the
+    /// guest reads register C).
+    public var nextEventTime: RTCInstant? {
+        if level { return nil }
+        let enabled = ram[Int(Self.registerB)]
+        var next: Int64?
+        if enabled & Self.bPeriodicInterruptEnable != 0, let shift = periodShift {
+            next = Self.nanoseconds(atCycle: (Self.timeBaseCycles(at: evaluated) >> shift + 1) << shift)
+        }
+        if enabled & (Self.bUpdateEndedInterruptEnable | Self.bAlarmInterruptEnable) != 0, updating {
+            let second = (floorDivide(evaluated, 1_000_000_000) + 1) * 1_000_000_000
+            next = min(next ?? second, second)
+        }
+        return next.map { RTCInstant(totalNanoseconds: $0) }
+    }
+
+    /// Whether the alarm registers match the time shown at `seconds`.
+    private func alarmMatches(at seconds: Int64) -> Bool {
+        let time = CivilTime(epochSeconds: seconds)
+        for (alarm, field) in [(Self.secondsAlarm, Self.seconds), (Self.minutesAlarm, Self.minutes), (Self.hoursAlarm, Self.hours)] {
+            let wanted = ram[Int(alarm)]
+            if wanted >= 0xc0 { continue }  // Don't care.
+            if wanted != encoded(field: field, of: time) { return false }
+        }
+        return true
+    }
+
+    /// IRQF is set while an enabled flag is; the line follows it.
+    private func driveInterrupt() {
+        var flags = ram[Int(Self.registerC)]
+        let asserted = flags & ram[Int(Self.registerB)] & (Self.cPeriodic | Self.cAlarm | Self.cUpdateEnded) != 0
+        if asserted { flags |= Self.cInterruptRequest } else { flags &= ~Self.cInterruptRequest }
+        ram[Int(Self.registerC)] = flags
+        if asserted != level {
+            level = asserted
+            interrupt(asserted)
+        }
+    }
+
+    private func floorDivide(_ a: Int64, _ b: Int64) -> Int64 {
+        a >= 0 ? a / b : (a - b + 1) / b
     }
 
     private func setTime(_ seconds: Int64) {

@@ -89,6 +89,22 @@ public struct KVMError: Error, Equatable, Sendable, CustomStringConvertible {
             return "an ioeventfd is already registered for this address, length and datamatch"
         case (.ioeventfd, .noSuchFileOrDirectory):
             return "no such registration to remove"
+        case (.createDevice, .operationNotSupportedByDevice):
+            return "this KVM has no device of this type (x86 has KVM_DEV_TYPE_VFIO)"
+        case (.createDevice, .resourceBusy):
+            return "the VM has a kvm-vfio device already (one per VM)"
+        case (.setDeviceAttr, .notPermitted), (.getDeviceAttr, .notPermitted), (.hasDeviceAttr, .notPermitted):
+            return "the device does not implement this access to its attributes"
+        case (.setDeviceAttr, .noSuchAddressOrDevice), (.getDeviceAttr, .noSuchAddressOrDevice):
+            return "the device has no such attribute group or attribute"
+        case (.setDeviceAttr, .invalidArgument):
+            return "the value is not valid for the attribute (for KVM_DEV_VFIO_FILE_ADD: the descriptor is not a VFIO group or device file)"
+        case (.setDeviceAttr, .noSuchFileOrDirectory):
+            return "the VFIO file was not added to this device"
+        case (.setDeviceAttr, .badFileDescriptor):
+            return "the value is not an open file descriptor"
+        case (.setDeviceAttr, .fileExists):
+            return "the VFIO file is added already"
         case (.run, .invalidArgument):
             return "the vCPU cannot run in its present state"
         case (.run, .ioError):

@@ -246,8 +246,10 @@ extension VCPU {
     }
 
     /// Turns host debugging of the guest on or off: single-step, INT3 and
-    /// hardware breakpoints then stop `run()` with `.debug`. (On kvm_pvm the
-    /// single-step #DB goes into the guest instead.) The ioctl is KVM_SET_GUEST_DEBUG.
+    /// hardware breakpoints then stop `run()` with `.debug`, and may queue a
+    /// #DB or #BP for the guest. (On kvm_pvm only code its emulator runs, at
+    /// CPL 0 and in real mode, is stepped, and INT3 is never intercepted.)
+    /// The ioctl is KVM_SET_GUEST_DEBUG.
     public func setGuestDebug(_ options: GuestDebug) throws(KVMError) {
         guard var debug = options.kernelValue else {
             throw KVMError(errno: .invalidArgument, request: .setGuestDebug,

@@ -668,13 +668,35 @@ public struct GuestDebug: Hashable, Sendable {
     public var softwareBreakpoints: Bool
     /// Up to four (`KVM_GUESTDBG_USE_HW_BP`), in DR0 to DR3.
     public var hardwareBreakpoints: [HardwareBreakpoint]
+    /// A guest access to a debug register stops in the host (DR7.GD in the
+    /// host's DR7; uses `KVM_GUESTDBG_USE_HW_BP` even without breakpoints).
+    public var generalDetect: Bool
+    /// No interrupts from the in-kernel irqchip while debugging, so that a
+    /// step does not land in an interrupt handler (`KVM_GUESTDBG_BLOCKIRQ`).
+    public var blockInterrupts: Bool
+    /// An exception to queue for the guest, delivered at the next `run()`
+    /// (`KVM_GUESTDBG_INJECT_DB`, `KVM_GUESTDBG_INJECT_BP`); EBUSY if one is
+    /// queued already. Queued even when `isEnabled` is off.
+    public var injection: Injection?
+
+    /// What `injection` queues.
+    public enum Injection: Hashable, Sendable {
+        /// #DB.
+        case debugException
+        /// #BP, returning past the INT3 of the last software-breakpoint stop.
+        case breakpoint
+    }
 
     public init(isEnabled: Bool = true, singleStep: Bool = false, softwareBreakpoints: Bool = false,
-                hardwareBreakpoints: [HardwareBreakpoint] = []) {
+                hardwareBreakpoints: [HardwareBreakpoint] = [], generalDetect: Bool = false,
+                blockInterrupts: Bool = false, injection: Injection? = nil) {
         self.isEnabled = isEnabled
         self.singleStep = singleStep
         self.softwareBreakpoints = softwareBreakpoints
         self.hardwareBreakpoints = hardwareBreakpoints
+        self.generalDetect = generalDetect
+        self.blockInterrupts = blockInterrupts
+        self.injection = injection
     }
 
     /// The guest runs undebugged.
@@ -692,7 +714,13 @@ public struct GuestDebug: Hashable, Sendable {
         if isEnabled { control |= UInt32(KVM_GUESTDBG_ENABLE) }
         if singleStep { control |= UInt32(KVM_GUESTDBG_SINGLESTEP) }
         if softwareBreakpoints { control |= UInt32(KVM_GUESTDBG_USE_SW_BP) }
-        if !hardwareBreakpoints.isEmpty {
+        if blockInterrupts { control |= UInt32(KVM_GUESTDBG_BLOCKIRQ) }
+        switch injection {
+        case .debugException: control |= UInt32(KVM_GUESTDBG_INJECT_DB)
+        case .breakpoint: control |= UInt32(KVM_GUESTDBG_INJECT_BP)
+        case nil: break
+        }
+        if !hardwareBreakpoints.isEmpty || generalDetect {
             control |= UInt32(KVM_GUESTDBG_USE_HW_BP)
             var registers: [UInt64] = Array(repeating: 0, count: 8)
             // GE (bit 9) and the reserved bit 10 that reads as 1, as QEMU sets them.
@@ -704,6 +732,7 @@ public struct GuestDebug: Hashable, Sendable {
                 dr7 |= breakpoint.kind.rawValue << (16 + shift * 4)
                 dr7 |= breakpoint.length.code << (18 + shift * 4)
             }
+            if generalDetect { dr7 |= 1 << 13 }
             registers[7] = dr7
             CArray.store(registers, into: &debug.arch.debugreg)
         }

@@ -82,6 +82,9 @@ struct IOAPIC: Sendable {
     /// Pins whose irqfd resampler must be told to check its device, since
     /// the caller last emptied this (kvm_notify_irqfd_resampler).
     var resampleNotified: [Int] = []
+    /// Pins whose mask bit a guest write changed, and to what, since the
+    /// caller last emptied this (kvm_fire_mask_notifiers).
+    var maskChanges: [(pin: Int, masked: Bool)] = []
 
     // MARK: kvm_ioapic_state
 
@@ -250,6 +253,7 @@ struct IOAPIC: Sendable {
             // Guests (Linux, Xen) clear a stuck remote IRR by switching the pin to edge.
             if !entry.levelTriggered { entry.remoteIRR = false }
             redirectionTable[pin] = entry
+            if old.masked != entry.masked { maskChanges.append((pin, entry.masked)) }
             if entry.levelTriggered && irr & (1 << pin) != 0 && !entry.masked && !entry.remoteIRR {
                 // The line may have dropped while the pin was masked (a
                 // oneshot handler acks its device before unmasking): a

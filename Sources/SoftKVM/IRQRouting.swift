@@ -53,6 +53,9 @@ struct IrqchipCore: Sendable {
     var routes: [KernelRoutingEntry] = defaultRouting
     /// Resampler eventfds (descriptors SoftKVM owns) by GSI.
     var resamplers: [UInt32: [Int32]] = [:]
+    /// `kvm->irq_ack_notifier_list` and `kvm->arch.mask_notifier_list` (the PIT's).
+    var ackNotifiers: [IRQAckNotifier] = []
+    var maskNotifiers: [IRQMaskNotifier] = []
 
     /// kvm_set_irq: the sum of what the GSI's routes accepted, or -1 when none did.
     mutating func setIRQ(source: Int, gsi: UInt32, level: Bool, lineStatus: Bool, bus: LocalAPICBus) -> Int32 {
@@ -80,14 +83,29 @@ struct IrqchipCore: Sendable {
     /// kvm_notify_acked_irq for what the chips ended since last time: an
     /// irqfd resampler lowers its GSI and tells user space to check the device.
     mutating func notifyAcked(bus: LocalAPICBus) {
+        fireMaskNotifiers()
         var acked: [(UInt32, Int)] = pic.acked.map { ($0 < 8 ? UInt32(KVM_IRQCHIP_PIC_MASTER) : UInt32(KVM_IRQCHIP_PIC_SLAVE), $0 & 7) }
         acked += ioapic.acked.map { (UInt32(KVM_IRQCHIP_IOAPIC), $0) }
         pic.acked = []
         ioapic.acked = []
         for (chip, pin) in acked {
-            guard let gsi = gsi(chip: chip, pin: pin), let fds = resamplers[gsi], !fds.isEmpty else { continue }
+            guard let gsi = gsi(chip: chip, pin: pin) else { continue }
+            for notifier in ackNotifiers where notifier.gsi == gsi { notifier.acked() }
+            guard let fds = resamplers[gsi], !fds.isEmpty else { continue }
             _ = setIRQ(source: KVM_IRQFD_RESAMPLE_IRQ_SOURCE_ID, gsi: gsi, level: false, lineStatus: false, bus: bus)
             for fd in fds { signalEventFD(fd) }
+        }
+    }
+
+    /// kvm_fire_mask_notifiers for the pins the chips masked or unmasked since last time.
+    mutating func fireMaskNotifiers() {
+        var changes = pic.maskChanges.map { ($0.pin < 8 ? UInt32(KVM_IRQCHIP_PIC_MASTER) : UInt32(KVM_IRQCHIP_PIC_SLAVE), $0.pin & 7, $0.masked) }
+        changes += ioapic.maskChanges.map { (UInt32(KVM_IRQCHIP_IOAPIC), $0.pin, $0.masked) }
+        pic.maskChanges = []
+        ioapic.maskChanges = []
+        for (chip, pin, masked) in changes {
+            guard let gsi = gsi(chip: chip, pin: pin) else { continue }
+            for notifier in maskNotifiers where notifier.gsi == gsi { notifier.changed(masked) }
         }
     }
 

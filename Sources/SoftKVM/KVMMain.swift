@@ -63,7 +63,7 @@ extension SoftBackend {
         switch UInt32(truncatingIfNeeded: arg) {
         case Capability.userMemory.rawValue, Capability.destroyMemoryRegionWorks.rawValue,
              Capability.joinMemoryRegionsWorks.rawValue, Capability.checkExtensionVM.rawValue,
-             Capability.immediateExit.rawValue:
+             Capability.immediateExit.rawValue, Capability.deviceCtrl.rawValue:
             return 1
         // SoftKVM's CPU reads guest memory through the slot's host address,
         // so user space changes to that memory are always seen (the sense of SYNC_MMU).
@@ -128,6 +128,8 @@ extension SoftBackend {
         case KVMRequest.unregisterCoalescedMMIO.number:
             guard let zone = UserMemory.read(kvm_coalesced_mmio_zone.self, from: arg) else { return fail(.badAddress) }
             return vm.coalesced.unregister(zone)
+        case KVMRequest.createDevice.number:
+            return kvm_ioctl_create_device(vm, arg)
         default:
             return kvm_arch_vm_ioctl(vm, request, arg)
         }
@@ -344,14 +346,19 @@ final class SoftVM: Sendable {
     let arch = Mutex(KVMArch())
     /// The in-kernel PICs and IOAPIC, once KVM_CREATE_IRQCHIP made them.
     let irqchipSlot = Mutex<SoftIrqchip?>(nil)
+    /// The in-kernel PIT, once KVM_CREATE_PIT2 made it (`kvm->arch.vpit`).
+    let pitSlot = Mutex<SoftPIT?>(nil)
     /// The irqfds and their thread, from the first KVM_IRQFD.
     let irqfds = Mutex<IRQFDs?>(nil)
     /// `kvm->ioeventfds`.
     let ioeventfds = Mutex(IOEventFDs())
     /// The coalesced MMIO ring and zones.
     let coalesced: CoalescedMMIO
+    /// `kvm->devices`, under `kvm->lock` in the kernel.
+    let devices = Mutex<[SoftDevice]>([])
 
     var irqchip: SoftIrqchip? { irqchipSlot.withLock { $0 } }
+    var pit: SoftPIT? { pitSlot.withLock { $0 } }
 
     struct VCPUBookkeeping: Sendable {
         var created = 0
@@ -363,9 +370,10 @@ final class SoftVM: Sendable {
         self.coalesced = coalesced
     }
 
-    /// kvm_destroy_vm: the irqfd thread stops, the eventfds are let go.
+    /// kvm_destroy_vm: the irqfd and PIT threads stop, the eventfds are let go.
     deinit {
         irqfds.withLock { $0?.stop() }
+        pitSlot.withLock { $0?.stop() }
         ioeventfds.withLock { $0.closeAll() }
     }
 }

@@ -95,6 +95,9 @@ struct PICPair: Sendable {
     private(set) var output = false
     /// Pins (0-15) whose service ended since the caller last emptied this.
     var acked: [Int] = []
+    /// Pins (0-15) whose IMR bit changed, and to what, since the caller
+    /// last emptied this (the kernel's kvm_fire_mask_notifiers).
+    var maskChanges: [(pin: Int, masked: Bool)] = []
 
     /// kvm_pic_set_irq: `pin` 0-15 raised or lowered by `source`.
     mutating func setIRQ(_ pin: Int, source: Int, level: Bool) -> Int32 {
@@ -253,7 +256,9 @@ struct PICPair: Sendable {
         }
         switch pics[chip].initState {
         case 0:
+            let changed = pics[chip].imr ^ value
             pics[chip].imr = value
+            for pin in 0..<8 where changed & (1 << pin) != 0 { maskChanges.append((pin + 8 * chip, value & (1 << pin) != 0)) }
             update()
         case 1:
             pics[chip].irqBase = value & 0xF8

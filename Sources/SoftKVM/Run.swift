@@ -28,15 +28,19 @@ extension SoftBackend {
             arch.hasRun = true
             complete_userspace_io(&arch, vcpu)
             refreshMemoryView(&arch, vcpu.vm)
+            // A debug trap of the instruction before the last exit comes
+            // before what is injected now.
+            if let exit = arch.cpu.takePendingDebugTraps() {
+                handleExit(exit, &arch, vcpu)
+                post_kvm_run_save(arch, run, irqchip: irqchip)
+                return 0
+            }
             // Event injection at entry, which does not look at IF (user space
             // asks ready_for_interrupt_injection first).
-            if let vector = arch.queuedInterrupt {
-                arch.queuedInterrupt = nil
-                if let exit = arch.cpu.deliverExternalInterrupt(vector) {
-                    handleExit(exit, &arch, vcpu)
-                    post_kvm_run_save(arch, run, irqchip: irqchip)
-                    return 0
-                }
+            if let exit = inject_pending_event(&arch) {
+                handleExit(exit, &arch, vcpu)
+                post_kvm_run_save(arch, run, irqchip: irqchip)
+                return 0
             }
             // A vCPU that halted with an in-kernel LAPIC blocks again until
             // it has an interrupt (vcpu_run's kvm_vcpu_block).
@@ -46,12 +50,19 @@ extension SoftBackend {
             }
             while true {
                 refreshMemoryView(&arch, vcpu.vm)
+                // After an OUT or MMIO write served in the kernel: its traps before an interrupt.
+                if let exit = arch.cpu.takePendingDebugTraps() {
+                    handleExit(exit, &arch, vcpu)
+                    post_kvm_run_save(arch, run, irqchip: irqchip)
+                    return 0
+                }
                 var stepOne = false
                 if let irqchip {
                     // The PIC's INTR, through the BSP's LINT0 (ExtINT at
                     // reset): taken at an instruction boundary when IF allows,
                     // the vector from the INTA cycle (kvm_cpu_get_interrupt).
-                    if takesPICInterrupts(vcpu, irqchip) {
+                    // KVM_GUESTDBG_BLOCKIRQ keeps them out while a debugger steps.
+                    if takesPICInterrupts(vcpu, irqchip) && arch.guestDebug & UInt32(KVM_GUESTDBG_BLOCKIRQ) == 0 {
                         if arch.cpu.interruptsEnabled {
                             let vector = irqchip.picAcknowledge()
                             if let exit = arch.cpu.deliverExternalInterrupt(vector) {
@@ -152,6 +163,7 @@ extension SoftBackend {
                 }
                 return true
             }
+            if kernel_pio_pit(io, &arch, vcpu) { return true }
             guard io.isWrite else { return false }
             let address = UInt64(io.port)
             if vcpu.vm.ioeventfds.withLock({ $0.write(.pio, address: address, length: io.size, value: io.data) }) { return true }
@@ -230,6 +242,15 @@ extension SoftBackend {
             }
         case .halt:
             run.pointee.exit_reason = UInt32(KVM_EXIT_HLT)
+        case .debug(let stop):
+            // As VMX's handle_exception_nmi fills it: a #BP stop leaves dr6
+            // and dr7 as they were.
+            run.pointee.exit_reason = UInt32(KVM_EXIT_DEBUG)
+            run.pointee.debug.arch.exception = UInt32(stop.vector)
+            run.pointee.debug.arch.pc = stop.pc
+            if let dr6 = stop.dr6 { run.pointee.debug.arch.dr6 = dr6 }
+            if let dr7 = stop.dr7 { run.pointee.debug.arch.dr7 = dr7 }
+            arch.eventExitInstructionLength = stop.vector == BP_VECTOR ? 1 : 0
         case .shutdown:
             run.pointee.exit_reason = UInt32(KVM_EXIT_SHUTDOWN)
         case .emulationFailure, .exception, .instructionLimit:

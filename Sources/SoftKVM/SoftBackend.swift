@@ -21,6 +21,7 @@ public final class SoftBackend: KVMBackend {
         case system
         case vm(SoftVM)
         case vcpu(SoftVCPU)
+        case device(SoftDevice)
     }
 
     private let files = Mutex<[Int32: Object]>([:])
@@ -63,6 +64,7 @@ public final class SoftBackend: KVMBackend {
         case .system: return kvm_dev_ioctl(request, argument)
         case .vm(let vm): return kvm_vm_ioctl(vm, request, argument)
         case .vcpu(let vcpu): return kvm_vcpu_ioctl(vcpu, request, argument)
+        case .device(let device): return kvm_device_ioctl(device, request, argument)
         }
     }
 
@@ -88,8 +90,21 @@ public final class SoftBackend: KVMBackend {
     /// The kernel's release of the file: the object loses the descriptor's
     /// reference; a VM lives on while a vCPU holds it (kvm_put_kvm).
     public func close(_ descriptor: Int32) {
-        let removed = files.withLock { $0.removeValue(forKey: descriptor) }
+        let removed = forgetting(descriptor)
         if removed != nil { _ = Glibc.close(descriptor) }
+    }
+
+    /// Drops the descriptor's reference; a device whose last descriptor this
+    /// was is released, as the kernel's file release does.
+    private func forgetting(_ descriptor: Int32) -> Object? {
+        let (removed, lastOfDevice) = files.withLock { files -> (Object?, SoftDevice?) in
+            let removed = files.removeValue(forKey: descriptor)
+            guard case .device(let device) = removed else { return (removed, nil) }
+            let stillOpen = files.values.contains { if case .device(let other) = $0 { other === device } else { false } }
+            return (removed, stillOpen ? nil : device)
+        }
+        if let lastOfDevice { kvm_device_release(lastOfDevice) }
+        return removed
     }
 
     /// Whether `descriptor` is one this backend handed out (or a duplicate of one).
@@ -108,7 +123,7 @@ public final class SoftBackend: KVMBackend {
     /// The descriptor was closed by someone else (dup2 onto it): its
     /// reference goes without closing the number, which is reused already.
     public func forget(_ descriptor: Int32) {
-        _ = files.withLock { $0.removeValue(forKey: descriptor) }
+        _ = forgetting(descriptor)
     }
 
     /// mmap of a descriptor this backend handed out. A vCPU's maps its

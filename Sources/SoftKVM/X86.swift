@@ -67,15 +67,16 @@ let supportedCPUID: [kvm_cpuid_entry2] = {
     }
     // "SoftKVMSwift" in EBX, EDX, ECX order, as CPUID leaf 0 spells a vendor.
     let vendor: (UInt32, UInt32, UInt32) = (0x7466_6F53, 0x534D_564B, 0x7466_6977)
-    // TSC MSR PAE PGE CMOV PAT. Not FPU, CX8, SEP, FXSR, SSE or SSE2: X86
-    // has no x87, CMPXCHG8B, SYSENTER, FXSAVE or SSE yet, and a guest told
+    // PSE TSC MSR PAE SEP PGE CMOV PAT PSE-36. Not FPU, CX8, FXSR, SSE or
+    // SSE2: X86 has no x87, CMPXCHG8B, FXSAVE or SSE yet, and a guest told
     // otherwise would take #UD where it expects the instruction to work.
-    let leaf1EDX: UInt32 = (1 << 4) | (1 << 5) | (1 << 6) | (1 << 13) | (1 << 15) | (1 << 16)
+    let leaf1EDX: UInt32 = (1 << 3) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 11) | (1 << 13) | (1 << 15) | (1 << 16)
+        | (1 << 17)
     return [
         leaf(0, eax: 1, ebx: vendor.0, ecx: vendor.2, edx: vendor.1),
         leaf(1, eax: 0x600, edx: leaf1EDX),
         leaf(0x8000_0000, eax: 0x8000_0001),
-        leaf(0x8000_0001, ecx: 1 << 0, edx: (1 << 20) | (1 << 29)),  // LAHF; NX LM (no SYSCALL yet)
+        leaf(0x8000_0001, ecx: 1 << 0, edx: (1 << 11) | (1 << 20) | (1 << 29)),  // LAHF; SYSCALL NX LM
     ]
 }()
 
@@ -121,10 +122,15 @@ extension SoftBackend {
         switch UInt32(truncatingIfNeeded: arg) {
         case Capability.setTSSAddr.rawValue, Capability.mpState.rawValue, Capability.extCPUID.rawValue,
              Capability.vcpuEvents.rawValue, Capability.debugregs.rawValue, Capability.xcrs.rawValue,
-             Capability.setIdentityMapAddr.rawValue:
+             Capability.setIdentityMapAddr.rawValue, Capability.setGuestDebug.rawValue:
             return 1
+        case Capability.setGuestDebug2.rawValue:
+            return Int32(KVM_GUESTDBG_VALID_MASK)
         case Capability.irqchip.rawValue, Capability.irqInjectStatus.rawValue, Capability.ioapicPolarityIgnored.rawValue,
              Capability.signalMSI.rawValue:
+            return 1
+        case Capability.pit.rawValue, Capability.pit2.rawValue, Capability.pitState2.rawValue,
+             Capability.reinjectControl.rawValue:
             return 1
         default:
             return 0
@@ -143,6 +149,11 @@ extension SoftBackend {
             return kvm_vm_ioctl_create_irqchip(vm)
         case KVMRequest.getIrqchip.number, KVMRequest.setIrqchip.number:
             return kvm_vm_ioctl_irqchip(vm, arg, set: request == KVMRequest.setIrqchip.number)
+        case KVMRequest.createPIT.number, KVMRequest.createPIT2.number:
+            return kvm_vm_ioctl_create_pit(vm, arg, legacy: request == KVMRequest.createPIT.number)
+        case KVMRequest.getPIT.number, KVMRequest.setPIT.number, KVMRequest.getPIT2.number, KVMRequest.setPIT2.number,
+             KVMRequest.reinjectControl.number:
+            return kvm_vm_ioctl_pit(vm, request, arg)
         default:
             return fail(.inappropriateIOCTLForDevice)
         }
@@ -173,7 +184,10 @@ extension SoftBackend {
         vcpu.arch.withLock { arch in
             switch request {
             case KVMRequest.getRegs.number:
-                return UserMemory.write(arch.regs, to: arg) ? 0 : fail(.badAddress)
+                var regs = arch.regs
+                // kvm_get_rflags: while KVM single-steps, TF reads as clear.
+                if arch.guestDebug & UInt32(KVM_GUESTDBG_SINGLESTEP) != 0 { regs.rflags &= ~X86_EFLAGS_TF }
+                return UserMemory.write(regs, to: arg) ? 0 : fail(.badAddress)
             case KVMRequest.setRegs.number:
                 guard let regs = UserMemory.read(kvm_regs.self, from: arg) else { return fail(.badAddress) }
                 arch.regs = regs
@@ -203,18 +217,15 @@ extension SoftBackend {
                 guard let events = UserMemory.read(kvm_vcpu_events.self, from: arg) else { return fail(.badAddress) }
                 return kvm_vcpu_ioctl_x86_set_vcpu_events(&arch, events)
             case KVMRequest.getDebugregs.number:
-                var debug = kvm_debugregs()
-                debug.db = arch.db
-                debug.dr6 = arch.dr6
-                debug.dr7 = arch.dr7
-                return UserMemory.write(debug, to: arg) ? 0 : fail(.badAddress)
+                return UserMemory.write(kvm_vcpu_ioctl_x86_get_debugregs(arch), to: arg) ? 0 : fail(.badAddress)
             case KVMRequest.setDebugregs.number:
                 guard let debug = UserMemory.read(kvm_debugregs.self, from: arg) else { return fail(.badAddress) }
-                if debug.flags != 0 || debug.dr6 >> 32 != 0 || debug.dr7 >> 32 != 0 { return fail(.invalidArgument) }
-                arch.db = debug.db
-                arch.dr6 = debug.dr6
-                arch.dr7 = debug.dr7
-                return 0
+                return kvm_vcpu_ioctl_x86_set_debugregs(&arch, debug)
+            case KVMRequest.setGuestDebug.number:
+                guard let debug = UserMemory.read(kvm_guest_debug.self, from: arg) else { return fail(.badAddress) }
+                return kvm_arch_vcpu_ioctl_set_guest_debug(&arch, debug)
+            case KVMRequest.translate.number:
+                return kvm_arch_vcpu_ioctl_translate(&arch, vcpu.vm, arg)
             case KVMRequest.getXcrs.number:
                 var xcrs = kvm_xcrs()
                 xcrs.nr_xcrs = 1
@@ -248,6 +259,8 @@ extension SoftBackend {
     func kvm_vcpu_ioctl_interrupt(_ arch: inout VCPUArch, _ irq: kvm_interrupt) -> Int32 {
         if irq.irq >= 256 { return fail(.invalidArgument) }
         arch.queuedInterrupt = UInt8(irq.irq)
+        arch.interruptVector = UInt8(irq.irq)
+        arch.interruptSoft = false
         return 0
     }
 
@@ -264,35 +277,6 @@ extension SoftBackend {
         if sregs.cr0 & X86_CR0_NW != 0 && sregs.cr0 & X86_CR0_CD == 0 { return fail(.invalidArgument) }
         if sregs.cr0 & X86_CR0_PG != 0 && sregs.cr0 & X86_CR0_PE == 0 { return fail(.invalidArgument) }
         arch.sregs = sregs
-        return 0
-    }
-
-    /// KVM_GET_VCPU_EVENTS: the flags say which parts are valid, not what was set.
-    func kvm_vcpu_ioctl_x86_get_vcpu_events(_ arch: VCPUArch) -> kvm_vcpu_events {
-        var events = arch.events
-        events.flags = UInt32(KVM_VCPUEVENT_VALID_NMI_PENDING | KVM_VCPUEVENT_VALID_SHADOW | KVM_VCPUEVENT_VALID_SMM)
-        return events
-    }
-
-    func kvm_vcpu_ioctl_x86_set_vcpu_events(_ arch: inout VCPUArch, _ events: kvm_vcpu_events) -> Int32 {
-        let valid = UInt32(KVM_VCPUEVENT_VALID_NMI_PENDING | KVM_VCPUEVENT_VALID_SIPI_VECTOR | KVM_VCPUEVENT_VALID_SHADOW
-            | KVM_VCPUEVENT_VALID_SMM | KVM_VCPUEVENT_VALID_PAYLOAD | KVM_VCPUEVENT_VALID_TRIPLE_FAULT)
-        if events.flags & ~valid != 0 { return fail(.invalidArgument) }
-        // An injected exception must be a vector below 32 other than NMI's (2).
-        if events.exception.injected != 0 && (events.exception.nr > 31 || events.exception.nr == 2) {
-            return fail(.invalidArgument)
-        }
-        var stored = arch.events
-        stored.exception = events.exception
-        stored.interrupt.injected = events.interrupt.injected
-        stored.interrupt.nr = events.interrupt.nr
-        stored.interrupt.soft = events.interrupt.soft
-        if events.flags & UInt32(KVM_VCPUEVENT_VALID_SHADOW) != 0 { stored.interrupt.shadow = events.interrupt.shadow }
-        stored.nmi.injected = events.nmi.injected
-        if events.flags & UInt32(KVM_VCPUEVENT_VALID_NMI_PENDING) != 0 { stored.nmi.pending = events.nmi.pending }
-        stored.nmi.masked = events.nmi.masked
-        if events.flags & UInt32(KVM_VCPUEVENT_VALID_SMM) != 0 { stored.smi = events.smi }
-        arch.events = stored
         return 0
     }
 
@@ -383,15 +367,20 @@ struct KVMArch: Sendable {
 /// it, so that what KVM_GET_* gives is what the guest runs with.
 struct VCPUArch: @unchecked Sendable {
     var cpu = X86CPU(memory: PhysicalMemory(ranges: []))
-    /// What kvm_sregs holds that the CPU does not model yet: TR, LDTR, CR8
-    /// and the interrupt bitmap, kept as set.
+    /// What kvm_sregs holds that the CPU does not model yet: CR8 and the
+    /// interrupt bitmap, kept as set.
     var extraSregs = kvm_sregs()
     var fpu = kvm_fpu()
     var mpState = UInt32(KVM_MP_STATE_RUNNABLE)
+    /// The NMI state KVM_SET_VCPU_EVENTS gave, kept as set.
     var events = kvm_vcpu_events()
-    var db: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
-    var dr6: UInt64 = 0
-    var dr7: UInt64 = 0
+    /// KVM_SET_GUEST_DEBUG's control word (`vcpu->guest_debug`); 0 when off.
+    var guestDebug: UInt32 = 0
+    /// The exception for the next entry (`vcpu->arch.exception`).
+    var exception = QueuedException()
+    /// The length of the instruction the last #BP stop was at, which an
+    /// injected #BP returns past (`event_exit_inst_len`).
+    var eventExitInstructionLength: UInt64 = 0
     var xcr0: UInt64 = XFEATURE_MASK_FP
     var cpuid: [kvm_cpuid_entry2] = [] {
         didSet {
@@ -406,6 +395,10 @@ struct VCPUArch: @unchecked Sendable {
     var hasRun = false
     /// The vector KVM_INTERRUPT queued, injected at the next entry (`vcpu->arch.interrupt`).
     var queuedInterrupt: UInt8? = nil
+    /// The queued interrupt is a software one (INT n, from KVM_SET_VCPU_EVENTS).
+    var interruptSoft = false
+    /// `vcpu->arch.interrupt.nr`: the last vector queued, still reported once delivered.
+    var interruptVector: UInt8 = 0
     /// The read the last exit asked user space to answer (complete_userspace_io).
     var pendingRead = PendingRead.none
     /// The slots generation the CPU's memory view was built from, and the
@@ -455,8 +448,6 @@ struct VCPUArch: @unchecked Sendable {
         self.regs = regs
         self.sregs = sregs
         fpu.fcw = 0x37F
-        dr6 = 0xFFFF_0FF0  // DR6_ACTIVE_LOW
-        dr7 = 0x400  // DR7_FIXED_1
         // Faults go to the guest's IDT, as on hardware; KVM's exits are what is left.
         cpu.deliversExceptions = true
     }
@@ -500,6 +491,8 @@ struct VCPUArch: @unchecked Sendable {
             sregs.fs = Self.segment(s.fs)
             sregs.gs = Self.segment(s.gs)
             sregs.ss = Self.segment(s.ss)
+            sregs.tr = Self.segment(s.tr)
+            sregs.ldt = Self.segment(s.ldtr)
             sregs.gdt = kvm_dtable(base: s.gdtr.base, limit: s.gdtr.limit, padding: (0, 0, 0))
             sregs.idt = kvm_dtable(base: s.idtr.base, limit: s.idtr.limit, padding: (0, 0, 0))
             sregs.cr0 = s.cr0
@@ -524,6 +517,8 @@ struct VCPUArch: @unchecked Sendable {
             cpu.state.fs = Self.segment(newValue.fs)
             cpu.state.gs = Self.segment(newValue.gs)
             cpu.state.ss = Self.segment(newValue.ss)
+            cpu.state.tr = Self.segment(newValue.tr)
+            cpu.state.ldtr = Self.segment(newValue.ldt)
             cpu.state.gdtr = DescriptorTableRegister(base: newValue.gdt.base, limit: newValue.gdt.limit)
             cpu.state.idtr = DescriptorTableRegister(base: newValue.idt.base, limit: newValue.idt.limit)
             cpu.state.msrs.apicBase = newValue.apic_base

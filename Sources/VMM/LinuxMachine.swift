@@ -195,15 +195,6 @@ final class SerialPortDevice: BusDevice {
     }
 }
 
-final class PowerManagementDevice: BusDevice {
-    let pm: ACPIPowerManagement
-    init(_ pm: ACPIPowerManagement) { self.pm = pm }
-    func read(offset: UInt64, size: Int) -> UInt64 { UInt64(pm.read(offset: Int(offset), size: min(size, 4))) }
-    func write(offset: UInt64, size: Int, value: UInt64) {
-        pm.write(offset: Int(offset), size: min(size, 4), value: UInt32(truncatingIfNeeded: value))
-    }
-}
-
 /// The reset control register at 0xcf9 (PIIX/ICH): writing SYS_RST (bit 1)
 /// with RST_CPU (bit 2) resets the machine; the FADT's reset register points here too.
 final class ResetControlDevice: BusDevice {
@@ -240,9 +231,10 @@ private final class ThreadReferences: @unchecked Sendable {
 /// A PC that boots Linux: RAM with the legacy and PCI holes, the in-kernel
 /// PIC, IOAPIC, LAPICs and PIT, the kernel, initrd, command line, zero page
 /// and ACPI tables of `LinuxBoot`, and the legacy devices on the port bus:
-/// COM1 (IRQ 4), the i8042 (reset), the RTC, the ACPI PM registers
-/// (poweroff), POST port 0x80 and reset control at 0xcf9. One thread per
-/// vCPU runs it; the bus and devices are behind one lock.
+/// COM1 (IRQ 4), the i8042 (reset), the RTC (IRQ 8), the ACPI PM registers
+/// (poweroff, the SCI on IRQ 9), POST port 0x80 and reset control at 0xcf9.
+/// One thread per vCPU runs it, and a device timer the RTC's and PM
+/// timer's interrupts; the bus and devices are behind one lock.
 public final class LinuxMachine: @unchecked Sendable {
     public static let tssAddress: UInt64 = 0xfffb_d000
     /// The page before the TSS's three, still outside RAM and below the IOAPIC.
@@ -269,6 +261,8 @@ public final class LinuxMachine: @unchecked Sendable {
     let control = MachineControl()
     private let deviceLock = NSLock()
     private let serial: SerialPortDevice
+    /// The i8042, RTC, ACPI PM and the rest, and their timer; set while the machine is built.
+    private var legacy: LegacyDevices?
     private let started = Atomic<Bool>(false)
 
     /// Builds the machine on `hypervisor`. `output` receives each byte the
@@ -296,6 +290,7 @@ public final class LinuxMachine: @unchecked Sendable {
             }
             // The irqchip before any vCPU, so each gets an in-kernel LAPIC.
             try vm.createIrqchip()
+            try vm.setGSIRouting(Self.gsiRouting)
             try vm.createPIT(flags: .speakerDummy)
             let supported = try hypervisor.supportedCPUID()
             var vcpus: [VCPU] = []
@@ -349,33 +344,11 @@ public final class LinuxMachine: @unchecked Sendable {
     /// `acpi` is what the tables were written with: the devices answer at the ports the FADT names.
     private func wireDevices(acpi: ACPIConfiguration, irq: (UInt32) -> (Bool) -> Void) throws(MachineError) {
         let control = self.control
-        let keyboard = I8042(keyboardInterrupt: irq(Self.keyboardIRQ), auxInterrupt: irq(Self.auxIRQ),
-                             reset: { control.finish(.success(.reset)) })
-        let rtc = CMOSRTC(clock: {
-            var now = timespec()
-            clock_gettime(CLOCK_REALTIME, &now)
-            return RTCInstant(seconds: Int64(now.tv_sec), nanoseconds: Int32(now.tv_nsec))
-        })
-        let pm = ACPIPowerManagement(sleepTypeS5: acpi.sleepTypeS5, clock: {
-            var now = timespec()
-            clock_gettime(CLOCK_MONOTONIC, &now)
-            return UInt64(now.tv_sec) * 1_000_000_000 + UInt64(now.tv_nsec)
-        }, interrupt: irq(UInt32(acpi.sciIRQ)), powerOff: { control.finish(.success(.poweredOff)) })
         do {
             try ports.register(serial, at: UInt64(Self.com1Port), size: 8, name: "COM1 16550A")
-            try ports.register(ByteRegisterDevice(read: { keyboard.read(offset: I8042.dataOffset + $0) },
-                                                  write: { keyboard.write(offset: I8042.dataOffset + $0, value: $1) }),
-                               at: 0x60, size: 1, name: "i8042 data")
-            try ports.register(ByteRegisterDevice(read: { keyboard.read(offset: I8042.commandOffset + $0) },
-                                                  write: { keyboard.write(offset: I8042.commandOffset + $0, value: $1) }),
-                               at: 0x64, size: 1, name: "i8042 command")
-            try ports.register(ByteRegisterDevice(read: rtc.read(offset:), write: { rtc.write(offset: $0, value: $1) }),
-                               at: UInt64(Self.rtcPort), size: 2, name: "CMOS RTC")
-            try ports.register(PowerManagementDevice(pm), at: UInt64(acpi.pm1aEventPort),
-                               size: UInt64(ACPIPowerManagement.size), name: "ACPI PM")
-            try ports.register(IgnoredDevice(), at: UInt64(Self.postPort), size: 1, name: "POST")
-            try ports.register(ResetControlDevice(reset: { control.finish(.success(.reset)) }),
-                               at: UInt64(acpi.resetPort), size: 1, name: "reset control")
+            legacy = try LegacyDevices(acpi: acpi, ports: ports, deviceLock: deviceLock, irq: irq,
+                                       reset: { control.finish(.success(.reset)) },
+                                       powerOff: { control.finish(.success(.poweredOff)) })
         } catch {
             throw .bus(error)
         }
@@ -404,9 +377,34 @@ public final class LinuxMachine: @unchecked Sendable {
         withDevices { serial.feed(bytes) }
     }
 
-    /// Starts one thread per vCPU. Call once.
+    /// The GSI routing of a PC as the MADT describes it (QEMU's): ISA IRQs
+    /// 0-15 to the PICs but for the cascade (2), and to the IOAPIC's pin
+    /// of the same number, but for the PIT's IRQ 0 (GSI 0, as the in-kernel
+    /// PIT raises it), which the MADT's override puts on pin 2; GSIs 16-23
+    /// to the IOAPIC alone. KVM's default table has IRQ 0 on pin 0.
+    static let gsiRouting: [RoutingEntry] = {
+        var routes: [RoutingEntry] = []
+        for irq in UInt32(0)..<16 where irq != 2 {
+            routes.append(.irqchip(gsi: irq, irq < 8 ? .picMaster : .picSlave, pin: irq & 7))
+        }
+        for gsi in UInt32(0)..<24 where gsi != 2 {
+            routes.append(.irqchip(gsi: gsi, .ioapic, pin: gsi == 0 ? 2 : gsi))
+        }
+        return routes
+    }()
+
+    deinit { legacy?.timer.stop() }
+
+    /// The host presses the power button: the guest's ACPI driver sees it
+    /// (PWRBTN_STS, and the SCI if it enabled the event) and shuts down.
+    public func pressPowerButton() {
+        withDevices { legacy?.powerManagement.pressPowerButton() }
+    }
+
+    /// Starts one thread per vCPU, and the devices' timer. Call once.
     public func start() {
         guard !started.exchange(true, ordering: .sequentiallyConsistent) else { return }
+        legacy?.timer.start()
         for vcpu in vcpus {
             control.threadStarted()
             // The thread drops the machine and the vCPU before it reports its

@@ -6,7 +6,8 @@
 // Files: CPUState (registers, segments, modes), Flags (lazy flags, flag
 // instructions), Decoder, Execute (dispatch, operands), Memory
 // (segmentation, paging, physical access), Arithmetic, DataTransfer,
-// ControlFlow, String, PortIO.
+// ControlFlow, String, PortIO, Debug (breakpoints, single-step, the
+// owner's debugging, translation for a debugger).
 //
 // Performance rule learnt here: a non-mutating method on a large struct
 // (CPUState, X86CPU) that is not inlined receives `self` by value, which is
@@ -54,12 +55,22 @@ public enum X86Exit: Equatable, Sendable {
     case exception(vector: UInt8, errorCode: UInt32?)
     /// A triple fault: an exception while delivering a double fault.
     case shutdown
+    /// A stop for the CPU's owner (`hostDebug`): single-step, an INT3 it
+    /// intercepts, or a #DB while it single-steps or sets breakpoints.
+    case debug(DebugStop)
     /// `maxInstructions` instructions completed.
     case instructionLimit
     /// Code fetched or a page table read from outside RAM, or what the CPU
     /// does not model yet (32-bit paging, an interrupt needing a stack
     /// switch, a task gate...): KVM reports these as an emulation failure.
     case emulationFailure(address: UInt64)
+}
+
+/// Interrupt shadow kinds (`X86CPU.interruptShadowKind`), with KVM's
+/// numbers (KVM_X86_SHADOW_INT_MOV_SS, KVM_X86_SHADOW_INT_STI).
+public enum InterruptShadow {
+    public static let ssLoad: UInt8 = 1
+    public static let sti: UInt8 = 2
 }
 
 /// Exception vectors.
@@ -152,8 +163,15 @@ public struct X86CPU {
     var mmioWritePending = false
     /// The one-instruction interrupt shadow after an STI that set IF, and
     /// after a load of SS (MOV SS, POP SS): no external interrupt before
-    /// the next instruction completes.
-    public var interruptShadow = false
+    /// the next instruction completes. `InterruptShadow` bits, as KVM numbers them.
+    public var interruptShadowKind: UInt8 = 0
+    public var interruptShadow: Bool {
+        @inline(__always) get { interruptShadowKind != 0 }
+        @inline(__always) set { interruptShadowKind = newValue ? InterruptShadow.sti : 0 }
+    }
+    /// Debugging by the CPU's owner (see Debug.swift).
+    public var hostDebug = HostDebug()
+    var debugUnit = DebugUnit()
     /// The host's answer to an MMIO read, taken by the restarted instruction.
     var mmioReadAnswer: (address: UInt64, value: UInt64)? = nil
     /// The register an `in` waits to fill (size in bytes, 0 if none).
@@ -172,6 +190,10 @@ public struct X86CPU {
     /// A direct-mapped TLB of 4 KiB linear pages (see Memory.swift).
     var tlb = InlineArray<256, TLBEntry>(repeating: TLBEntry())
     var tlbGeneration: UInt64 = ~0
+    var tlbFullGeneration: UInt64 = ~0
+    /// Set while the CPU reads or writes system tables (GDT, LDT, IDT,
+    /// TSS) or pushes a frame at a new CPL: supervisor accesses whatever CS says.
+    var implicitSupervisor = false
 
     public init(memory: PhysicalMemory, state: CPUState = CPUState()) {
         self.memory = memory
@@ -184,6 +206,8 @@ public struct X86CPU {
         state.write(0, value, size: inputSize, legacyHighBytes: false)
         state.rip = inputNextRIP
         inputSize = 0
+        // The IN is done: a shadow it was in ends.
+        interruptShadow = false
     }
 
     /// Answers the read of the last `.mmio` exit; the next `run` restarts the
@@ -199,18 +223,30 @@ public struct X86CPU {
             state.rip = next
             state.rflags &= ~RFLAGS.rf
         }
+        refreshDebug()
+        if let exit = takePendingDebugTraps() { return exit }
         var executed = 0
         while executed < maxInstructions {
+            // Breakpoints, single-step or the owner's debugging: the slow path.
+            if debugUnit.armed || state.flags.bits & RFLAGS.tf != 0 {
+                if let exit = stepDebugged() { return exit }
+                executed += 1
+                continue
+            }
             var insn = Instruction()
             // RF suppresses instruction breakpoints for one instruction: it
             // is cleared when the instruction that saw it set completes (not
             // by the IRET that loads it).
             let resumeFlag = state.flags.bits & RFLAGS.rf
             // The shadow covers this instruction only; STI or an SS load here sets it anew.
+            let shadow = interruptShadowKind
             interruptShadow = false
             guard decode(&insn), execute(&insn) else {
                 guard deliversExceptions, case .exception(let vector, let errorCode) = pending,
-                      deliverException(vector, errorCode: errorCode) else { return pending }
+                      deliverException(vector, errorCode: errorCode) else {
+                    if Self.leavesInstructionPending(pending) { interruptShadowKind = shadow }
+                    return pending
+                }
                 executed += 1
                 continue
             }
@@ -226,6 +262,16 @@ public struct X86CPU {
 
     /// Executes one instruction.
     public mutating func step() -> X86Exit { run(maxInstructions: 1) }
+
+    /// An exit that leaves its instruction to finish (an IN waiting for its
+    /// answer) or to restart (an MMIO read): the interrupt shadow over it holds.
+    static func leavesInstructionPending(_ exit: X86Exit) -> Bool {
+        switch exit {
+        case .io(let io): return !io.isWrite
+        case .mmio(let access): return !access.isWrite
+        default: return false
+        }
+    }
 
     // MARK: Faults as return values
 

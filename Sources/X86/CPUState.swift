@@ -72,7 +72,16 @@ public enum ControlBits {
     public static let cr0CD: UInt64 = 1 << 30
     public static let cr0WP: UInt64 = 1 << 16
     public static let cr0PG: UInt64 = 1 << 31
+    public static let cr0MP: UInt64 = 1 << 1
+    public static let cr0EM: UInt64 = 1 << 2
+    public static let cr0TS: UInt64 = 1 << 3
+    public static let cr4VME: UInt64 = 1 << 0
+    public static let cr4PVI: UInt64 = 1 << 1
+    public static let cr4TSD: UInt64 = 1 << 2
+    public static let cr4DE: UInt64 = 1 << 3
+    public static let cr4PSE: UInt64 = 1 << 4
     public static let cr4PAE: UInt64 = 1 << 5
+    public static let cr4PGE: UInt64 = 1 << 7
     public static let eferSCE: UInt64 = 1 << 0
     public static let eferLME: UInt64 = 1 << 8
     public static let eferLMA: UInt64 = 1 << 10
@@ -95,28 +104,56 @@ public struct CPUState {
     public var cr0: UInt64 {
         didSet {
             mode = CPUState.mode(cr0: cr0, efer: efer, cs: cs)
-            pagingGeneration &+= 1
+            flushAllTranslations()
         }
     }
     public var cr2: UInt64
-    public var cr3: UInt64 { didSet { pagingGeneration &+= 1 } }
-    public var cr4: UInt64 { didSet { pagingGeneration &+= 1 } }
+    /// A write flushes the TLB but for global pages (CR4.PGE).
+    public var cr3: UInt64 {
+        didSet {
+            pagingGeneration &+= 1
+            pdptesLoaded = false
+        }
+    }
+    public var cr4: UInt64 { didSet { flushAllTranslations() } }
     public var efer: UInt64 {
         didSet {
             mode = CPUState.mode(cr0: cr0, efer: efer, cs: cs)
-            pagingGeneration &+= 1
+            flushAllTranslations()
         }
     }
     /// Bumped by every write to CR0, CR3, CR4 or EFER: the CPU's TLB is
-    /// flushed when it sees a new value (as a MOV to CR3 flushes a real TLB).
+    /// flushed when it sees a new value (as a MOV to CR3 flushes a real
+    /// TLB), global pages included when `fullFlushGeneration` moved too.
     public private(set) var pagingGeneration: UInt64 = 0
+    /// Bumped by writes to CR0, CR4 and EFER, which flush global pages too.
+    public private(set) var fullFlushGeneration: UInt64 = 0
+
+    mutating func flushAllTranslations() {
+        pagingGeneration &+= 1
+        fullFlushGeneration &+= 1
+        pdptesLoaded = false
+    }
+
     /// Derived from CR0.PE, EFER.LMA and CS whenever one of them is set, so
     /// that the step loop reads one byte instead of deriving it per access.
     public private(set) var mode: CPUMode
     public var gdtr: DescriptorTableRegister
     public var idtr: DescriptorTableRegister
+    /// The task register: the TSS selector and its cached descriptor
+    /// (type 0xB, a busy 32-bit or 64-bit TSS, once LTR loaded it).
+    public var tr = SegmentRegister(selector: 0, base: 0, limit: 0xFFFF, attributes: 0x8B)
+    /// The LDT register (type 2), unusable (attributes 0) after LLDT with a null selector.
+    public var ldtr = SegmentRegister(selector: 0, base: 0, limit: 0xFFFF, attributes: 0x82)
+    /// The four PAE PDPTEs, loaded from CR3's table when PAE paging is
+    /// entered or CR3 written (as the CPU caches them); `pdptesLoaded`
+    /// false makes the next walk load them (state set from outside).
+    public var pdptes: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
+    public var pdptesLoaded = false
     /// The MSRs that are plain storage (EFER and the FS/GS bases live above).
     public var msrs = ModelSpecificRegisters()
+    /// DR0-DR3, DR6, DR7 (Debug.swift).
+    public var debugRegisters = DebugRegisterFile()
 
     /// The state after RESET (Intel SDM Vol. 3 table 10-1): real mode,
     /// CS:IP = F000:FFF0 with CS base FFFF0000.

@@ -22,7 +22,7 @@ extension X86CPU {
             guard target < 6 && target != SegmentRegisterName.cs.rawValue else { return undefined() }
             guard let selector = readOperand(insn, size: 2) else { return false }
             guard loadSegment(target, selector: UInt16(truncatingIfNeeded: selector)) else { return false }
-            if target == SegmentRegisterName.ss.rawValue { interruptShadow = true }
+            if target == SegmentRegisterName.ss.rawValue { interruptShadowKind = InterruptShadow.ssLoad }
             return true
         case 0xA0...0xA3:  // moffs
             let s = op & 1 == 0 ? 1 : size
@@ -189,40 +189,12 @@ extension X86CPU {
         guard let value = top(size: size) else { return false }
         guard loadSegment(segment, selector: UInt16(truncatingIfNeeded: value)) else { return false }
         commitPop(size: size)
-        if segment == SegmentRegisterName.ss.rawValue { interruptShadow = true }
+        if segment == SegmentRegisterName.ss.rawValue { interruptShadowKind = InterruptShadow.ssLoad }
         return true
     }
 
-    /// Loads a data or stack segment register. Protected mode reads the GDT
-    /// descriptor (the LDT does not exist yet); type and privilege checks
-    /// beyond presence come later.
+    /// Loads a data or stack segment register (Segmentation.swift has the checks).
     mutating func loadSegment(_ segment: Int, selector: UInt16) -> Bool {
-        if state.cr0 & ControlBits.cr0PE == 0 {
-            state[segmentIndex: segment] = .realMode(selector: selector, code: segment == SegmentRegisterName.cs.rawValue)
-            return true
-        }
-        let isStack = segment == SegmentRegisterName.ss.rawValue
-        if selector & 0xFFFC == 0 {
-            guard !isStack || state.mode == .long64 else { return fault(.gp, errorCode: 0) }
-            state[segmentIndex: segment] = SegmentRegister(selector: selector, base: 0, limit: 0, attributes: 0)
-            return true
-        }
-        let errorCode = UInt32(selector & 0xFFFC)
-        guard selector & 4 == 0 else { return fault(.gp, errorCode: errorCode) }
-        let index = UInt64(selector & 0xFFF8)
-        guard index + 7 <= UInt64(state.gdtr.limit) else { return fault(.gp, errorCode: errorCode) }
-        guard let descriptor = readLinear(state.gdtr.base &+ index, size: 8) else { return false }
-        var attributes = UInt16(truncatingIfNeeded: (descriptor >> 40) & 0xF0FF)
-        guard attributes & 0x80 != 0 else { return fault(isStack ? .ss : .np, errorCode: errorCode) }
-        if attributes & 1 == 0 {
-            // The CPU marks the descriptor accessed in the table, as it loads it.
-            attributes |= 1
-            guard writeLinear(state.gdtr.base &+ index &+ 5, UInt64(attributes & 0xFF), size: 1) else { return false }
-        }
-        var limit = UInt32(truncatingIfNeeded: (descriptor & 0xFFFF) | ((descriptor >> 32) & 0xF_0000))
-        if attributes & 0x8000 != 0 { limit = (limit << 12) | 0xFFF }
-        let base = ((descriptor >> 16) & 0xFF_FFFF) | ((descriptor >> 32) & 0xFF00_0000)
-        state[segmentIndex: segment] = SegmentRegister(selector: selector, base: base, limit: limit, attributes: attributes)
-        return true
+        loadDataSegment(segment, selector: selector)
     }
 }

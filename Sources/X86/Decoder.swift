@@ -79,20 +79,27 @@ extension X86CPU {
 
     mutating func fillFetchWindow(_ window: inout FetchWindow, at rip: UInt64) -> Bool {
         let start = linear(SegmentRegisterName.cs.rawValue, rip)
+        // Outside 64-bit mode the fetch stays inside CS's limit.
+        var room = 15
+        if state.mode != .long64 {
+            let limit = UInt64(state.cs.limit)
+            guard rip <= limit else { return fault(.gp, errorCode: 0) }
+            room = Int(min(limit - rip + 1, 15))
+        }
         // Common case: 16 bytes inside one page of RAM.
         if start & 0xFFF <= 0x1000 - 16, let physical = translate(start, .fetch),
            let host = hostPointer(physical, size: 16, write: false) {
             window.low = host.loadUnaligned(as: UInt64.self)
             window.high = host.loadUnaligned(fromByteOffset: 8, as: UInt64.self)
-            window.available = 15
+            window.available = room
             return true
         }
         var address = start
-        while window.available < 15 {
+        while window.available < room {
             let pageEnd = (address | 0xFFF) &+ 1
             guard let physical = translate(address, .fetch) else { break }
             var p = physical
-            while address != pageEnd && window.available < 15 {
+            while address != pageEnd && window.available < room {
                 guard let host = hostPointer(p, size: 1, write: false) else { break }
                 window.append(host.load(as: UInt8.self))
                 address &+= 1
@@ -109,6 +116,7 @@ extension X86CPU {
     /// Reports the fault of fetching byte `index` of the instruction at RIP.
     mutating func fetchFault(_ index: Int) -> Bool {
         if index >= 15 { return fault(.gp, errorCode: 0) }
+        if state.mode != .long64 && state.rip &+ UInt64(index) > UInt64(state.cs.limit) { return fault(.gp, errorCode: 0) }
         let address = linear(SegmentRegisterName.cs.rawValue, state.rip) &+ UInt64(index)
         if let physical = translate(address, .fetch) { pending = .emulationFailure(address: physical) }
         return false

@@ -16,6 +16,8 @@ extension X86CPU {
             guard executeSegmentPushPop(&insn) else { return false }
         case 0x50...0x5F, 0x68, 0x6A, 0x8F:
             guard executePushPop(&insn) else { return false }
+        case 0x63 where !insn.mode64:
+            return executeARPL(&insn)
         case 0x63, 0x88...0x8C, 0x8E, 0xA0...0xA3, 0xB0...0xBF, 0xC6, 0xC7, 0x1B6, 0x1B7, 0x1BE, 0x1BF,
              0x140...0x14F:
             guard executeMove(&insn) else { return false }
@@ -50,6 +52,8 @@ extension X86CPU {
             case 2, 4:
                 // Branches set RIP themselves.
                 return executeControlFlow(&insn)
+            case 3:
+                return executeFarCall(&insn)
             case 5:
                 return executeFarJump(&insn)
             default:
@@ -87,6 +91,28 @@ extension X86CPU {
             return executeCPUID(&insn)
         case 0xEA:
             return executeFarJump(&insn)
+        // Far transfers and system calls (FarTransfers.swift, SystemCalls.swift).
+        case 0x9A:
+            return executeFarCall(&insn)
+        case 0xCA, 0xCB:
+            return executeFarReturn(&insn)
+        case 0x105:
+            return executeSyscall(&insn)
+        case 0x107:
+            return executeSysret(&insn)
+        case 0x134:
+            return executeSysenter(&insn)
+        case 0x135:
+            return executeSysexit(&insn)
+        // Descriptors (DescriptorInstructions.swift), debug registers, caches.
+        case 0x100:
+            return executeGroup6(&insn)
+        case 0x102, 0x103:
+            return executeLARLSL(&insn)
+        case 0x106, 0x108, 0x109:
+            return executeCacheOrCLTS(&insn)
+        case 0x121, 0x123:
+            return executeMoveDebug(&insn)
         case 0x1A3, 0x1AB, 0x1B3, 0x1BB, 0x1BA:
             return executeBitTest(&insn)
         case 0x6C...0x6F:
@@ -97,6 +123,8 @@ extension X86CPU {
             return executeIRET(&insn)
         case 0x10B:  // UD2
             return undefined()
+        case 0xF1:
+            return executeICEBP(&insn)
         default:
             return undefined()
         }

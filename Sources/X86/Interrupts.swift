@@ -1,8 +1,9 @@
 // Exception and interrupt delivery through the IVT (real mode) or the IDT
-// (protected and long mode), INT n, INT3 and IRET. Delivery that would need
-// what the CPU does not model yet (a stack switch through the TSS, task
-// gates, 16-bit gates) ends in an emulation failure, which KVM reports as an
-// internal error, rather than in wrong behaviour.
+// (protected and long mode: 16- and 32-bit gates, 64-bit gates with IST,
+// stack switches through the TSS), INT n and INT3. IRET is in
+// FarTransfers.swift. What the CPU does not model (virtual-8086 mode) ends
+// in an emulation failure, which KVM reports as an internal error, rather
+// than in wrong behaviour.
 
 /// One CPUID leaf (`struct kvm_cpuid_entry2` without the ABI).
 public struct CPUIDLeaf: Hashable, Sendable {
@@ -37,7 +38,9 @@ extension X86CPU {
             // restart past an instruction breakpoint (KVM sets it in the live
             // flags, where it stays after a triple fault). Real mode's FLAGS
             // image has no RF, and KVM leaves it clear there.
-            if state.mode != .real { state.rflags |= RFLAGS.rf }
+            // Not for #DB: its faults (instruction breakpoints, general
+            // detect) leave RF clear, as KVM delivers them.
+            if state.mode != .real && vector != Vector.db.rawValue { state.rflags |= RFLAGS.rf }
             if deliver(vector, errorCode: errorCode, returnRIP: state.rip, software: false) { return true }
             guard case .exception(let second, let secondCode) = pending else { return false }
             if vector == Vector.df.rawValue {
@@ -65,70 +68,207 @@ extension X86CPU {
         return false
     }
 
-    /// Delivers one event. `software` is INT n/INT3: the gate's DPL must
-    /// allow the CPL, and the error code's EXT bit is clear.
+    /// Delivers one event through the IDT. `software` is INT n/INT3: the
+    /// gate's DPL must allow the CPL, and the error code's EXT bit is clear.
+    /// A gate to a more privileged non-conforming segment switches stacks:
+    /// SS:ESP for the new CPL from the 32-bit (or 16-bit) TSS, or in long
+    /// mode RSPn (or the gate's IST stack, used at any privilege) from the
+    /// 64-bit TSS with SS null.
     mutating func deliver(_ vector: UInt8, errorCode: UInt32?, returnRIP: UInt64, software: Bool) -> Bool {
         if case .real = state.mode { return deliverReal(vector, returnRIP: returnRIP) }
+        if state.flags.bits & RFLAGS.vm != 0 {
+            // Virtual-8086 mode is not modelled.
+            pending = .emulationFailure(address: state.idtr.base)
+            return false
+        }
         let long = state.efer & ControlBits.eferLMA != 0
         let gateSize: UInt64 = long ? 16 : 8
         let entry = UInt64(vector) * gateSize
-        let idtErrorCode = UInt32(vector) << 3 | 2 | (software ? 0 : 1)
+        let ext: UInt32 = software ? 0 : 1
+        let idtErrorCode = UInt32(vector) << 3 | 2 | ext
         guard entry + gateSize - 1 <= UInt64(state.idtr.limit) else { return fault(.gp, errorCode: idtErrorCode) }
-        guard let low = readLinear(state.idtr.base &+ entry, size: 8) else { return false }
-        var high: UInt64 = 0
+        guard let low = readSystem(state.idtr.base &+ entry, size: 8) else { return false }
+        var gate = Descriptor(low: low)
         if long {
-            guard let value = readLinear(state.idtr.base &+ entry &+ 8, size: 8) else { return false }
-            high = value
+            guard let high = readSystem(state.idtr.base &+ entry &+ 8, size: 8) else { return false }
+            gate.high = high
         }
-        let type = (low >> 40) & 0xF
+        let type = gate.type
+        guard gate.isSystem else { return fault(.gp, errorCode: idtErrorCode) }
         switch type {
-        case 0xE, 0xF:
-            break
-        case 0x5...0x7 where !long:
-            // Task gates and 16-bit gates are valid but not modelled yet.
-            pending = .emulationFailure(address: state.idtr.base &+ entry)
-            return false
-        default:
-            return fault(.gp, errorCode: idtErrorCode)
+        case 0xE, 0xF: break
+        case 0x5...0x7 where !long: break
+        default: return fault(.gp, errorCode: idtErrorCode)
         }
         let cpl = state.privilegeLevel()
-        if software && UInt8((low >> 45) & 3) < cpl { return fault(.gp, errorCode: idtErrorCode) }
-        guard low & (1 << 47) != 0 else { return fault(.np, errorCode: idtErrorCode) }
-        let selector = UInt16(truncatingIfNeeded: low >> 16)
-        var offset = (low & 0xFFFF) | ((low >> 32) & 0xFFFF_0000)
-        if long { offset |= (high & 0xFFFF_FFFF) << 32 }
-        guard var target = codeSegment(selector, external: !software) else { return false }
-        if target.dpl > cpl { return fault(.gp, errorCode: UInt32(selector & 0xFFFC) | (software ? 0 : 1)) }
-        let conforming = target.attributes & 4 != 0
-        if (target.dpl < cpl && !conforming) || (long && (low >> 32) & 7 != 0) {
-            // A stack switch through the TSS (or an IST stack).
-            pending = .emulationFailure(address: state.idtr.base &+ entry)
-            return false
+        if software && gate.dpl < cpl { return fault(.gp, errorCode: idtErrorCode) }
+        guard gate.isPresent else { return fault(.np, errorCode: idtErrorCode) }
+        if type == 0x5 {
+            return taskSwitch(to: gate.gateSelector, reason: .gate, errorCode: errorCode, ext: ext,
+                              returnRIP: returnRIP)
         }
-        let flags = state.rflags
-        let savedRSP = state.reg(4)
-        let pushed: Bool
+        let selector = gate.gateSelector
+        guard selector & 0xFFFC != 0 else { return fault(.gp, errorCode: ext) }
+        let targetErrorCode = UInt32(selector & 0xFFFC) | ext
+        guard let (found, address) = readDescriptor(selector, ext: ext) else { return false }
+        var target = found
+        guard target.isCode, target.dpl <= cpl else { return fault(.gp, errorCode: targetErrorCode) }
+        if long && (!target.isLong || target.isDefaultBig) { return fault(.gp, errorCode: targetErrorCode) }
+        guard target.isPresent else { return fault(.np, errorCode: targetErrorCode) }
+        let gate16 = !long && type & 8 == 0
+        var offset = gate.gateOffset
+        if gate16 { offset &= 0xFFFF } else if !long { offset &= 0xFFFF_FFFF }
+        if !long && offset > UInt64(target.limit) { return fault(.gp, errorCode: ext) }
         if long {
-            let rsp = savedRSP
-            state.setReg(4, rsp & ~0xF)
-            pushed = push(UInt64(state.ss.selector), size: 8) && push(rsp, size: 8) && push(flags, size: 8)
-                && push(UInt64(state.cs.selector), size: 8) && push(returnRIP, size: 8)
-                && (errorCode.map { push(UInt64($0), size: 8) } ?? true)
-        } else {
-            pushed = push(flags, size: 4) && push(UInt64(state.cs.selector), size: 4) && push(returnRIP, size: 4)
-                && (errorCode.map { push(UInt64($0), size: 4) } ?? true)
+            let top = Int64(bitPattern: offset) >> 47
+            guard top == 0 || top == -1 else { return fault(.gp, errorCode: ext) }
         }
-        guard pushed else {
-            state.setReg(4, savedRSP)
-            return false
+        let newCPL = target.isConforming ? cpl : target.dpl
+        let flags = state.rflags
+        let wordSize = long ? 8 : (gate16 ? 2 : 4)
+        var words = FrameWords(repeating: 0)
+        var count = 0
+        var newSS = state.ss
+        var top = state.reg(4)
+        if newCPL < cpl || (long && (low >> 32) & 7 != 0) {
+            if long {
+                let ist = Int((low >> 32) & 7)
+                guard let rsp = readTSS64(ist != 0 ? 0x1C + 8 * ist : 4 + 8 * Int(newCPL), ext: ext) else { return false }
+                top = rsp
+                if newCPL < cpl { newSS = Self.nullSegment(UInt16(newCPL), dpl: newCPL) }
+            } else {
+                guard let (ss, esp) = innerStack(newCPL, ext: ext) else { return false }
+                newSS = ss
+                top = esp
+            }
         }
+        // Long mode always pushes SS:RSP; elsewhere only a stack switch does.
+        if newCPL < cpl || long {
+            words[0] = UInt64(state.ss.selector)
+            words[1] = state.reg(4)
+            count = 2
+        }
+        words[count] = flags
+        words[count + 1] = UInt64(state.cs.selector)
+        words[count + 2] = returnRIP
+        count += 3
+        if let errorCode {
+            words[count] = UInt64(errorCode)
+            count += 1
+        }
+        if long {
+            let canonical = Int64(bitPattern: top) >> 47
+            guard canonical == 0 || canonical == -1 else { return fault(.ss, errorCode: ext) }
+            top &= ~0xF
+        }
+        let stackErrorCode = newCPL < cpl && !long ? UInt32(newSS.selector & 0xFFFC) | ext : ext
+        guard let newTop = pushFrame(words, count: count, size: wordSize, ss: newSS, top: top, long: long,
+                                     supervisor: newCPL < 3, errorCode: stackErrorCode) else { return false }
+        guard markAccessed(&target, at: address) else { return false }
         var cleared = RFLAGS.tf | RFLAGS.nt | RFLAGS.rf | RFLAGS.vm
-        if type == 0xE { cleared |= RFLAGS.if }
+        if type & 1 == 0 { cleared |= RFLAGS.if }
         state.rflags = flags & ~cleared
-        target.selector = (selector & 0xFFFC) | UInt16(cpl)
-        state.cs = target
-        state.rip = long ? offset : offset & 0xFFFF_FFFF
+        state.ss = newSS
+        setStackPointer(newTop, ss: newSS, long: long)
+        state.cs = target.segment(selector: (selector & 0xFFFC) | UInt16(newCPL))
+        state.rip = offset
         return true
+    }
+
+    /// RSP (64-bit mode) or ESP/SP as the stack's B bit says.
+    mutating func setStackPointer(_ value: UInt64, ss: SegmentRegister, long: Bool) {
+        if long {
+            state.setReg(4, value)
+        } else if ss.isDefaultBig {
+            state.setReg(4, value & 0xFFFF_FFFF)
+        } else {
+            state.write(4, value, size: 2, legacyHighBytes: false)
+        }
+    }
+
+    /// Pushes `count` words of `size` bytes, in push order, below `top` on
+    /// the stack `ss` (64-bit when `long`, else as its B bit says), as a
+    /// supervisor or user access. Returns the new stack pointer, or nil
+    /// with the fault stored: #SS(`errorCode`) when the frame does not fit
+    /// the segment or is not canonical, a page fault from the writes.
+    mutating func pushFrame(_ words: FrameWords, count: Int, size: Int, ss: SegmentRegister, top: UInt64,
+                            long: Bool, supervisor: Bool, errorCode: UInt32) -> UInt64? {
+        let mask: UInt64 = long ? ~0 : (ss.isDefaultBig ? 0xFFFF_FFFF : 0xFFFF)
+        let total = UInt64(count * size)
+        let newTop = (top &- total) & mask
+        let base: UInt64
+        if long {
+            let low = Int64(bitPattern: newTop) >> 47, high = Int64(bitPattern: newTop &+ total &- 1) >> 47
+            guard (low == 0 || low == -1) && (high == 0 || high == -1) else {
+                _ = fault(.ss, errorCode: errorCode)
+                return nil
+            }
+            base = 0
+        } else {
+            guard segmentAllows(ss, newTop, size: Int(total), write: true) else {
+                _ = fault(.ss, errorCode: errorCode)
+                return nil
+            }
+            base = ss.base
+        }
+        let saved = implicitSupervisor
+        implicitSupervisor = supervisor
+        defer { implicitSupervisor = saved }
+        for i in 0..<count {
+            let offset = (top &- UInt64((i + 1) * size)) & mask
+            let address = long ? offset : (base &+ offset) & 0xFFFF_FFFF
+            guard writeLinear(address, words[i] & sizeMask(size), size: size) else { return nil }
+        }
+        return newTop
+    }
+
+    /// An 8-byte field of the 64-bit TSS (RSPn at 4 + 8n, ISTn at 0x1C + 8n):
+    /// #TS(TR selector) when it lies beyond TR's limit.
+    mutating func readTSS64(_ offset: Int, ext: UInt32) -> UInt64? {
+        guard UInt64(offset + 7) <= UInt64(state.tr.limit), state.tr.isPresent else {
+            _ = fault(.ts, errorCode: UInt32(state.tr.selector & 0xFFFC) | ext)
+            return nil
+        }
+        return readSystem(state.tr.base &+ UInt64(offset), size: 8)
+    }
+
+    /// SS:ESP for privilege level `dpl` from the 32-bit TSS (SS0:ESP0 at
+    /// 4, 8 + 8n) or 16-bit TSS (SS0:SP0 at 2, 4 + 4n), with the stack
+    /// segment's checks: #TS for a bad selector or descriptor, #SS when it
+    /// is not present (SDM INT, CALL).
+    mutating func innerStack(_ dpl: UInt8, ext: UInt32) -> (SegmentRegister, UInt64)? {
+        let tssErrorCode = UInt32(state.tr.selector & 0xFFFC) | ext
+        let tss32 = state.tr.attributes & 8 != 0
+        let spOffset = tss32 ? 4 + 8 * Int(dpl) : 2 + 4 * Int(dpl)
+        let spSize = tss32 ? 4 : 2
+        guard UInt64(spOffset + spSize * 2 - 1) <= UInt64(state.tr.limit), state.tr.isPresent else {
+            _ = fault(.ts, errorCode: tssErrorCode)
+            return nil
+        }
+        guard let sp = readSystem(state.tr.base &+ UInt64(spOffset), size: spSize),
+              let ssValue = readSystem(state.tr.base &+ UInt64(spOffset + spSize), size: 2) else { return nil }
+        let selector = UInt16(truncatingIfNeeded: ssValue)
+        let errorCode = UInt32(selector & 0xFFFC) | ext
+        guard selector & 0xFFFC != 0 else {
+            _ = fault(.ts, errorCode: ext)
+            return nil
+        }
+        guard UInt8(selector & 3) == dpl else {
+            _ = fault(.ts, errorCode: errorCode)
+            return nil
+        }
+        guard let (found, address) = readDescriptor(selector, vector: .ts, ext: ext) else { return nil }
+        var descriptor = found
+        guard descriptor.dpl == dpl, descriptor.isWritableData else {
+            _ = fault(.ts, errorCode: errorCode)
+            return nil
+        }
+        guard descriptor.isPresent else {
+            _ = fault(.ss, errorCode: errorCode)
+            return nil
+        }
+        guard markAccessed(&descriptor, at: address) else { return nil }
+        return (descriptor.segment(selector: selector), sp)
     }
 
     /// Real mode: FLAGS, CS and IP on the stack, CS:IP from the IVT.
@@ -148,100 +288,11 @@ extension X86CPU {
         return true
     }
 
-    /// The descriptor of a code segment from the GDT, for a far transfer or
-    /// a gate: #GP for a null, LDT or non-code selector, #NP for one not present.
-    mutating func codeSegment(_ selector: UInt16, external: Bool) -> SegmentRegister? {
-        let errorCode = UInt32(selector & 0xFFFC) | (external ? 1 : 0)
-        // The LDT does not exist yet.
-        guard selector & 0xFFFC != 0, selector & 4 == 0 else {
-            _ = fault(.gp, errorCode: errorCode)
-            return nil
-        }
-        let index = UInt64(selector & 0xFFF8)
-        guard index + 7 <= UInt64(state.gdtr.limit) else {
-            _ = fault(.gp, errorCode: errorCode)
-            return nil
-        }
-        guard let descriptor = readLinear(state.gdtr.base &+ index, size: 8) else { return nil }
-        var attributes = UInt16(truncatingIfNeeded: (descriptor >> 40) & 0xF0FF)
-        guard attributes & 0x18 == 0x18 else {
-            _ = fault(.gp, errorCode: errorCode)
-            return nil
-        }
-        guard attributes & 0x80 != 0 else {
-            _ = fault(.np, errorCode: errorCode)
-            return nil
-        }
-        if attributes & 1 == 0 {
-            attributes |= 1
-            guard writeLinear(state.gdtr.base &+ index &+ 5, UInt64(attributes & 0xFF), size: 1) else { return nil }
-        }
-        var limit = UInt32(truncatingIfNeeded: (descriptor & 0xFFFF) | ((descriptor >> 32) & 0xF_0000))
-        if attributes & 0x8000 != 0 { limit = (limit << 12) | 0xFFF }
-        let base = ((descriptor >> 16) & 0xFF_FFFF) | ((descriptor >> 32) & 0xFF00_0000)
-        return SegmentRegister(selector: selector, base: base, limit: limit, attributes: attributes)
-    }
-
     /// CC INT3, CD INT n: traps, so the return address is the next instruction.
     mutating func executeSoftwareInterrupt(_ insn: inout Instruction) -> Bool {
         let vector = insn.opcode == 0xCC ? Vector.bp.rawValue : UInt8(truncatingIfNeeded: insn.immediate)
         // A fault during delivery is raised at the INT instruction (RIP is still there).
         return deliver(vector, errorCode: nil, returnRIP: insn.nextRIP, software: true)
-    }
-
-    /// CF IRET: real mode, and protected or long mode returning to the same
-    /// privilege level (a return to an outer level needs the stack switch
-    /// that is not modelled yet).
-    mutating func executeIRET(_ insn: inout Instruction) -> Bool {
-        let size = insn.operandSize
-        if case .real = state.mode {
-            guard let ip = top(size: size), let cs = top(size: size, at: UInt64(size)),
-                  let flags = top(size: size, at: UInt64(2 * size)) else { return false }
-            commitPop(size: 3 * size)
-            state.cs = .realMode(selector: UInt16(truncatingIfNeeded: cs), code: true)
-            state.rip = ip & sizeMask(size)
-            let kept = size == 2 ? state.rflags & ~0xFFFF : state.rflags & (RFLAGS.vm | 0x1A_0000)
-            state.rflags = kept | (flags & (size == 2 ? 0xFFFF : ~(RFLAGS.vm | 0x1A_0000)))
-            return true
-        }
-        guard state.flags.bits & RFLAGS.nt == 0 else {
-            pending = .emulationFailure(address: linear(SegmentRegisterName.cs.rawValue, state.rip))
-            return false
-        }
-        let long = insn.mode64
-        guard let rip = top(size: size), let csValue = top(size: size, at: UInt64(size)),
-              let flags = top(size: size, at: UInt64(2 * size)) else { return false }
-        let selector = UInt16(truncatingIfNeeded: csValue)
-        let cpl = state.privilegeLevel()
-        let rpl = UInt8(selector & 3)
-        guard rpl >= cpl else { return fault(.gp, errorCode: UInt32(selector & 0xFFFC)) }
-        guard rpl == cpl else {
-            pending = .emulationFailure(address: linear(SegmentRegisterName.cs.rawValue, state.rip))
-            return false
-        }
-        var newRSP: UInt64 = 0
-        var newSS: UInt16 = 0
-        if long {
-            guard let rsp = top(size: size, at: UInt64(3 * size)), let ss = top(size: size, at: UInt64(4 * size)) else { return false }
-            newRSP = rsp
-            newSS = UInt16(truncatingIfNeeded: ss)
-        }
-        guard let target = codeSegment(selector, external: false) else { return false }
-        if long {
-            guard loadSegment(SegmentRegisterName.ss.rawValue, selector: newSS) else { return false }
-            state.setReg(4, size == 8 ? newRSP : newRSP & 0xFFFF_FFFF)
-        } else {
-            commitPop(size: 3 * size)
-        }
-        state.cs = target
-        state.rip = rip & sizeMask(size)
-        // At CPL 0 every flag is writable; above, IOPL stays and IF only at CPL <= IOPL.
-        var writable = RFLAGS.writable & ~RFLAGS.vm
-        if cpl > 0 { writable &= ~RFLAGS.iopl }
-        if UInt64(cpl) > (state.flags.bits & RFLAGS.iopl) >> 12 { writable &= ~RFLAGS.if }
-        if size == 2 { writable &= 0xFFFF }
-        state.rflags = (state.rflags & ~writable) | (flags & writable)
-        return true
     }
 }
 
@@ -256,9 +307,14 @@ extension X86CPU {
     /// delivery ended in (a shutdown, an emulation failure...).
     public mutating func deliverExternalInterrupt(_ vector: UInt8) -> X86Exit? {
         interruptShadow = false
-        if deliver(vector, errorCode: nil, returnRIP: state.rip, software: false) { return nil }
+        if deliver(vector, errorCode: nil, returnRIP: state.rip, software: false) { return ownerStepAfterEvent() }
         // A fault while delivering an interrupt is delivered in turn (an interrupt is benign).
         guard case .exception(let second, let errorCode) = pending else { return pending }
-        return deliverException(second, errorCode: errorCode) ? nil : pending
+        return deliverException(second, errorCode: errorCode) ? ownerStepAfterEvent() : pending
+    }
+
+    /// An owner single-stepping stops at the handler an event was delivered to.
+    mutating func ownerStepAfterEvent() -> X86Exit? {
+        hostDebug.singleStep ? ownerDebugStop(DR6.bs) : nil
     }
 }

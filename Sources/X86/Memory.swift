@@ -14,6 +14,8 @@ struct TLBEntry {
     static let executable: UInt8 = 4
     /// The D bit is set in the final entry: writes need no walk to set it.
     static let dirty: UInt8 = 8
+    /// G in the final entry with CR4.PGE: a CR3 write keeps it.
+    static let global: UInt8 = 16
 
     /// The linear page number, or ~0 when empty.
     var tag: UInt64 = ~0
@@ -24,8 +26,8 @@ struct TLBEntry {
 extension X86CPU {
     // MARK: Segmentation
 
-    /// The linear address of `segment:offset`. Segment limits are not
-    /// checked yet.
+    /// The linear address of `segment:offset`, unchecked (`checkedLinear`
+    /// applies limits and the canonical rule).
     @inline(__always)
     mutating func linear(_ segment: Int, _ offset: UInt64) -> UInt64 {
         if case .long64 = state.mode {
@@ -40,18 +42,15 @@ extension X86CPU {
     /// Translates a linear address, or stores the fault and returns nil.
     mutating func translate(_ address: UInt64, _ access: Access) -> UInt64? {
         if state.cr0 & ControlBits.cr0PG == 0 { return address }
-        guard state.efer & ControlBits.eferLMA != 0 else {
-            // 32-bit and PAE paging outside long mode come later.
-            pending = .emulationFailure(address: address)
-            return nil
+        if state.efer & ControlBits.eferLMA != 0 {
+            let top = Int64(bitPattern: address) >> 47
+            guard top == 0 || top == -1 else {
+                pending = .exception(vector: Vector.gp.rawValue, errorCode: 0)
+                return nil
+            }
         }
-        let top = Int64(bitPattern: address) >> 47
-        guard top == 0 || top == -1 else {
-            pending = .exception(vector: Vector.gp.rawValue, errorCode: 0)
-            return nil
-        }
-        let user = state.privilegeLevel() == 3
-        if state.pagingGeneration != tlbGeneration { flushTLB() }
+        let user = !implicitSupervisor && state.privilegeLevel() == 3
+        if state.pagingGeneration != tlbGeneration { syncTLB() }
         let page = address >> 12
         let slot = Int(page & 0xFF)
         let cached = withUnsafeMutablePointer(to: &tlb) {
@@ -60,53 +59,133 @@ extension X86CPU {
         if cached.tag == page && permitted(cached.flags, access, user: user) {
             return cached.frame | (address & 0xFFF)
         }
-        let nxe = state.efer & ControlBits.eferNXE != 0
-        var table = state.cr3 & 0x000F_FFFF_FFFF_F000
+        return walk(address, access, user: user)
+    }
+
+    /// The page walk of the paging mode in force: 4-level (long mode), PAE
+    /// (its PDPTEs cached at the CR3 load) or 32-bit (4 MiB pages with
+    /// CR4.PSE, PSE-36 addresses). Sets the A and D bits, checks R/W, U/S
+    /// (CR0.WP) and NX, and fills the TLB.
+    mutating func walk(_ address: UInt64, _ access: Access, user: Bool) -> UInt64? {
+        let long = state.efer & ControlBits.eferLMA != 0
+        let pae = long || state.cr4 & ControlBits.cr4PAE != 0
+        let nxe = pae && state.efer & ControlBits.eferNXE != 0
         var writable = true, userOK = true, executable = true
-        var shift: UInt64 = 39
+        var table: UInt64
+        var shift: UInt64
+        if long {
+            table = state.cr3 & 0x000F_FFFF_FFFF_F000
+            shift = 39
+        } else if pae {
+            if !state.pdptesLoaded {
+                // State set from outside (KVM_SET_SREGS): load them now, as KVM does then.
+                guard let entries = readPDPTEs(state.cr3, check: false) else { return nil }
+                state.pdptes = entries
+                state.pdptesLoaded = true
+            }
+            let pdpte: UInt64
+            switch (address >> 30) & 3 {
+            case 0: pdpte = state.pdptes.0
+            case 1: pdpte = state.pdptes.1
+            case 2: pdpte = state.pdptes.2
+            default: pdpte = state.pdptes.3
+            }
+            if pdpte & 1 == 0 { return pageFault(address, access, present: false, user: user) }
+            table = pdpte & 0x000F_FFFF_FFFF_F000
+            shift = 21
+        } else {
+            table = state.cr3 & 0xFFFF_F000
+            shift = 22
+        }
+        let entrySize = pae ? 8 : 4
+        let indexMask: UInt64 = pae ? 0x1FF : 0x3FF
+        let pse = state.cr4 & ControlBits.cr4PSE != 0
         var entryAddress: UInt64 = 0
         var entry: UInt64 = 0
         while true {
-            entryAddress = table + ((address >> shift) & 0x1FF) * 8
-            guard let entryPointer = hostPointer(entryAddress, size: 8, write: false) else {
+            entryAddress = table &+ ((address >> shift) & indexMask) &* UInt64(entrySize)
+            guard let entryPointer = hostPointer(entryAddress, size: entrySize, write: false) else {
                 pending = .emulationFailure(address: entryAddress)
                 return nil
             }
-            entry = entryPointer.loadUnaligned(as: UInt64.self)
-            if entry & 1 == 0 { return pageFault(address, access, present: false) }
+            entry = pae ? entryPointer.loadUnaligned(as: UInt64.self) : UInt64(entryPointer.loadUnaligned(as: UInt32.self))
+            if entry & 1 == 0 { return pageFault(address, access, present: false, user: user) }
             writable = writable && entry & 2 != 0
             userOK = userOK && entry & 4 != 0
             if nxe && entry & (1 << 63) != 0 { executable = false }
             if entry & 0x20 == 0 {
                 entry |= 0x20
                 // A table in a read-only slot keeps its A bit clear, as a ROM would.
-                hostPointer(entryAddress, size: 8, write: true)?.storeBytes(of: entry, as: UInt64.self)
+                storeEntry(entry, at: entryAddress, size: entrySize)
             }
-            // PS in a PDPTE (1 GiB) or PDE (2 MiB) ends the walk.
-            if shift == 12 || ((shift == 30 || shift == 21) && entry & 0x80 != 0) { break }
-            table = entry & 0x000F_FFFF_FFFF_F000
-            shift -= 9
+            // PS in a PDPTE (1 GiB) or PDE (2 MiB, or 4 MiB with CR4.PSE in 32-bit paging) ends the walk.
+            let large = entry & 0x80 != 0 && (pae ? (shift == 30 || shift == 21) : (shift == 22 && pse))
+            if shift == 12 || large { break }
+            table = pae ? entry & 0x000F_FFFF_FFFF_F000 : entry & 0xFFFF_F000
+            shift -= pae ? 9 : 10
         }
-        if user && !userOK { return pageFault(address, access, present: true) }
+        if user && !userOK { return pageFault(address, access, present: true, user: user) }
         if access == .write && !writable && (user || state.cr0 & ControlBits.cr0WP != 0) {
-            return pageFault(address, access, present: true)
+            return pageFault(address, access, present: true, user: user)
         }
-        if access == .fetch && !executable { return pageFault(address, access, present: true) }
+        if access == .fetch && !executable { return pageFault(address, access, present: true, user: user) }
         if access == .write && entry & 0x40 == 0 {
-            hostPointer(entryAddress, size: 8, write: true)?.storeBytes(of: entry | 0x40, as: UInt64.self)
+            storeEntry(entry | 0x40, at: entryAddress, size: entrySize)
         }
         let pageMask: UInt64 = (1 << shift) - 1
-        let physical = (entry & 0x000F_FFFF_FFFF_F000 & ~pageMask) | (address & pageMask)
+        let physical: UInt64
+        if pae {
+            physical = (entry & 0x000F_FFFF_FFFF_F000 & ~pageMask) | (address & pageMask)
+        } else if shift == 22 {
+            // PSE-36: PDE bits 13-20 are physical address bits 32-39.
+            physical = (entry & 0xFFC0_0000) | ((entry >> 13) & 0xFF) << 32 | (address & pageMask)
+        } else {
+            physical = (entry & 0xFFFF_F000) | (address & pageMask)
+        }
         var flags: UInt8 = 0
         if writable { flags |= TLBEntry.writable }
         if userOK { flags |= TLBEntry.user }
         if executable { flags |= TLBEntry.executable }
         if access == .write || entry & 0x40 != 0 { flags |= TLBEntry.dirty }
+        if entry & 0x100 != 0 && state.cr4 & ControlBits.cr4PGE != 0 { flags |= TLBEntry.global }
+        let page = address >> 12
         let fill = TLBEntry(tag: page, frame: physical & ~0xFFF, flags: flags)
         withUnsafeMutablePointer(to: &tlb) {
-            UnsafeMutableRawPointer($0).assumingMemoryBound(to: TLBEntry.self)[slot] = fill
+            UnsafeMutableRawPointer($0).assumingMemoryBound(to: TLBEntry.self)[Int(page & 0xFF)] = fill
         }
         return physical
+    }
+
+    mutating func storeEntry(_ entry: UInt64, at address: UInt64, size: Int) {
+        guard let pointer = hostPointer(address, size: size, write: true) else { return }
+        if size == 8 {
+            pointer.storeBytes(of: entry, as: UInt64.self)
+        } else {
+            pointer.storeBytes(of: UInt32(truncatingIfNeeded: entry), as: UInt32.self)
+        }
+    }
+
+    /// The four PDPTEs of the PAE table CR3 points at. With `check`, a
+    /// present one with reserved bits set is #GP(0), as MOV to CR0, CR3
+    /// or CR4 gives when it loads them.
+    mutating func readPDPTEs(_ cr3: UInt64, check: Bool) -> (UInt64, UInt64, UInt64, UInt64)? {
+        let base = cr3 & 0xFFFF_FFE0
+        guard let pointer = hostPointer(base, size: 32, write: false) else {
+            pending = .emulationFailure(address: base)
+            return nil
+        }
+        let entries = (pointer.loadUnaligned(as: UInt64.self), pointer.loadUnaligned(fromByteOffset: 8, as: UInt64.self),
+                       pointer.loadUnaligned(fromByteOffset: 16, as: UInt64.self),
+                       pointer.loadUnaligned(fromByteOffset: 24, as: UInt64.self))
+        if check {
+            // Bits 1-2 and 5-8 and those above MAXPHYADDR (bit 63 included) are reserved.
+            let reserved: UInt64 = 0xFFF0_0000_0000_01E6
+            for entry in [entries.0, entries.1, entries.2, entries.3] where entry & 1 != 0 && entry & reserved != 0 {
+                pending = .exception(vector: Vector.gp.rawValue, errorCode: 0)
+                return nil
+            }
+        }
+        return entries
     }
 
     /// Whether a TLB hit may be used; anything else takes the walk, which
@@ -123,15 +202,28 @@ extension X86CPU {
         }
     }
 
+    /// Catches the TLB up with CR writes: everything goes after a CR0, CR4
+    /// or EFER write, all but global pages after a CR3 write.
+    mutating func syncTLB() {
+        let all = state.fullFlushGeneration != tlbFullGeneration
+        withUnsafeMutablePointer(to: &tlb) {
+            let entries = UnsafeMutableRawPointer($0).assumingMemoryBound(to: TLBEntry.self)
+            for i in 0..<256 where all || entries[i].flags & TLBEntry.global == 0 { entries[i].tag = ~0 }
+        }
+        tlbGeneration = state.pagingGeneration
+        tlbFullGeneration = state.fullFlushGeneration
+    }
+
     mutating func flushTLB() {
         withUnsafeMutablePointer(to: &tlb) {
             let entries = UnsafeMutableRawPointer($0).assumingMemoryBound(to: TLBEntry.self)
             for i in 0..<256 { entries[i].tag = ~0 }
         }
         tlbGeneration = state.pagingGeneration
+        tlbFullGeneration = state.fullFlushGeneration
     }
 
-    /// INVLPG's effect, for the host and for the instruction when it exists.
+    /// INVLPG's effect (global pages too), for the host and for the instruction.
     public mutating func invalidatePage(_ linearAddress: UInt64) {
         let page = linearAddress >> 12
         withUnsafeMutablePointer(to: &tlb) {
@@ -140,11 +232,15 @@ extension X86CPU {
         }
     }
 
-    mutating func pageFault(_ address: UInt64, _ access: Access, present: Bool) -> UInt64? {
+    /// Stores #PF with its error code: P, W/R, U/S (the access's, so a
+    /// supervisor access from CPL 3 has it clear), I/D for a fetch when NX
+    /// paging is on.
+    mutating func pageFault(_ address: UInt64, _ access: Access, present: Bool, user: Bool) -> UInt64? {
         var code: UInt32 = present ? 1 : 0
         if access == .write { code |= 2 }
-        if state.privilegeLevel() == 3 { code |= 4 }
-        if access == .fetch && state.efer & ControlBits.eferNXE != 0 { code |= 0x10 }
+        if user { code |= 4 }
+        let pae = state.efer & ControlBits.eferLMA != 0 || state.cr4 & ControlBits.cr4PAE != 0
+        if access == .fetch && pae && state.efer & ControlBits.eferNXE != 0 { code |= 0x10 }
         state.cr2 = address
         pending = .exception(vector: Vector.pf.rawValue, errorCode: code)
         return nil
@@ -268,11 +364,15 @@ extension X86CPU {
 
     @inline(__always)
     mutating func read(_ segment: Int, _ offset: UInt64, size: Int) -> UInt64? {
-        readLinear(linear(segment, offset), size: size)
+        guard let address = checkedLinear(segment, offset, size: size, write: false) else { return nil }
+        if debugUnit.dataBreakpoints != 0 { noteDataAccess(address, size: size, write: false) }
+        return readLinear(address, size: size)
     }
 
     @inline(__always)
     mutating func write(_ segment: Int, _ offset: UInt64, _ value: UInt64, size: Int) -> Bool {
-        writeLinear(linear(segment, offset), value, size: size)
+        guard let address = checkedLinear(segment, offset, size: size, write: true) else { return false }
+        if debugUnit.dataBreakpoints != 0 { noteDataAccess(address, size: size, write: true) }
+        return writeLinear(address, value, size: size)
     }
 }

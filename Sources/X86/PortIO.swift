@@ -105,6 +105,7 @@ extension X86CPU {
         if !input.repeated || state.read(1, size: input.addressSize, legacyHighBytes: false) == 0 {
             state.rip = input.nextRIP
             state.rflags &= ~RFLAGS.rf
+            interruptShadow = false
         } else {
             state.rflags |= RFLAGS.rf
         }

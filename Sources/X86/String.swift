@@ -52,7 +52,8 @@ extension X86CPU {
             if count == 0 { break }
             iterations += 1
             // Restart later: RIP stays at the instruction.
-            if mmioWritePending || iterations >= Self.stringChunk { return true }
+            // Single-step and data breakpoints trap after each iteration.
+            if mmioWritePending || iterations >= Self.stringChunk || debugUnit.stepping || debugUnit.hits != 0 { return true }
         }
         state.rip = insn.nextRIP
         return true

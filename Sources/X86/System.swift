@@ -1,12 +1,13 @@
-// System instructions: LGDT/LIDT/SGDT/SIDT/SMSW/LMSW/INVLPG (0F 01), MOV to
-// and from control registers, RDMSR/WRMSR, CPUID, RDTSC, far JMP, and the
-// bit tests BT/BTS/BTR/BTC.
+// System instructions: LGDT/LIDT/SGDT/SIDT/SMSW/LMSW/INVLPG/SWAPGS (0F 01),
+// MOV to and from control and debug registers, CLTS, INVD, WBINVD,
+// RDMSR/WRMSR, CPUID, RDTSC, and the bit tests BT/BTS/BTR/BTC.
 
 extension X86CPU {
     // MARK: 0F 01
 
     mutating func executeGroup7(_ insn: inout Instruction) -> Bool {
         let operation = insn.reg & 7
+        if insn.mod == 3 && operation == 7 && insn.rm & 7 == 0 { return executeSwapGS(&insn) }
         if operation != 4 && (insn.mod == 3 || operation == 5) { return undefined() }
         if operation != 0 && operation != 1 && operation != 4 && state.privilegeLevel() != 0 {
             return fault(.gp, errorCode: 0)
@@ -64,7 +65,14 @@ extension X86CPU {
             case 3:
                 // Bits above MAXPHYADDR (52 here) are reserved in long mode.
                 if state.efer & ControlBits.eferLMA != 0 && value >> 52 != 0 { return fault(.gp, errorCode: 0) }
-                state.cr3 = value
+                if isPAEPaging(cr0: state.cr0, cr4: state.cr4) {
+                    guard let entries = readPDPTEs(value, check: true) else { return false }
+                    state.cr3 = value
+                    state.pdptes = entries
+                    state.pdptesLoaded = true
+                } else {
+                    state.cr3 = value
+                }
             case 4: guard setCR4(value) else { return false }
             case 8: break
             default: return undefined()
@@ -93,8 +101,25 @@ extension X86CPU {
             if case .long64 = state.mode { return fault(.gp, errorCode: 0) }
             state.efer &= ~ControlBits.eferLMA
         }
+        // Entering PAE paging (or changing CD, NW, PG in it) loads the PDPTEs.
+        let loadsPDPTEs = isPAEPaging(cr0: value, cr4: state.cr4)
+            && (value ^ state.cr0) & (ControlBits.cr0PG | ControlBits.cr0CD | ControlBits.cr0NW) != 0
+        var entries: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
+        if loadsPDPTEs {
+            guard let loaded = readPDPTEs(state.cr3, check: true) else { return false }
+            entries = loaded
+        }
         state.cr0 = value
+        if loadsPDPTEs {
+            state.pdptes = entries
+            state.pdptesLoaded = true
+        }
         return true
+    }
+
+    /// PAE paging outside long mode: the PDPTEs are cached registers.
+    func isPAEPaging(cr0: UInt64, cr4: UInt64) -> Bool {
+        cr0 & ControlBits.cr0PG != 0 && cr4 & ControlBits.cr4PAE != 0 && state.efer & ControlBits.eferLMA == 0
     }
 
     /// CR4 bits the CPU accepts: VME PVI TSD DE PSE PAE MCE PGE PCE OSFXSR OSXMMEXCPT.
@@ -103,7 +128,29 @@ extension X86CPU {
     mutating func setCR4(_ value: UInt64) -> Bool {
         if value & ~Self.cr4Writable != 0 { return fault(.gp, errorCode: 0) }
         if state.efer & ControlBits.eferLMA != 0 && value & ControlBits.cr4PAE == 0 { return fault(.gp, errorCode: 0) }
+        let loadsPDPTEs = isPAEPaging(cr0: state.cr0, cr4: value)
+            && (value ^ state.cr4) & (ControlBits.cr4PAE | ControlBits.cr4PGE | ControlBits.cr4PSE) != 0
+        var entries: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
+        if loadsPDPTEs {
+            guard let loaded = readPDPTEs(state.cr3, check: true) else { return false }
+            entries = loaded
+        }
         state.cr4 = value
+        if loadsPDPTEs {
+            state.pdptes = entries
+            state.pdptesLoaded = true
+        }
+        return true
+    }
+
+    // MARK: CLTS, caches (MOV DR is in Debug.swift)
+
+    /// 0F 06 CLTS (clears CR0.TS), 0F 08 INVD, 0F 09 WBINVD (no caches to
+    /// write back): CPL 0 only.
+    mutating func executeCacheOrCLTS(_ insn: inout Instruction) -> Bool {
+        guard state.privilegeLevel() == 0 else { return fault(.gp, errorCode: 0) }
+        if insn.opcode == 0x106 { state.cr0 &= ~ControlBits.cr0TS }
+        state.rip = insn.nextRIP
         return true
     }
 
@@ -234,51 +281,6 @@ extension X86CPU {
         state.setReg(1, UInt64(leaf.ecx))
         state.setReg(2, UInt64(leaf.edx))
         state.rip = insn.nextRIP
-        return true
-    }
-
-    // MARK: Far JMP
-
-    /// EA JMP ptr16:16/32 and FF /5 JMP m16:16/32/64: CS from the GDT in
-    /// protected mode (the mode follows the new CS), selector * 16 in real mode.
-    mutating func executeFarJump(_ insn: inout Instruction) -> Bool {
-        let offset: UInt64
-        let selector: UInt16
-        if insn.opcode == 0xEA {
-            guard !insn.mode64 else { return undefined() }
-            let offsetSize = insn.operandSize == 2 ? 2 : 4
-            offset = insn.immediate & sizeMask(offsetSize)
-            selector = UInt16(truncatingIfNeeded: insn.immediate >> UInt64(offsetSize * 8))
-        } else {
-            guard insn.isMemory else { return undefined() }
-            let offsetSize = insn.operandSize
-            guard let value = read(insn.segment, insn.offset, size: offsetSize),
-                  let sel = read(insn.segment, (insn.offset &+ UInt64(offsetSize)) & sizeMask(insn.addressSize), size: 2)
-            else { return false }
-            offset = value
-            selector = UInt16(truncatingIfNeeded: sel)
-        }
-        if case .real = state.mode {
-            // SDM JMP: "IF tempEIP is beyond code segment limit THEN #GP(0)"
-            // (a 32-bit offset can be).
-            guard offset <= UInt64(state.cs.limit) else { return fault(.gp, errorCode: 0) }
-            state.cs = .realMode(selector: selector, code: true)
-            state.rip = offset
-            return true
-        }
-        guard var target = codeSegment(selector, external: false) else { return false }
-        let cpl = state.privilegeLevel()
-        let conforming = target.attributes & 4 != 0
-        if conforming ? target.dpl > cpl : (target.dpl != cpl || UInt8(selector & 3) > cpl) {
-            return fault(.gp, errorCode: UInt32(selector & 0xFFFC))
-        }
-        // SDM JMP: "IF EIP not within code segment limit THEN #GP(0)" (a
-        // 64-bit target has no limit).
-        let long = state.efer & ControlBits.eferLMA != 0 && target.isLong
-        guard long || offset <= UInt64(target.limit) else { return fault(.gp, errorCode: 0) }
-        target.selector = (selector & 0xFFFC) | UInt16(cpl)
-        state.cs = target
-        state.rip = offset
         return true
     }
 

@@ -9,8 +9,8 @@ import KVM
 /// rate taken in one run.
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Measure SwiftKVM: the API's exit overhead, and the soft CPU's speed.",
-        subcommands: [PortIOBench.self, CPUBench.self],
+        abstract: "Measure SwiftKVM: the API's exit overhead, the soft CPU's speed, and a Linux boot beside QEMU.",
+        subcommands: [PortIOBench.self, CPUBench.self, BootBench.self],
         defaultSubcommand: PortIOBench.self)
 }
 

@@ -22,10 +22,12 @@ struct Info: ParsableCommand {
                 print("  \(pad(accelerator.rawValue, 6))not usable: \(error.message)")
             }
         }
+        let hostKind = HostKVMKind.probe()
+        print("  host KVM runs guests with \(hostKind)")
         print()
 
         let chosen = acceleratorOptions.accel == .automatic
-            ? (usable[.host] ?? usable[.soft])
+            ? ((hostKind.isPreferredOverSoft ? usable[.host] : nil) ?? usable[.soft])
             : usable[acceleratorOptions.accel]
         guard let hypervisor = chosen else {
             printError("no usable accelerator for --accel \(acceleratorOptions.accel)")

@@ -11,7 +11,7 @@ struct SwiftKVMCommand: ParsableCommand {
 
 /// The accelerator choice every subcommand that opens a hypervisor takes.
 struct AcceleratorOptions: ParsableArguments {
-    @Option(name: .long, help: "The accelerator: host (/dev/kvm), soft (SoftKVM, a software CPU), or auto (host where /dev/kvm is usable, else soft).")
+    @Option(name: .long, help: "The accelerator: host (/dev/kvm), soft (SoftKVM, a software CPU), or auto (host where /dev/kvm is usable and runs guests on VMX/SVM, else soft: kvm_pvm emulates guest code too slowly to boot Linux).")
     var accel: Accelerator = .automatic
 }
 

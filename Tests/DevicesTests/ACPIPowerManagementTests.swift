@@ -54,4 +54,31 @@ final class PMRecorder {
         recorder.nanoseconds = 2_000_000_000
         #expect(pm.read(offset: 8, size: 4) == 7_159_090)
     }
+
+    /// The timer's full 32 bits from a monotonic clock of any age (a
+    /// 64-bit product of nanoseconds and the frequency overflows after 85 minutes).
+    @Test func timerIsRightAfterHoursOfHostUptime() {
+        let (pm, recorder) = make()
+        recorder.nanoseconds = 10_000_000_000_000  // 10,000 s
+        #expect(pm.read(offset: 8, size: 4) == UInt32(35_795_450_000 % (1 << 32)))
+    }
+
+    /// TMR_STS sets when the timer's bit 31 changes; with TMR_EN the SCI
+    /// rises, and writing the bit back clears it.
+    @Test func timerStatusSetsWhenBit31ChangesAndRaisesTheSCIWithTimerEnable() {
+        let (pm, recorder) = make()
+        pm.write(offset: 2, size: 2, value: 1)  // TMR_EN
+        // 2^31 ticks at 3.579545 MHz: 599.9 s.
+        recorder.nanoseconds = 599_000_000_000
+        pm.update()
+        #expect(recorder.levels.isEmpty)
+        #expect(pm.nextEventTime == 599_932_015_941)  // ceil(2^31 * 10^9 / 3579545)
+        recorder.nanoseconds = 600_000_000_000
+        pm.update()
+        #expect(recorder.levels == [true])
+        #expect(pm.read(offset: 0, size: 2) & 1 == 1)
+        #expect(pm.nextEventTime == nil)
+        pm.write(offset: 0, size: 2, value: 1)
+        #expect(recorder.levels == [true, false])
+    }
 }

@@ -9,16 +9,13 @@ import Testing
 enum InstalledKernel {
     struct Missing: Error, CustomStringConvertible {
         var description: String {
-            "no /boot/vmlinuz-*-cloud-amd64: run scripts/test, which installs linux-image-cloud-amd64 with apt (CI does)"
+            DebianCloudKernel.installHint
         }
     }
 
     static func path() throws -> String {
-        let names = (try? FileManager.default.contentsOfDirectory(atPath: "/boot")) ?? []
-        guard let name = names.filter({ $0.hasPrefix("vmlinuz-") && $0.hasSuffix("-cloud-amd64") }).sorted().last else {
-            throw Missing()
-        }
-        return "/boot/" + name
+        guard let path = DebianCloudKernel.installedPath() else { throw Missing() }
+        return path
     }
 
     static func bytes() throws -> [UInt8] {

@@ -203,7 +203,16 @@ struct WiringDifferentialTests {
             // The woken guest can reach its last exit before the raiser has
             // lowered the line (SoftKVM wakes fast): read the chip only after.
             raised.wait()
-            return (run, stack ?? [], try guest.vm.irqchipState(.picMaster).bytes)
+            // An irqfd's pulse (raise, then lower) is injected asynchronously
+            // by both kernels' irqfd workers: the woken guest can finish
+            // before the lowering, so wait for the line (last_irr bit 4) to drop.
+            var state = try guest.vm.irqchipState(.picMaster).bytes
+            let deadline = Date(timeIntervalSinceNow: 2)
+            while raise == .irqfd && state[0] & 0x10 != 0 && Date() < deadline {
+                Thread.sleep(forTimeInterval: 0.001)
+                state = try guest.vm.irqchipState(.picMaster).bytes
+            }
+            return (run, stack ?? [], state)
         }
         let host = try run(.host)
         let soft = try run(.soft)

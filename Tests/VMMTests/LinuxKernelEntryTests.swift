@@ -17,9 +17,7 @@ import Testing
     static let serialBase: UInt16 = 0x3f8
 
     func kernelBytes() throws -> [UInt8] {
-        let names = (try? FileManager.default.contentsOfDirectory(atPath: "/boot")) ?? []
-        guard let name = names.filter({ $0.hasPrefix("vmlinuz-") && $0.hasSuffix("-cloud-amd64") }).sorted().last,
-              let data = FileManager.default.contents(atPath: "/boot/" + name) else {
+        guard let path = DebianCloudKernel.installedPath(), let data = FileManager.default.contents(atPath: path) else {
             throw KernelMissing()
         }
         return Array(data)
@@ -27,7 +25,7 @@ import Testing
 
     struct KernelMissing: Error, CustomStringConvertible {
         var description: String {
-            "no /boot/vmlinuz-*-cloud-amd64: run scripts/test, which installs linux-image-cloud-amd64 with apt (CI does)"
+            DebianCloudKernel.installHint
         }
     }
 

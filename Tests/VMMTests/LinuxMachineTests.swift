@@ -14,11 +14,8 @@ final class Collected<T>: @unchecked Sendable {
 
 enum CloudKernel {
     static func path() throws -> String {
-        let names = (try? FileManager.default.contentsOfDirectory(atPath: "/boot")) ?? []
-        guard let name = names.filter({ $0.hasPrefix("vmlinuz-") && $0.hasSuffix("-cloud-amd64") }).sorted().last else {
-            throw LinuxKernelEntryTests.KernelMissing()
-        }
-        return "/boot/" + name
+        guard let path = DebianCloudKernel.installedPath() else { throw LinuxKernelEntryTests.KernelMissing() }
+        return path
     }
 }
 

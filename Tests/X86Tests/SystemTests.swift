@@ -300,19 +300,6 @@ struct DeliveryTests {
         #expect(m.cpu.state.rip == Machine.codeAddress)
     }
 
-    @Test func stackSwitchIsAnEmulationFailureNotACrash() {
-        let m = Machine(.protected32, code: [0x0F, 0x0B])
-        m.cpu.deliversExceptions = true
-        m.cpu.state.cs.attributes |= 3 << 5
-        writeGDT(m)
-        m.store64(0x600 + 6 * 8, 0x2000 | 8 << 16 | 0xEE << 40)
-        m.cpu.state.idtr = DescriptorTableRegister(base: 0x600, limit: 0x7FF)
-        guard case .emulationFailure = m.run() else {
-            Issue.record("expected an emulation failure")
-            return
-        }
-    }
-
     @Test func intAndIretInProtectedMode() {
         // int 0x40; hlt — the handler: mov eax, 7; iretd
         let m = Machine(.protected32, code: [0xCD, 0x40, hlt])

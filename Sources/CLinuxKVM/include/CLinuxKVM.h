@@ -5,6 +5,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/eventfd.h>
+#include <sys/timerfd.h>
 #include "kvm_requests.h"
 
 /// Offsets into `struct kvm_run` of fields inside its anonymous union,

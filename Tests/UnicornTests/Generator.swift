@@ -347,6 +347,10 @@ extension PairedMachine {
             writeMemory(data, at: address)
         }
         if let address = rmAddress { setup.append("[\(hex(address))]=\(hex(leValue(x86Memory.read(at: Int(address), count: 8))))") }
+        if needs.contains(.stack) {
+            let top = linearAddress(effective: cpu.state.gpr[4], segment: 2)
+            if top + 8 <= UInt64(Layout.memorySize) { setup.append("[rsp]=\(hex(leValue(x86Memory.read(at: Int(top), count: 8))))") }
+        }
         if let f = flags {
             try setFlags(f)
             setup.append("flags=\(hex(f))")

@@ -132,6 +132,8 @@ final class PairedMachine {
         if mode != .real {
             state.cr0 |= ControlBits.cr0PE
             state.gdtr = DescriptorTableRegister(base: Layout.gdt, limit: Layout.gdtLimit)
+            // No LDT, as unicorn starts (the reset state's LDTR is usable).
+            state.ldtr = SegmentRegister(selector: 0, base: 0, limit: 0, attributes: 0)
         }
         if mode == .long64 {
             // PML4[0] -> PDPT; PDPT[0] maps the first GiB with one page.

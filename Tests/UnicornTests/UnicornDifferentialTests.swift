@@ -74,16 +74,7 @@ struct UnicornDifferentialTests {
 /// X86 bugs found here and not fixed yet (the fix is not small, or belongs
 /// to another part): form name (and mode) with what is wrong.
 enum KnownIssues {
-    static let segmentLoadChecks = """
-        X86's loadSegment checks the selector's index and presence only. The SDM (MOV, POP: Protected Mode \
-        Exceptions) also wants #GP(selector) when SS gets a selector whose RPL or DPL is not the CPL or a segment \
-        that is not writable data, and when DS, ES, FS or GS get an execute-only code segment or a data (or \
-        non-conforming code) segment whose DPL is below both CPL and RPL. Found by unicorn; segment checks are the \
-        system part's.
-        """
-    static let entries: [(form: String, modes: [CodeMode], comment: String)] =
-        ["mov es,Ew", "mov ss,Ew", "mov ds,Ew", "mov fs,Ew", "mov gs,Ew", "pop es", "pop ss", "pop ds", "pop fs", "pop gs"]
-            .map { ($0, [CodeMode.protected32, .long64], segmentLoadChecks) }
+    static let entries: [(form: String, modes: [CodeMode], comment: String)] = []
 
     static func comment(form: String, mode: CodeMode) -> String? {
         entries.first { $0.form == form && $0.modes.contains(mode) }?.comment

@@ -20,9 +20,12 @@ enum FuzzLayout {
     static let memorySize = 0x10_0000
     static let gdt: UInt64 = 0x500
     static let idt: UInt64 = 0x1000
-    /// Every exception handler: HLT (a CPL 0 exit).
+    /// Every exception handler: HLT (a CPL 0 exit), then a jump back to it.
     static let handler: UInt64 = 0x2000
     static let pml4: UInt64 = 0x3000, pdpt: UInt64 = 0x4000, pd: UInt64 = 0x5000, pt: UInt64 = 0x6000
+    /// The TSS, and the CPL 0 stack an exception at CPL 3 switches to.
+    static let tss: UInt64 = 0x7000
+    static let kernelStack: UInt64 = 0xA000
     /// The first byte user code may touch when paging protects the rest.
     static let userStart: UInt64 = 0x10000
     static let code: UInt64 = 0x10000
@@ -33,6 +36,7 @@ enum FuzzLayout {
     // GDT selectors.
     static let code32: UInt16 = 0x08, data32: UInt16 = 0x10, code64: UInt16 = 0x18, code16: UInt16 = 0x20
     static let data16: UInt16 = 0x28, userCode32: UInt16 = 0x33, userData: UInt16 = 0x3B, userCode64: UInt16 = 0x43
+    static let taskState: UInt16 = 0x48
     static let descriptors: [UInt64] = [
         0,
         0x00CF_9B00_0000_FFFF,  // 08 code, 32-bit
@@ -43,6 +47,8 @@ enum FuzzLayout {
         0x00CF_FB00_0000_FFFF,  // 30 code, 32-bit, DPL 3
         0x00CF_F300_0000_FFFF,  // 38 data, DPL 3
         0x00AF_FB00_0000_FFFF,  // 40 code, 64-bit, DPL 3
+        0x0000_8B00_7000_0067,  // 48 TSS at 0x7000, busy (in long mode 16 bytes, the upper half 0)
+        0,
     ]
 }
 
@@ -54,6 +60,8 @@ final class FuzzMachine {
     let memory = GuardedMemory(size: FuzzLayout.memorySize)
     let initial: CPUState
     let snapshot: [UInt8]
+    /// `systemTables()` as set up.
+    var initialTables: [UInt64] = []
     var cpu: X86CPU
 
     init(mode: FuzzMode, deliversExceptions: Bool) {
@@ -66,9 +74,13 @@ final class FuzzMachine {
         for (index, descriptor) in FuzzLayout.descriptors.enumerated() {
             memory.store(descriptor, at: Int(FuzzLayout.gdt) + index * 8)
         }
-        memory.store(UInt8(0xF4), at: Int(FuzzLayout.handler))
+        memory.write([0xF4, 0xEB, 0xFD], at: Int(FuzzLayout.handler))
         if mode == .real {
-            state[.cs] = .realMode(selector: 0, code: true)
+            // CS:IP = 1000:0000, the code's linear address; SS:SP = 7000:FFF0.
+            state[.cs] = .realMode(selector: UInt16(FuzzLayout.code >> 4), code: true)
+            state.rip = 0
+            state[.ss] = .realMode(selector: UInt16(FuzzLayout.stack >> 4) - 0x1000)
+            state[.rsp] = 0xFFF0
             state.idtr = DescriptorTableRegister(base: 0, limit: 0x3FF)
             for vector in 0..<256 { memory.store(UInt32(FuzzLayout.handler), at: vector * 4) }
         } else {
@@ -83,6 +95,16 @@ final class FuzzMachine {
                     | (FuzzLayout.handler & 0xFFFF_0000) << 32
                 memory.store(gate, at: Int(FuzzLayout.idt) + vector * (long ? 16 : 8))
             }
+            // The TSS: RSP0 (64-bit) or ESP0 and SS0 (32-bit); no I/O bitmap.
+            if mode.isLong {
+                memory.store(FuzzLayout.kernelStack, at: Int(FuzzLayout.tss) + 4)
+            } else {
+                memory.store(UInt32(FuzzLayout.kernelStack), at: Int(FuzzLayout.tss) + 4)
+                memory.store(UInt32(FuzzLayout.data32), at: Int(FuzzLayout.tss) + 8)
+            }
+            memory.store(UInt16(0x68), at: Int(FuzzLayout.tss) + 0x66)
+            state.tr = SegmentRegister(selector: FuzzLayout.taskState, base: FuzzLayout.tss, limit: 0x67, attributes: 0x8B)
+            state.ldtr = SegmentRegister(selector: 0, base: 0, limit: 0, attributes: 0)
             func flat(_ selector: UInt16, _ attributes: UInt16, limit: UInt32 = 0xFFFF_FFFF) -> SegmentRegister {
                 SegmentRegister(selector: selector, base: 0, limit: limit, attributes: attributes)
             }
@@ -125,6 +147,7 @@ final class FuzzMachine {
         initial = state
         snapshot = memory.read(at: 0, count: FuzzLayout.systemEnd)
         cpu = X86CPU(memory: PhysicalMemory(base: memory.base, size: FuzzLayout.memorySize), state: state)
+        initialTables = systemTables()
     }
 
     /// Runs the program of `seed`; returns what went wrong (empty: nothing).
@@ -142,12 +165,11 @@ final class FuzzMachine {
         state.rflags = 0x2 | (rng.next() & (RFLAGS.arithmetic | RFLAGS.df))
         cpu = X86CPU(memory: cpu.memory, state: state)
         cpu.deliversExceptions = deliversExceptions
-        let protectedTables = mode == .user64 ? systemTables() : []
         var problems: [String] = []
         for _ in 0..<4 {
             let exit = cpu.run(maxInstructions: 64)
             exits[String(describing: exit).prefix(while: { $0 != "(" }).description, default: 0] += 1
-            if cpu.state.rip != FuzzLayout.code { moved += 1 }
+            if cpu.state.rip != initial.rip { moved += 1 }
             problems += check(exit)
             switch exit {
             case .io(let io) where !io.isWrite && cpu.hasStringInput:
@@ -159,8 +181,8 @@ final class FuzzMachine {
             default: break
             }
         }
-        if mode == .user64 && systemTables() != protectedTables {
-            problems.append("user code changed the supervisor pages' GDT, IDT or page tables (beyond A/D bits)")
+        if mode == .user64 && systemTables() != initialTables {
+            problems.append("user code changed the supervisor pages' GDT, IDT, TSS, handler or page tables (beyond A/D bits)")
         }
         return problems
     }
@@ -184,33 +206,34 @@ final class FuzzMachine {
         if rflags & 0x2 == 0 || rflags & (1 << 3 | 1 << 5 | 1 << 15 | ~UInt64(0x3F_FFFF)) != 0 {
             problems.append("RFLAGS \(String(rflags, radix: 16)): a reserved bit is wrong")
         }
-        if mode.isUser {
-            // IOPL is 0 and no TSS grants ports: user code can neither do I/O
-            // nor halt nor change the system state, and stays at CPL 3 unless
-            // an exception is delivered to the kernel.
+        // With the system structures intact (user code cannot write their
+        // pages in 64-bit mode; without paging it can, and then anything may
+        // run at CPL 0), the only code below CPL 3 is the handler, a HLT,
+        // reached through the IDT (a delivered exception, or INT1, which the
+        // gates' DPL does not stop). IOPL is 0 and the TSS has no I/O bitmap.
+        if mode.isUser && systemTables() == initialTables {
+            let kernel = state.cpl != 3
+            if kernel && !(FuzzLayout.handler...FuzzLayout.handler + 2).contains(state.rip) {
+                problems.append("CPL \(state.cpl) at \(String(state.rip, radix: 16)), outside the kernel's handler")
+            }
             switch exit {
-            case .io: problems.append("I/O exit at CPL 3 with IOPL 0")
-            case .halt: problems.append("HLT exited at CPL 3")
+            case .io: problems.append("I/O exit from user code (CPL \(state.cpl), IOPL 0)")
+            case .halt where !kernel: problems.append("HLT exited at CPL 3")
             default: break
             }
             if state.cr0 != initial.cr0 || state.cr3 != initial.cr3 || state.cr4 != initial.cr4 || state.efer != initial.efer
-                || state.gdtr != initial.gdtr || state.idtr != initial.idtr {
-                problems.append("user code changed CR0/CR3/CR4/EFER/GDTR/IDTR")
-            }
-            if state.cpl != 3, exit != .shutdown, !deliversExceptions {
-                problems.append("CPL \(state.cpl) after user code, with no exception delivered")
+                || state.gdtr != initial.gdtr || state.idtr != initial.idtr || state.tr != initial.tr {
+                problems.append("user code changed CR0/CR3/CR4/EFER/GDTR/IDTR/TR")
             }
             if state.rflags & RFLAGS.iopl != 0 { problems.append("user code raised IOPL") }
-            if mode == .user64, case .shutdown = exit {
-                // The GDT and IDT are intact (user code cannot write their
-                // pages), so delivering through them cannot fault.
-                problems.append("triple fault at CPL 3 with the system tables intact")
+            if case .shutdown = exit {
+                problems.append("triple fault from user code with the GDT, IDT and TSS intact")
             }
         }
         return problems
     }
 
-    /// The GDT, the IDT and the page tables, with the accessed and dirty
+    /// The GDT, the IDT, the page tables, the TSS and the handler, with the accessed and dirty
     /// bits the page walk may set masked out.
     func systemTables() -> [UInt64] {
         var words: [UInt64] = []
@@ -223,6 +246,10 @@ final class FuzzMachine {
         for offset in stride(from: Int(FuzzLayout.pml4), to: Int(FuzzLayout.pt) + 0x1000, by: 8) {
             words.append(memory.load(at: offset, as: UInt64.self) & ~0x60)
         }
+        for offset in stride(from: Int(FuzzLayout.tss), to: Int(FuzzLayout.tss) + 0x68, by: 8) {
+            words.append(memory.load(at: offset, as: UInt64.self))
+        }
+        words.append(memory.load(at: Int(FuzzLayout.handler), as: UInt64.self) & 0xFF_FFFF)
         return words
     }
 }
@@ -301,15 +328,8 @@ struct UserModeFuzzTests {
         fuzz(.user64, deliversExceptions: false)
     }
 
-    /// The same with exceptions delivered through the IDT.
+    /// The same with exceptions delivered through the IDT (to CPL 0, on the TSS's stack).
     @Test func randomBytesAtCPL3In64BitModeWithDeliveryCannotReachTheSystem() {
-        withKnownIssue("""
-            X86 checks the CPL against the U/S bit for the CPU's own accesses to the IDT and GDT: an exception at \
-            CPL 3 faults reading a gate on a supervisor page and ends in a triple fault. The SDM (Vol. 3 4.6) calls \
-            those accesses implicit supervisor-mode accesses, allowed whatever the CPL (delivery should end here in \
-            the emulation failure of the unmodelled stack switch). Paging and privilege are the system part's.
-            """, isIntermittent: true) {
-            fuzz(.user64, deliversExceptions: true)
-        }
+        fuzz(.user64, deliversExceptions: true)
     }
 }

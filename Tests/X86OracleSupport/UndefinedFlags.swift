@@ -224,6 +224,17 @@ public enum UnicornDeviations {
                 result.gpr[4] = (rsp & ~mask) | ((rsp &+ 0x10000) & mask)
             }),
         UnicornDeviation(
+            instruction: "MOV SS, r/m16 in 64-bit mode with a null selector whose RPL is not the CPL",
+            sdm: "MOV, 64-Bit Mode Exceptions: \"#GP(selector) If an attempt is made to load SS register with NULL "
+                + "segment selector when CPL < 3 and CPL != RPL.\"",
+            unicorn: "loads it",
+            applies: { $0.form == "mov ss,Ew" && $0.mode64 && $0.rmValue & 0xFFFC == 0 && $0.rmValue & 3 != 0 },
+            equivalentEncoding: nil,
+            correct: { result, context in
+                result = OracleResult(gpr: context.before, rip: context.address, rflags: context.beforeFlags,
+                                      selectors: context.beforeSelectors, exception: 13)
+            }),
+        UnicornDeviation(
             instruction: "LOCK NEG m8/m16/m32/m64",
             sdm: "NEG: \"The CF flag set to 0 if the source operand is 0; otherwise it is set to 1. The OF, SF, ZF, AF, "
                 + "and PF flags are set according to the result.\"",

@@ -224,6 +224,18 @@ public enum UnicornDeviations {
                 result.gpr[4] = (rsp & ~mask) | ((rsp &+ 0x10000) & mask)
             }),
         UnicornDeviation(
+            instruction: "JMP m16:64 (REX.W FF /5) to a 64-bit code segment with a non-canonical offset",
+            sdm: "JMP, 64-Bit Mode Exceptions: \"#GP(0) If target offset in destination operand is non-canonical.\"",
+            unicorn: "jumps, leaving RIP non-canonical",
+            applies: { $0.form == "jmp Mp" && $0.mode64 },
+            equivalentEncoding: nil,
+            correct: { result, context in
+                let top = Int64(bitPattern: result.rip) >> 47
+                guard result.exception == nil, top != 0 && top != -1 else { return }
+                result = OracleResult(gpr: context.before, rip: context.address, rflags: context.beforeFlags,
+                                      selectors: context.beforeSelectors, exception: 13)
+            }),
+        UnicornDeviation(
             instruction: "MOV SS, r/m16 in 64-bit mode with a null selector whose RPL is not the CPL",
             sdm: "MOV, 64-Bit Mode Exceptions: \"#GP(selector) If an attempt is made to load SS register with NULL "
                 + "segment selector when CPL < 3 and CPL != RPL.\"",

@@ -37,7 +37,9 @@ let package = Package(
             ],
             swiftSettings: hotPathSettings
         ),
-        .target(name: "X86", swiftSettings: hotPathSettings),
+        // Host atomics for the soft CPU's LOCK prefix.
+        .target(name: "CX86Atomics"),
+        .target(name: "X86", dependencies: ["CX86Atomics"], swiftSettings: hotPathSettings),
         .target(
             name: "SoftKVM",
             dependencies: [

@@ -60,6 +60,8 @@ public final class VCPU: @unchecked Sendable {
     let page: RunPage
     /// Where in the mapping the answer to the last exit's read goes, and how many bytes it takes.
     private var pendingRead: (offset: Int, length: Int)?
+    /// The MSR access the last exit handed to user space (EnableCapability.swift answers it).
+    var pendingMSR: MSRExit?
     /// The last thread `run()` unblocked the kick signal in, so that it is done once per thread, not per run.
     private var unblockedThread: UInt = 0
 
@@ -126,6 +128,7 @@ public final class VCPU: @unchecked Sendable {
     /// `immediateExit` gives `.interrupted`. The ioctl is KVM_RUN.
     public func run() throws(KVMError) -> VCPUExit {
         pendingRead = nil
+        pendingMSR = nil
         let thread = ThreadKick.currentThread
         if thread != unblockedThread {
             ThreadKick.unblockInCurrentThread()
@@ -234,7 +237,9 @@ public final class VCPU: @unchecked Sendable {
             return .tprAccess(rip: access.rip, isWrite: access.is_write != 0)
         case .x86Rdmsr, .x86Wrmsr:
             let msr = run.pointee.msr
-            return .msr(MSRExit(isWrite: reason == .x86Wrmsr, index: msr.index, reason: msr.reason, data: msr.data))
+            let access = MSRExit(isWrite: reason == .x86Wrmsr, index: msr.index, reason: msr.reason, data: msr.data)
+            pendingMSR = access
+            return .msr(access)
         case .nmi:
             return .nmi
         case .x86BusLock:

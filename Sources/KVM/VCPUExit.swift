@@ -33,7 +33,10 @@ public enum VCPUExit: Sendable, Equatable {
     case ioapicEOI(vector: UInt8)
     /// `KVM_EXIT_TPR_ACCESS`.
     case tprAccess(rip: UInt64, isWrite: Bool)
-    /// RDMSR or WRMSR of an MSR user space asked to handle (`KVM_EXIT_X86_RDMSR`, `KVM_EXIT_X86_WRMSR`).
+    /// RDMSR or WRMSR of an MSR user space asked to handle
+    /// (`KVM_EXIT_X86_RDMSR`, `KVM_EXIT_X86_WRMSR`; see
+    /// `VirtualMachine.enableUserSpaceMSR`); answer with `VCPU.setMSRData`
+    /// or `VCPU.failMSRAccess` before the next run.
     case msr(MSRExit)
     /// `KVM_EXIT_NMI`.
     case nmi

@@ -63,7 +63,7 @@ extension SoftBackend {
         switch UInt32(truncatingIfNeeded: arg) {
         case Capability.userMemory.rawValue, Capability.destroyMemoryRegionWorks.rawValue,
              Capability.joinMemoryRegionsWorks.rawValue, Capability.checkExtensionVM.rawValue,
-             Capability.immediateExit.rawValue, Capability.deviceCtrl.rawValue:
+             Capability.immediateExit.rawValue, Capability.deviceCtrl.rawValue, Capability.enableCapVM.rawValue:
             return 1
         // SoftKVM's CPU reads guest memory through the slot's host address,
         // so user space changes to that memory are always seen (the sense of SYNC_MMU).
@@ -130,6 +130,8 @@ extension SoftBackend {
             return vm.coalesced.unregister(zone)
         case KVMRequest.createDevice.number:
             return kvm_ioctl_create_device(vm, arg)
+        case KVMRequest.enableCap.number:
+            return kvm_vm_ioctl_enable_cap_generic(vm, arg)
         default:
             return kvm_arch_vm_ioctl(vm, request, arg)
         }

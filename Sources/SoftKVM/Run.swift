@@ -27,6 +27,11 @@ extension SoftBackend {
         return vcpu.arch.withLock { arch in
             arch.hasRun = true
             complete_userspace_io(&arch, vcpu)
+            if let exit = complete_userspace_msr(&arch, vcpu) {
+                handleExit(exit, &arch, vcpu)
+                post_kvm_run_save(arch, run, irqchip: irqchip)
+                return 0
+            }
             refreshMemoryView(&arch, vcpu.vm)
             // A debug trap of the instruction before the last exit comes
             // before what is injected now.
@@ -87,11 +92,15 @@ extension SoftBackend {
                     }
                     stepOne = windowRequested
                 }
-                let exit = arch.cpu.run(maxInstructions: stepOne ? 1 : runSliceInstructions)
+                var exit = arch.cpu.run(maxInstructions: stepOne ? 1 : runSliceInstructions)
                 if case .instructionLimit = exit {
                     // A kick between slices: the signal the kernel would see.
                     if run.pointee.immediate_exit != 0 { return interrupted(arch, run, irqchip: irqchip) }
                     continue
+                }
+                if case .msr(let access) = exit {
+                    guard let next = kvm_emulate_msr(access, &arch, vcpu) else { continue }
+                    exit = next
                 }
                 if handledInKernel(exit, &arch, vcpu, irqchip) { continue }
                 if case .halt = exit, let irqchip {
@@ -251,6 +260,8 @@ extension SoftBackend {
             if let dr6 = stop.dr6 { run.pointee.debug.arch.dr6 = dr6 }
             if let dr7 = stop.dr7 { run.pointee.debug.arch.dr7 = dr7 }
             arch.eventExitInstructionLength = stop.vector == BP_VECTOR ? 1 : 0
+        case .msr:
+            break  // kvm_msr_user_space filled kvm_run.
         case .shutdown:
             run.pointee.exit_reason = UInt32(KVM_EXIT_SHUTDOWN)
         case .emulationFailure, .exception, .instructionLimit:

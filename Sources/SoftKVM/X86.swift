@@ -67,16 +67,19 @@ let supportedCPUID: [kvm_cpuid_entry2] = {
     }
     // "SoftKVMSwift" in EBX, EDX, ECX order, as CPUID leaf 0 spells a vendor.
     let vendor: (UInt32, UInt32, UInt32) = (0x7466_6F53, 0x534D_564B, 0x7466_6977)
-    // PSE TSC MSR PAE SEP PGE CMOV PAT PSE-36. Not FPU, CX8, FXSR, SSE or
-    // SSE2: X86 has no x87, CMPXCHG8B, FXSAVE or SSE yet, and a guest told
-    // otherwise would take #UD where it expects the instruction to work.
-    let leaf1EDX: UInt32 = (1 << 3) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 11) | (1 << 13) | (1 << 15) | (1 << 16)
-        | (1 << 17)
+    // PSE TSC MSR PAE CX8 SEP PGE CMOV PAT PSE-36. Not FPU, FXSR, SSE or
+    // SSE2: X86 has no x87, FXSAVE or SSE yet, and a guest told otherwise
+    // would take #UD where it expects the instruction to work.
+    let leaf1EDX: UInt32 = (1 << 3) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 8) | (1 << 11) | (1 << 13) | (1 << 15)
+        | (1 << 16) | (1 << 17)
+    // CX16 POPCNT. Not MOVBE (no 0F 38 map yet).
+    let leaf1ECX: UInt32 = (1 << 13) | (1 << 23)
     return [
         leaf(0, eax: 1, ebx: vendor.0, ecx: vendor.2, edx: vendor.1),
-        leaf(1, eax: 0x600, edx: leaf1EDX),
+        leaf(1, eax: 0x600, ecx: leaf1ECX, edx: leaf1EDX),
         leaf(0x8000_0000, eax: 0x8000_0001),
-        leaf(0x8000_0001, ecx: 1 << 0, edx: (1 << 11) | (1 << 20) | (1 << 29)),  // LAHF; SYSCALL NX LM
+        // LAHF, ABM (LZCNT); SYSCALL NX LM
+        leaf(0x8000_0001, ecx: (1 << 0) | (1 << 5), edx: (1 << 11) | (1 << 20) | (1 << 29)),
     ]
 }()
 
@@ -132,6 +135,14 @@ extension SoftBackend {
         case Capability.pit.rawValue, Capability.pit2.rawValue, Capability.pitState2.rawValue,
              Capability.reinjectControl.rawValue:
             return 1
+        // EnableCap.swift, MSRAccess.swift, XSave2.swift.
+        case Capability.enableCap.rawValue, Capability.x86UserSpaceMSR.rawValue, Capability.x86MSRFilter.rawValue,
+             Capability.enforcePvFeatureCPUID.rawValue:
+            return 1
+        case Capability.x86DisableExits.rawValue:
+            return Int32(softAllowedDisableExits)
+        case Capability.xsave2.rawValue:
+            return Int32(softXSave2Size)
         default:
             return 0
         }
@@ -154,6 +165,8 @@ extension SoftBackend {
         case KVMRequest.getPIT.number, KVMRequest.setPIT.number, KVMRequest.getPIT2.number, KVMRequest.setPIT2.number,
              KVMRequest.reinjectControl.number:
             return kvm_vm_ioctl_pit(vm, request, arg)
+        case KVMRequest.x86SetMSRFilter.number:
+            return kvm_vm_ioctl_set_msr_filter(vm, arg)
         default:
             return fail(.inappropriateIOCTLForDevice)
         }
@@ -247,6 +260,10 @@ extension SoftBackend {
                 return msr_io(&arch, arg, write: false)
             case KVMRequest.setMSRs.number:
                 return msr_io(&arch, arg, write: true)
+            case KVMRequest.enableCap.number:
+                return kvm_vcpu_ioctl_enable_cap(&arch, arg)
+            case KVMRequest.getXsave2.number:
+                return kvm_vcpu_ioctl_x86_get_xsave2(arch, arg)
             default:
                 return fail(.invalidArgument)
             }
@@ -360,6 +377,9 @@ extension SoftBackend {
 struct KVMArch: Sendable {
     var tssAddress: UInt64 = 0
     var identityMapAddress: UInt64 = 0
+    /// KVM_CAP_X86_USER_SPACE_MSR's exit reasons and KVM_X86_SET_MSR_FILTER's filter (MSRAccess.swift).
+    var userSpaceMSRMask: UInt32 = 0
+    var msrFilter: X86MSRFilter? = nil
 }
 
 /// A vCPU's x86 state (`struct kvm_vcpu_arch`). The architectural state
@@ -393,6 +413,8 @@ struct VCPUArch: @unchecked Sendable {
     }
     /// Whether KVM_RUN has been entered (kvm_vcpu_has_run).
     var hasRun = false
+    /// KVM_CAP_ENFORCE_PV_FEATURE_CPUID (`vcpu->arch.pv_cpuid.enforce`).
+    var pvCPUIDEnforced = false
     /// The vector KVM_INTERRUPT queued, injected at the next entry (`vcpu->arch.interrupt`).
     var queuedInterrupt: UInt8? = nil
     /// The queued interrupt is a software one (INT n, from KVM_SET_VCPU_EVENTS).
@@ -450,6 +472,8 @@ struct VCPUArch: @unchecked Sendable {
         fpu.fcw = 0x37F
         // Faults go to the guest's IDT, as on hardware; KVM's exits are what is left.
         cpu.deliversExceptions = true
+        // KVM decides every guest MSR access (MSRAccess.swift), as VMX and SVM intercept them.
+        cpu.interceptsMSRs = true
     }
 
     /// kvm_regs, from and to the CPU's registers.

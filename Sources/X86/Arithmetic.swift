@@ -47,7 +47,7 @@ extension X86CPU {
         let size = insn.opcode & 1 == 0 ? 1 : insn.operandSize
         switch insn.opcode & 7 {
         case 0, 1:  // Eb,Gb / Ev,Gv
-            guard let dst = readOperand(insn, size: size) else { return false }
+            guard let dst = operation == 7 ? readOperand(insn, size: size) : readOperandForUpdate(insn, size: size) else { return false }
             let r = alu(operation, dst, readRegister(insn, size: size), size: size)
             return operation == 7 || writeOperand(insn, r, size: size)
         case 2, 3:  // Gb,Eb / Gv,Ev
@@ -68,7 +68,7 @@ extension X86CPU {
         let size = insn.opcode & 1 == 0 ? 1 : insn.operandSize
         let src = signExtend(insn.immediate, size: insn.opcode == 0x81 ? min(size, 4) : 1)
         let operation = insn.reg & 7
-        guard let dst = readOperand(insn, size: size) else { return false }
+        guard let dst = operation == 7 ? readOperand(insn, size: size) : readOperandForUpdate(insn, size: size) else { return false }
         let r = alu(operation, dst, src, size: size)
         return operation == 7 || writeOperand(insn, r, size: size)
     }
@@ -108,14 +108,14 @@ extension X86CPU {
 
     /// FE /0-1, FF /0-1.
     mutating func executeIncDec(_ insn: inout Instruction, size: Int, decrement: Bool) -> Bool {
-        guard let value = readOperand(insn, size: size) else { return false }
+        guard let value = readOperandForUpdate(insn, size: size) else { return false }
         return writeOperand(insn, incDec(value, size: size, decrement: decrement), size: size)
     }
 
     /// F6/F7: TEST NOT NEG MUL IMUL DIV IDIV.
     mutating func executeGroup3(_ insn: inout Instruction) -> Bool {
         let size = insn.opcode == 0xF6 ? 1 : insn.operandSize
-        guard let value = readOperand(insn, size: size) else { return false }
+        guard let value = insn.reg & 6 == 2 ? readOperandForUpdate(insn, size: size) : readOperand(insn, size: size) else { return false }
         let mask = sizeMask(size)
         switch insn.reg & 7 {
         case 0, 1:
@@ -237,7 +237,7 @@ extension X86CPU {
         default: raw = state.reg(1) & 0xFF
         }
         let count = Int(raw & (size == 8 ? 0x3F : 0x1F))
-        guard let value = readOperand(insn, size: size) else { return false }
+        guard let value = readOperandForUpdate(insn, size: size) else { return false }
         // A zero count changes nothing; a 32-bit register is still written
         // (and so zero-extended), as the instruction names it as destination.
         guard count != 0 else { return insn.isMemory || writeOperand(insn, value, size: size) }

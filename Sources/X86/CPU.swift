@@ -58,6 +58,9 @@ public enum X86Exit: Equatable, Sendable {
     /// A stop for the CPU's owner (`hostDebug`): single-step, an INT3 it
     /// intercepts, or a #DB while it single-steps or sets breakpoints.
     case debug(DebugStop)
+    /// An RDMSR or WRMSR for the owner (`interceptsMSRs`); RIP stays at the
+    /// instruction until `completeMSRAccess`.
+    case msr(MSRAccessExit)
     /// `maxInstructions` instructions completed.
     case instructionLimit
     /// Code fetched or a page table read from outside RAM, or what the CPU
@@ -75,7 +78,7 @@ public enum InterruptShadow {
 
 /// Exception vectors.
 public enum Vector: UInt8, Sendable {
-    case de = 0, db = 1, bp = 3, ud = 6, nm = 7, df = 8, ts = 10, np = 11, ss = 12, gp = 13, pf = 14
+    case de = 0, db = 1, bp = 3, of = 4, br = 5, ud = 6, nm = 7, df = 8, ts = 10, np = 11, ss = 12, gp = 13, pf = 14
 }
 
 /// One range of guest-physical memory backed by host memory: a KVM memory
@@ -194,6 +197,8 @@ public struct X86CPU {
     /// Set while the CPU reads or writes system tables (GDT, LDT, IDT,
     /// TSS) or pushes a frame at a new CPL: supervisor accesses whatever CS says.
     var implicitSupervisor = false
+    /// RDMSR and WRMSR handed to the owner (MSRIntercept.swift).
+    var msrIntercept = MSRInterceptState()
 
     public init(memory: PhysicalMemory, state: CPUState = CPUState()) {
         self.memory = memory

@@ -5,7 +5,10 @@
 extension X86CPU {
     mutating func execute(_ insn: inout Instruction) -> Bool {
         let op = insn.opcode
-        if insn.lock && !isLockable(insn) { return undefined() }
+        if insn.lock {
+            guard isLockable(insn) else { return undefined() }
+            return executeLocked(&insn)
+        }
         switch op {
         case 0x00...0x3F where op & 7 < 6:
             guard executeALU(&insn) else { return false }
@@ -26,6 +29,8 @@ extension X86CPU {
             state.write(insn.reg, insn.offset, size: insn.operandSize, legacyHighBytes: false)
         case 0x84, 0x85, 0xA8, 0xA9:
             guard executeTest(&insn) else { return false }
+        case 0x86...0x87 where insn.isMemory:  // always locked
+            return executeLocked(&insn)
         case 0x86, 0x87, 0x90...0x97:
             if op == 0x90 && insn.rex & 1 == 0 { break }  // NOP and PAUSE
             guard executeExchange(&insn) else { return false }
@@ -125,6 +130,39 @@ extension X86CPU {
             return undefined()
         case 0xF1:
             return executeICEBP(&insn)
+        // The rest of the integer set (Exchange, BitScan, DoubleShift, StackFrames, FarPointer, BCD, IntegerMisc).
+        case 0x1B0, 0x1B1:
+            guard executeCompareExchange(&insn) else { return false }
+        case 0x1C0, 0x1C1:
+            guard executeExchangeAdd(&insn) else { return false }
+        case 0x1C7:
+            guard executeGroup9(&insn) else { return false }
+        case 0x1C8...0x1CF:
+            executeByteSwap(&insn)
+        case 0x1B8, 0x1BC, 0x1BD:
+            guard executeBitScan(&insn) else { return false }
+        case 0x1A4, 0x1A5, 0x1AC, 0x1AD:
+            guard executeDoubleShift(&insn) else { return false }
+        case 0xC8:
+            guard executeEnter(&insn) else { return false }
+        case 0x60:
+            guard executePushAll(&insn) else { return false }
+        case 0x61:
+            guard executePopAll(&insn) else { return false }
+        case 0xC4, 0xC5, 0x1B2, 0x1B4, 0x1B5:
+            guard executeLoadFarPointer(&insn) else { return false }
+        case 0x27, 0x2F, 0x37, 0x3F, 0xD4, 0xD5:
+            guard executeDecimalAdjust(&insn) else { return false }
+        case 0x62:
+            guard executeBound(&insn) else { return false }
+        case 0xCE:
+            return executeInterruptOnOverflow(&insn)
+        case 0xD7:
+            guard executeTranslate(&insn) else { return false }
+        case 0x1C3:
+            guard executeStoreNonTemporal(&insn) else { return false }
+        case 0x10D:  // PREFETCH/PREFETCHW hints
+            break
         default:
             return undefined()
         }

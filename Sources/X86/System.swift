@@ -226,6 +226,7 @@ extension X86CPU {
     mutating func executeMSR(_ insn: inout Instruction) -> Bool {
         guard state.privilegeLevel() == 0 else { return fault(.gp, errorCode: 0) }
         let index = UInt32(truncatingIfNeeded: state.reg(1))
+        if msrIntercept.enabled { return interceptMSR(&insn, index: index) }
         if insn.opcode == 0x132 {
             guard let value = readMSR(index) else { return fault(.gp, errorCode: 0) }
             state.setReg(0, value & 0xFFFF_FFFF)
@@ -310,7 +311,8 @@ extension X86CPU {
         }
         let value: UInt64
         if insn.isMemory {
-            guard let v = read(insn.segment, offset, size: size) else { return false }
+            // BTS BTR BTC read with the write's checks (see readOperandForUpdate).
+            guard let v = readLinear(linear(insn.segment, offset), size: size, operation == 0 ? .read : .write) else { return false }
             value = v
         } else {
             value = state.read(insn.rm, size: size, legacyHighBytes: false)

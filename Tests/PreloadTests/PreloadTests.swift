@@ -32,8 +32,9 @@ struct PreloadConformanceTests {
         #expect(soft.lines == host.lines)
     }
 
-    /// Guests in real, protected and long mode doing port I/O and MMIO.
-    @Test(arguments: ["realmode", "protmode", "longmode"])
+    /// Guests in real, protected and long mode doing port I/O and MMIO, and
+    /// one whose MSR accesses exit to user space or meet an MSR filter.
+    @Test(arguments: ["realmode", "protmode", "longmode", "msrexits"])
     func guestExitsAreTheSameUnderExecAsOnHostKVM(name: String) throws {
         let program = try CPrograms.build(name)
         let host = try CPrograms.runOnHost(program)

@@ -326,8 +326,10 @@ struct PITDifferentialTests {
             let (exits, results, seconds) = try run(backend)
             #expect(exits == [.io(PortIO(direction: .out, port: 0xF1, size: 1, value: 0x99))], "\(backend)")
             let count = Int(results[0]) | Int(results[1]) << 8
-            // At most a few hundred microseconds went by: a few hundred ticks.
-            #expect(count < 0xFFFF && count > 0xFFFF - 1193 * 50, "\(backend): count read back 0x\(String(count, radix: 16))")
+            // At most a few hundred microseconds went by: a few hundred ticks,
+            // or none at all (a tick is 838 ns, and SoftKVM runs the out,
+            // out, in in less).
+            #expect(count <= 0xFFFF && count > 0xFFFF - 1193 * 50, "\(backend): count read back 0x\(String(count, radix: 16))")
             #expect(results[2] & ~0x10 == 0x01, "\(backend): port 0x61 read 0x\(String(results[2], radix: 16))")
             #expect(results[3] & ~0x10 == 0x21, "\(backend): port 0x61 after the wait 0x\(String(results[3], radix: 16))")
             #expect(seconds >= 0.001, "\(backend): OUT2 rose after \(seconds) s")

@@ -27,7 +27,9 @@ struct SupportedCPUIDTests {
         Feature(name: "FXSR (fxsave [0x2000])", function: 1, register: \.edx, bit: 24, instruction: [0x0F, 0xAE, 0x06, 0x00, 0x20]),
         Feature(name: "SSE (xorps xmm0, xmm0)", function: 1, register: \.edx, bit: 25, instruction: [0x0F, 0x57, 0xC0]),
         Feature(name: "SSE2 (xorpd xmm0, xmm0)", function: 1, register: \.edx, bit: 26, instruction: [0x66, 0x0F, 0x57, 0xC0]),
+        Feature(name: "POPCNT (popcnt ax, bx)", function: 1, register: \.ecx, bit: 23, instruction: [0xF3, 0x0F, 0xB8, 0xC3]),
         Feature(name: "LAHF (lahf)", function: 0x8000_0001, register: \.ecx, bit: 0, instruction: [0x9F]),
+        Feature(name: "ABM (lzcnt ax, bx)", function: 0x8000_0001, register: \.ecx, bit: 5, instruction: [0xF3, 0x0F, 0xBD, 0xC3]),
     ]
 
     static let undefinedOpcodePort: UInt16 = 0x66

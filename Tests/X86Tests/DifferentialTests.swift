@@ -24,6 +24,25 @@ enum UndefinedFlags {
     static let multiply = RFLAGS.sf | RFLAGS.zf | RFLAGS.af | RFLAGS.pf
     /// DIV IDIV: all six.
     static let divide = RFLAGS.arithmetic
+    /// BT BTS BTR BTC: OF SF AF PF.
+    static let bitTest = RFLAGS.of | RFLAGS.sf | RFLAGS.af | RFLAGS.pf
+    /// BSF BSR: all but ZF.
+    static let bitScan = RFLAGS.cf | RFLAGS.of | RFLAGS.sf | RFLAGS.af | RFLAGS.pf
+    /// LZCNT: OF SF AF PF.
+    static let leadingZeroCount = RFLAGS.of | RFLAGS.sf | RFLAGS.af | RFLAGS.pf
+    /// SHLD SHRD: AF; OF unless the count is 1; all six when the count
+    /// exceeds the width (16-bit operands, whose result is undefined too).
+    static func doubleShift(count: Int, width: Int) -> UInt64 {
+        if count == 0 { return 0 }
+        if count > width { return RFLAGS.arithmetic }
+        return count == 1 ? RFLAGS.af : RFLAGS.af | RFLAGS.of
+    }
+    /// DAA DAS: OF.
+    static let decimalAdjust = RFLAGS.of
+    /// AAA AAS: OF SF ZF PF.
+    static let asciiAdjust = RFLAGS.of | RFLAGS.sf | RFLAGS.zf | RFLAGS.pf
+    /// AAM AAD: OF AF CF.
+    static let asciiMultiplyDivide = RFLAGS.of | RFLAGS.af | RFLAGS.cf
 }
 
 /// One checkpoint of a differential program: code ending in `out 0xF0, al`,

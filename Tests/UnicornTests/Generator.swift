@@ -14,8 +14,9 @@ struct Prepared {
     var legacyHighBytes: Bool
     /// The REX prefix (0: none).
     var rex: UInt8
-    /// Where the opcode starts in `bytes`.
+    /// Where the opcode starts in `bytes`, and the ModRM (nil: none).
     var opcodeIndex: Int
+    var modrmIndex: Int?
     var immediate: UInt64
     /// What was set before the instruction, for the report.
     var setup: [String]
@@ -280,8 +281,16 @@ extension PairedMachine {
                 if needs.contains(.farPointer) {
                     let offsetSize = max(size, 2)
                     // A far jump's target: mostly code.
-                    let offset = needs.contains(.branch) && !rng.oneIn(4)
+                    var offset = needs.contains(.branch) && !rng.oneIn(4)
                         ? Layout.codeStart + UInt64(rng.below(0x3000)) : rng.edge(offsetSize * 8)
+                    var selector = selector
+                    if offsetSize == 8 && !needs.contains(.branch) {
+                        // unicorn reads LSS/LFS/LGS m16:64 as m16:32 (see UnicornDeviations): two
+                        // selectors that load alike, one where each reads it.
+                        let good: [UInt16] = form.name.hasPrefix("lss") ? [Layout.data] : [Layout.data, Layout.dataFS, Layout.dataGS, 0]
+                        selector = UInt64(rng.pick(good))
+                        offset = offset & ~(0xFFFF << 32) | UInt64(rng.pick(good)) << 32
+                    }
                     memory.append((address, le(offset, offsetSize) + le(selector, 2)))
                 } else {
                     memory.append((address, le(selector, 2)))
@@ -322,6 +331,7 @@ extension PairedMachine {
         if mode64 && rex != 0 { bytes.append(rex) }
         let opcodeIndex = bytes.count
         bytes += opcode
+        let modrmIndex = addressing == nil ? nil : bytes.count
         if var a = addressing {
             bytes.append(a.modrm | UInt8((modrmReg & 7) << 3))
             if let sib = a.sib { bytes.append(sib) }
@@ -359,7 +369,8 @@ extension PairedMachine {
         }
         return Prepared(form: form, size: size, address: address, bytes: bytes, regIndex: regIndex,
                         rmRegister: rmRegister, rmAddress: rmAddress, legacyHighBytes: legacyHighBytes,
-                        rex: mode64 ? rex : 0, opcodeIndex: opcodeIndex, immediate: immediate, setup: setup)
+                        rex: mode64 ? rex : 0, opcodeIndex: opcodeIndex, modrmIndex: modrmIndex, immediate: immediate,
+                        setup: setup)
     }
 
     func isShift(_ form: Form) -> Bool {
@@ -467,7 +478,9 @@ extension PairedMachine {
             var range = offsets
             if base == 4 {
                 // RSP as the base: keep it a usable stack pointer too.
-                range = max(offsets.lowerBound, 0x200)...min(offsets.upperBound, 0xE00)
+                let low = max(offsets.lowerBound, 0x200), high = min(offsets.upperBound, 0xE00)
+                guard low <= high else { continue }
+                range = low...high
             }
             let (_, effective) = target(segment: seg, offsets: range)
             a.effectiveAddress = effective & mask

@@ -93,8 +93,11 @@ extension PairedMachine {
         let context = DeviationContext(form: form.name, bytes: prepared.bytes, rex: prepared.rex,
                                        opcodeIndex: prepared.opcodeIndex, operandSize: size,
                                        mode64: mode == .long64, realMode: mode == .real, address: prepared.address,
-                                       stackAddressSize: mode.codeSize, memoryOperand: prepared.rmAddress != nil,
-                                       rmValue: rmValue, immediate: prepared.immediate, before: before.gpr,
+                                       stackAddressSize: mode.codeSize, modrmIndex: prepared.modrmIndex,
+                                       regIndex: prepared.regIndex, rmRegister: prepared.rmRegister,
+                                       memoryOperand: prepared.rmAddress != nil, rmValue: rmValue,
+                                       rmBytes: prepared.rmAddress.map { x86Memory.read(at: Int($0), count: 16) } ?? [],
+                                       immediate: prepared.immediate, before: before.gpr,
                                        beforeFlags: before.rflags, beforeSelectors: before.selectors)
         let deviations = UnicornDeviations.all.filter { $0.applies(context) }
         let unicornBytes = deviations.lazy.compactMap(\.equivalentEncoding).first?(context) ?? prepared.bytes

@@ -60,7 +60,7 @@ enum CrashNotes {
             action.__sigaction_handler.sa_handler = { signal in
                 // Only async-signal-safe calls: write(2) the notes, then put
                 // back the previous action and let the fault recur under it.
-                let header = "\nX86 fuzzing: the process got a fatal signal while running:\n"
+                let header = "\nA fatal signal, while these X86 fuzz programs were running:\n"
                 _ = header.withCString { Glibc.write(2, $0, strlen($0)) }
                 for slot in 0..<CrashNotes.slots {
                     let start = CrashNotes.table + slot * CrashNotes.slotSize

@@ -71,7 +71,7 @@ let package = Package(
         .testTarget(name: "PreloadTests", dependencies: ["KVMTestSupport"]),
         .testTarget(name: "LinuxBootTests", dependencies: ["LinuxBoot", "GuestMemory"]),
         .testTarget(name: "DevicesTests", dependencies: ["Devices"]),
-        .testTarget(name: "X86Tests", dependencies: ["KVMTestSupport", "X86", "KVM", "GuestMemory"]),
+        .testTarget(name: "X86Tests", dependencies: ["KVMTestSupport", "X86OracleSupport", "X86", "KVM", "GuestMemory"]),
         // What the tests comparing X86 with outside oracles share: unicorn
         // (loaded at run time, never linked), the table of flags the manuals
         // leave undefined, guarded guest memory, a seeded generator.

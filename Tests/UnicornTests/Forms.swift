@@ -70,7 +70,7 @@ struct Form: Sendable, CustomStringConvertible {
     /// The rule of `UndefinedFlags` and `UndefinedResults` (in
     /// X86OracleSupport) that applies.
     enum Flags: Sendable {
-        case defined, logic, multiply, divide, bitTest, bitScan, countZeros, asciiAdjust, decimalAdjust, asciiAdjustMultiply
+        case defined, logic, multiply, divide, bitTest, bitScan, leadingZeroCount, asciiAdjust, decimalAdjust, asciiMultiplyDivide
         case shift(Count), shiftArithmetic(Count), rotate(Count), doubleShift(Count)
         /// No flag, but a 16-bit destination is undefined.
         case byteSwap
@@ -248,8 +248,8 @@ extension Form {
             Form("das", [0x2F], .none, modes: .legacy, flags: .decimalAdjust),
             Form("aaa", [0x37], .none, modes: .legacy, flags: .asciiAdjust),
             Form("aas", [0x3F], .none, modes: .legacy, flags: .asciiAdjust),
-            Form("aam Ib", [0xD4], .none, imm: .b, modes: .legacy, flags: .asciiAdjustMultiply),
-            Form("aad Ib", [0xD5], .none, imm: .b, modes: .legacy, flags: .asciiAdjustMultiply),
+            Form("aam Ib", [0xD4], .none, imm: .b, modes: .legacy, flags: .asciiMultiplyDivide),
+            Form("aad Ib", [0xD5], .none, imm: .b, modes: .legacy, flags: .asciiMultiplyDivide),
             // Moves.
             Form("mov Eb,Gb", [0x88], .byte, .modrm),
             Form("mov Ev,Gv", [0x89], .v, .modrm),
@@ -387,7 +387,7 @@ extension Form {
             Form("btc Ev,Ib", [0x0F, 0xBA], .v, .digit(7), imm: .b, flags: .bitTest, needs: .lockable),
             Form("bsf Gv,Ev", [0x0F, 0xBC], .v, .modrm, flags: .bitScan),
             Form("bsr Gv,Ev", [0x0F, 0xBD], .v, .modrm, flags: .bitScan),
-            Form("lzcnt Gv,Ev", [0x0F, 0xBD], .v, .modrm, flags: .countZeros, prefix: [0xF3]),
+            Form("lzcnt Gv,Ev", [0x0F, 0xBD], .v, .modrm, flags: .leadingZeroCount, prefix: [0xF3]),
             Form("popcnt Gv,Ev", [0x0F, 0xB8], .v, .modrm, prefix: [0xF3]),
             Form("shld Ev,Gv,Ib", [0x0F, 0xA4], .v, .modrm, imm: .b, flags: .doubleShift(.imm)),
             Form("shld Ev,Gv,CL", [0x0F, 0xA5], .v, .modrm, flags: .doubleShift(.cl), needs: .shiftCount),

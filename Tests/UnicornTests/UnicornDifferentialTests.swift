@@ -188,10 +188,10 @@ extension PairedMachine {
         case .multiply: u.flags = UndefinedFlags.multiply
         case .divide: u.flags = UndefinedFlags.divide
         case .bitTest: u.flags = UndefinedFlags.bitTest
-        case .countZeros: u.flags = UndefinedFlags.countZeros
+        case .leadingZeroCount: u.flags = UndefinedFlags.leadingZeroCount
         case .asciiAdjust: u.flags = UndefinedFlags.asciiAdjust
         case .decimalAdjust: u.flags = UndefinedFlags.decimalAdjust
-        case .asciiAdjustMultiply: u.flags = UndefinedFlags.asciiAdjustMultiply
+        case .asciiMultiplyDivide: u.flags = UndefinedFlags.asciiMultiplyDivide
         case .shift(let source): u.flags = UndefinedFlags.shift(count: count(source), width: width)
         case .shiftArithmetic(let source):
             u.flags = UndefinedFlags.shift(count: count(source), width: width, arithmeticRight: true)

@@ -52,7 +52,7 @@ public enum UndefinedFlags {
     /// significant bit of the source is set), and to 0 otherwise, CF flag is
     /// set to 1 if input was zero and cleared otherwise. OF, SF, PF and AF
     /// flags are undefined."
-    public static let countZeros = RFLAGS.of | RFLAGS.sf | RFLAGS.pf | RFLAGS.af
+    public static let leadingZeroCount = RFLAGS.of | RFLAGS.sf | RFLAGS.pf | RFLAGS.af
 
     /// SHLD, SHRD: "If the count is 1 or greater, the CF flag is filled with
     /// the last bit shifted out of the destination operand and the SF, ZF,
@@ -82,7 +82,7 @@ public enum UndefinedFlags {
     /// AAM, AAD: "The SF, ZF, and PF flags are set according to the resulting
     /// binary value in the AL register. The OF, AF, and CF flags are
     /// undefined."
-    public static let asciiAdjustMultiply = RFLAGS.of | RFLAGS.af | RFLAGS.cf
+    public static let asciiMultiplyDivide = RFLAGS.of | RFLAGS.af | RFLAGS.cf
 }
 
 /// Results (not flags) the manuals leave undefined: the register is not

@@ -19,7 +19,8 @@ struct Form: Sendable, CustomStringConvertible {
         case near
         /// Fixed 16-bit operands (segment registers), no operand-size prefix.
         case word
-        /// 32 bits, and 64 with REX.W in 64-bit mode (MOVNTI).
+        /// 32 bits in every mode without a 66 prefix (which is not allowed),
+        /// and 64 with REX.W in 64-bit mode (MOVNTI).
         case dq
         /// No operand size (CLC, SAHF...).
         case none

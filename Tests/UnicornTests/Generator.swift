@@ -90,6 +90,7 @@ extension PairedMachine {
         default: break
         }
         if form.sizes == .byte && rng.oneIn(10) { operandPrefix = true }  // ignored by byte operations
+        if form.sizes == .dq { operandPrefix = false }  // 32 bits in every mode; 66 is not allowed
         if operandPrefix { prefixes.append(0x66) }
         let usesAddress = form.hasModRM || needs.contains(.string) || needs.contains(.table)
             || { if case .moffs = form.operands { return true }; return false }()

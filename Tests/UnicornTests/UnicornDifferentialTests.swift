@@ -23,7 +23,7 @@ struct Mismatch {
 @Suite("X86 against unicorn", .enabled(if: UnicornLibrary.isAvailable, Comment(rawValue: UnicornLibrary.skipMessage)))
 struct UnicornDifferentialTests {
     /// Instances of each form and operand size per mode (SWIFTKVM_UNICORN_SAMPLES for more).
-    static var samples: Int { Int(ProcessInfo.processInfo.environment["SWIFTKVM_UNICORN_SAMPLES"] ?? "") ?? 12 }
+    static var samples: Int { Int(ProcessInfo.processInfo.environment["SWIFTKVM_UNICORN_SAMPLES"] ?? "") ?? 16 }
     static var seed: UInt64 { UInt64(ProcessInfo.processInfo.environment["SWIFTKVM_UNICORN_SEED"] ?? "") ?? 0x5EED_0C0D }
 
     /// Every form X86 implements, at each operand size, with edge operands in
@@ -222,7 +222,7 @@ enum Probe {
         let probe = X86Probe(mode: mode)
         for size in form.operandSizes(in: mode) {
             var prefixes = form.prefix
-            if (size == 2 && mode != .real) || (size == 4 && mode == .real) { prefixes.append(0x66) }
+            if form.sizes != .dq && ((size == 2 && mode != .real) || (size == 4 && mode == .real)) { prefixes.append(0x66) }
             if size == 8 { prefixes.append(0x48) }
             var opcode = form.opcode
             if case .plusRegister = form.operands { opcode[opcode.count - 1] += 1 }

@@ -67,16 +67,20 @@ let supportedCPUID: [kvm_cpuid_entry2] = {
     }
     // "SoftKVMSwift" in EBX, EDX, ECX order, as CPUID leaf 0 spells a vendor.
     let vendor: (UInt32, UInt32, UInt32) = (0x7466_6F53, 0x534D_564B, 0x7466_6977)
-    // PSE TSC MSR PAE CX8 SEP PGE CMOV PAT PSE-36. Not FPU, FXSR, SSE or
-    // SSE2: X86 has no x87, FXSAVE or SSE yet, and a guest told otherwise
-    // would take #UD where it expects the instruction to work.
+    // PSE TSC MSR PAE CX8 SEP PGE CMOV PAT PSE-36; FPU CLFSH MMX FXSR SSE
+    // SSE2. FPU: the x87 state, its control instructions and FXSAVE are
+    // there (Linux requires the bit). No XSAVE: Linux then saves the FPU
+    // with FXSAVE.
     let leaf1EDX: UInt32 = (1 << 3) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 8) | (1 << 11) | (1 << 13) | (1 << 15)
-        | (1 << 16) | (1 << 17)
-    // CX16 POPCNT. Not MOVBE (no 0F 38 map yet).
-    let leaf1ECX: UInt32 = (1 << 13) | (1 << 23)
+        | (1 << 16) | (1 << 17) | (1 << 0) | (1 << 19) | (1 << 23) | (1 << 24) | (1 << 25) | (1 << 26)
+    // CLFLUSH's line size, in 8-byte units (needed with CLFSH).
+    let leaf1EBX: UInt32 = 8 << 8
+    // SSE3 (with FISTTP; not MONITOR, which has its own bit), SSSE3, CX16,
+    // POPCNT. Not MOVBE.
+    let leaf1ECX: UInt32 = (1 << 0) | (1 << 9) | (1 << 13) | (1 << 23)
     return [
         leaf(0, eax: 1, ebx: vendor.0, ecx: vendor.2, edx: vendor.1),
-        leaf(1, eax: 0x600, ecx: leaf1ECX, edx: leaf1EDX),
+        leaf(1, eax: 0x600, ebx: leaf1EBX, ecx: leaf1ECX, edx: leaf1EDX),
         leaf(0x8000_0000, eax: 0x8000_0001),
         // LAHF, ABM (LZCNT); SYSCALL NX LM
         leaf(0x8000_0001, ecx: (1 << 0) | (1 << 5), edx: (1 << 11) | (1 << 20) | (1 << 29)),
@@ -214,8 +218,12 @@ extension SoftBackend {
                 return UserMemory.write(arch.fpu, to: arg) ? 0 : fail(.badAddress)
             case KVMRequest.setFPU.number:
                 guard let fpu = UserMemory.read(kvm_fpu.self, from: arg) else { return fail(.badAddress) }
-                arch.fpu = fpu
+                arch.setFPU(fpu)
                 return 0
+            case KVMRequest.getXsave.number, KVMRequest.getXsave2.number:  // FPU.swift
+                return kvm_vcpu_ioctl_x86_get_xsave(&arch, arg)
+            case KVMRequest.setXsave.number:
+                return kvm_vcpu_ioctl_x86_set_xsave(&arch, arg)
             case KVMRequest.getMPState.number:
                 return UserMemory.write(kvm_mp_state(mp_state: arch.mpState), to: arg) ? 0 : fail(.badAddress)
             case KVMRequest.setMPState.number:
@@ -262,8 +270,6 @@ extension SoftBackend {
                 return msr_io(&arch, arg, write: true)
             case KVMRequest.enableCap.number:
                 return kvm_vcpu_ioctl_enable_cap(&arch, arg)
-            case KVMRequest.getXsave2.number:
-                return kvm_vcpu_ioctl_x86_get_xsave2(arch, arg)
             default:
                 return fail(.invalidArgument)
             }
@@ -390,7 +396,8 @@ struct VCPUArch: @unchecked Sendable {
     /// What kvm_sregs holds that the CPU does not model yet: CR8 and the
     /// interrupt bitmap, kept as set.
     var extraSregs = kvm_sregs()
-    var fpu = kvm_fpu()
+    /// The XSAVE components KVM_SET_XSAVE last marked present (FPU.swift).
+    var xfeatures: UInt64 = 0
     var mpState = UInt32(KVM_MP_STATE_RUNNABLE)
     /// The NMI state KVM_SET_VCPU_EVENTS gave, kept as set.
     var events = kvm_vcpu_events()
@@ -469,7 +476,8 @@ struct VCPUArch: @unchecked Sendable {
         sregs.apic_base = 0xFEE0_0800 | (id == 0 ? 0x100 : 0)
         self.regs = regs
         self.sregs = sregs
-        fpu.fcw = 0x37F
+        // FNINIT's x87 state and the default MXCSR (the kernel's fpstate_init_fx).
+        cpu.state.fpu = .initialized
         // Faults go to the guest's IDT, as on hardware; KVM's exits are what is left.
         cpu.deliversExceptions = true
         // KVM decides every guest MSR access (MSRAccess.swift), as VMX and SVM intercept them.

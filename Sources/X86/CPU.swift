@@ -79,6 +79,7 @@ public enum InterruptShadow {
 /// Exception vectors.
 public enum Vector: UInt8, Sendable {
     case de = 0, db = 1, bp = 3, of = 4, br = 5, ud = 6, nm = 7, df = 8, ts = 10, np = 11, ss = 12, gp = 13, pf = 14
+    case mf = 16, xm = 19
 }
 
 /// One range of guest-physical memory backed by host memory: a KVM memory

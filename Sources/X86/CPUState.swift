@@ -154,6 +154,8 @@ public struct CPUState {
     public var msrs = ModelSpecificRegisters()
     /// DR0-DR3, DR6, DR7 (Debug.swift).
     public var debugRegisters = DebugRegisterFile()
+    /// x87, MMX and SSE registers (FloatingPointState.swift).
+    public var fpu = FloatingPointState.powerOn
 
     /// The state after RESET (Intel SDM Vol. 3 table 10-1): real mode,
     /// CS:IP = F000:FFF0 with CS base FFFF0000.

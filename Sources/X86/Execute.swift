@@ -159,10 +159,12 @@ extension X86CPU {
             return executeInterruptOnOverflow(&insn)
         case 0xD7:
             guard executeTranslate(&insn) else { return false }
-        case 0x1C3:
-            guard executeStoreNonTemporal(&insn) else { return false }
-        case 0x10D:  // PREFETCH/PREFETCHW hints
-            break
+        case 0xD8...0xDF, 0x9B:  // x87 (X87.swift)
+            return executeX87(&insn)
+        case 0x10D, 0x110...0x117, 0x128...0x12F, 0x150...0x17F, 0x1AE, 0x1C2...0x1C6, 0x1D0...0x1FF:  // MMX, SSE, SSE2 (SIMD.swift)
+            return executeSIMD(&insn)
+        case 0x200...0x3FF:  // the 0F 38 and 0F 3A maps: SSSE3 (SSSE3.swift)
+            return executeSSSE3(&insn)
         default:
             return undefined()
         }

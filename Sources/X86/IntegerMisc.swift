@@ -37,12 +37,4 @@ extension X86CPU {
         state.write(0, value, size: 1, legacyHighBytes: false)
         return true
     }
-
-    /// 0F C3 MOVNTI My, Gy (SSE2): a store whose non-temporal hint means
-    /// nothing here. No 66, F2 or F3 prefix; a register operand is #UD.
-    mutating func executeStoreNonTemporal(_ insn: inout Instruction) -> Bool {
-        guard insn.isMemory, !insn.operandSizePrefix, insn.rep == 0 else { return undefined() }
-        let size = insn.operandSize == 8 ? 8 : 4
-        return writeOperand(insn, readRegister(insn, size: size), size: size)
-    }
 }

@@ -43,12 +43,8 @@ struct XSave2DifferentialTests {
     func theFirst4096BytesAreKVMGetXSave(_ backend: Backend) throws {
         let vcpu = try backend.hypervisor().createVM().createVCPU(id: 0)
         let area2 = try vcpu.xsave2()
-        try withKnownIssue("SoftKVM's KVM_GET_XSAVE comes with the sse engineer's FPU state") {
-            let area = try vcpu.xsave()
-            #expect(Array(area2.region.prefix(1024)) == area.region)
-        } when: {
-            backend == .soft
-        }
+        let area = try vcpu.xsave()
+        #expect(Array(area2.region.prefix(1024)) == area.region)
     }
 
     @Test(.enabled(if: HostKVM.isAvailable))

@@ -41,49 +41,80 @@ enum NotCompared {
         ([0xDC], nil, "x87"), ([0xDD], nil, "x87"), ([0xDE], nil, "x87"), ([0xDF], nil, "x87"),
     ]
 
-    /// SSE and later maps: the SSE part's, outside the general-purpose set.
-    static func isVector(_ opcode: [UInt8]) -> Bool {
-        guard opcode.count == 2, opcode[0] == 0x0F else { return false }
-        switch opcode[1] {
-        case 0x10...0x17, 0x28...0x2F, 0x50...0x7F, 0xC2...0xC6, 0xD0...0xFF, 0x38, 0x3A, 0x0E, 0x0F, 0x77, 0xAE:
-            return true
-        default:
-            return false
+    /// SIMD encodings left out, by mandatory prefix (0: none) and opcode.
+    static func simdReason(prefix: UInt8, _ opcode: [UInt8]) -> String? {
+        let mmx = "MMX: the x87/MMX register file is not compared (unicorn's CPU model has no MMX)"
+        let sse3 = "SSE3: unicorn's CPU model lacks it (CPUID.01H:ECX.SSE3 = 0) and raises #UD"
+        guard opcode.first == 0x0F, opcode.count >= 2 else { return nil }
+        let op = opcode[1]
+        if opcode.count == 3 {  // 0F 38 xx, 0F 3A xx
+            return prefix == 0 ? mmx : nil
+        }
+        switch (prefix, op) {
+        case (0, 0x60...0x7F), (0, 0xD1...0xFF), (0, 0xC4), (0, 0xC5), (0, 0x2A), (0, 0x2C), (0, 0x2D),
+             (0x66, 0x2A), (0x66, 0x2C), (0x66, 0x2D), (0xF3, 0xD6), (0xF2, 0xD6):
+            return mmx
+        case (_, 0x77): return "EMMS: x87/MMX state"
+        case (0xF2, 0x7C), (0x66, 0x7C), (0xF2, 0x7D), (0x66, 0x7D), (0xF2, 0xD0), (0x66, 0xD0), (0xF2, 0xF0),
+             (0xF3, 0x12), (0xF3, 0x16), (0xF2, 0x12):
+            return sse3
+        case (0, 0x52), (0xF3, 0x52), (0, 0x53), (0xF3, 0x53):
+            return "RCP/RSQRT: approximations whose values are the implementation's (the SDM bounds their error only)"
+        case (0x66, 0xF7): return "MASKMOVDQU: stores bytes through DS:rDI under a mask; not generated"
+        case (_, 0xAE): return "FXSAVE/FXRSTOR and the rest of group 15: x87 state (LDMXCSR, STMXCSR, the fences and CLFLUSH have forms)"
+        default: return nil
         }
     }
 
-    static func reason(_ opcode: [UInt8], digit: Int?) -> String? {
-        if isVector(opcode) { return "SSE" }
+    static func reason(prefix: UInt8, _ opcode: [UInt8], digit: Int?) -> String? {
+        if let reason = simdReason(prefix: prefix, opcode) { return reason }
         return entries.first { $0.opcode == opcode && ($0.digit == nil || $0.digit == digit) }?.reason
+    }
+
+    /// 0F opcodes whose mandatory prefix picks the instruction: walked with each.
+    static func takesMandatoryPrefix(_ opcode: [UInt8]) -> Bool {
+        guard opcode.count >= 2, opcode[0] == 0x0F else { return false }
+        if opcode.count == 3 { return true }
+        switch opcode[1] {
+        case 0x10...0x17, 0x28...0x2F, 0x50...0x7F, 0xC2...0xC6, 0xD0...0xFF: return true
+        default: return false
+        }
     }
 }
 
 @Suite("The unicorn comparison's coverage")
 struct CoverageTests {
-    /// Walks the one-byte and 0F opcode maps (every opcode extension, with a
-    /// register and a memory operand) in each mode: every opcode X86
-    /// executes without #UD has a form in the table or a reason in
+    /// Walks the one-byte, 0F, 0F 38 and 0F 3A opcode maps (every opcode
+    /// extension, with a register and a memory operand, and every mandatory
+    /// prefix where it picks the instruction) in each mode: every encoding
+    /// X86 executes without #UD has a form in the table or a reason in
     /// `NotCompared`, so that an instruction cannot land untested.
     @Test(arguments: CodeMode.allCases)
     func everyImplementedOpcodeHasAForm(mode: CodeMode) {
         let prefixes: Set<UInt8> = [0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0x66, 0x67, 0xF0, 0xF2, 0xF3, 0x0F]
         var opcodes: [[UInt8]] = (0...0xFF).filter { !prefixes.contains(UInt8($0)) }.map { [UInt8($0)] }
         if mode == .long64 { opcodes.removeAll { (0x40...0x4F).contains($0[0]) } }
-        opcodes += (0...0xFF).map { [0x0F, UInt8($0)] }
+        opcodes += (0...0xFF).filter { $0 != 0x38 && $0 != 0x3A }.map { [0x0F, UInt8($0)] }
+        opcodes += (0...0xFF).map { [0x0F, 0x38, UInt8($0)] } + (0...0xFF).map { [0x0F, 0x3A, UInt8($0)] }
         var uncovered: [String] = []
         var implemented = 0
+        let probe = X86Probe(mode: mode)
         for opcode in opcodes {
-            let probe = X86Probe(mode: mode)
+            let mandatory: [UInt8] = NotCompared.takesMandatoryPrefix(opcode) ? [0, 0x66, 0xF3, 0xF2] : [0]
             let digits: [Int?] = probe.hasModRM(opcode) ? (0..<8).map { $0 } : [nil]
-            for digit in digits {
-                let runs = digit == nil
-                    ? [opcode + [UInt8](repeating: 0, count: 10)]
-                    : [probe.registerForm(opcode, digit: digit!), probe.memoryForm(opcode, digit: digit!)]
-                guard runs.contains(where: { !probe.raisesUD($0) }) else { continue }
-                implemented += 1
-                if Form.covers(opcode, digit: digit, mode: mode) || NotCompared.reason(opcode, digit: digit) != nil { continue }
-                uncovered.append(opcode.map { String($0, radix: 16).leftPadded(2) }.joined(separator: " ")
-                                 + (digit.map { " /\($0)" } ?? ""))
+            for prefix in mandatory {
+                for digit in digits {
+                    let lead: [UInt8] = prefix == 0 ? [] : [prefix]
+                    let runs = digit == nil
+                        ? [lead + opcode + [UInt8](repeating: 0, count: 10)]
+                        : [lead + probe.registerForm(opcode, digit: digit!), lead + probe.memoryForm(opcode, digit: digit!)]
+                    guard runs.contains(where: { !probe.raisesUD($0) }) else { continue }
+                    implemented += 1
+                    if Form.covers(opcode, digit: digit, prefix: prefix, mode: mode)
+                        || NotCompared.reason(prefix: prefix, opcode, digit: digit) != nil { continue }
+                    uncovered.append(([prefix].filter { $0 != 0 } + opcode).map { String($0, radix: 16).leftPadded(2) }
+                        .joined(separator: " ") + (digit.map { " /\($0)" } ?? ""))
+                }
             }
         }
         #expect(implemented > 200, "the walk found only \(implemented) implemented opcodes in \(mode)")
@@ -93,9 +124,11 @@ struct CoverageTests {
 
 extension Form {
     /// Whether some form of the table (existing in `mode`) encodes `opcode` with opcode extension `digit`.
-    static func covers(_ opcode: [UInt8], digit: Int?, mode: CodeMode) -> Bool {
+    static func covers(_ opcode: [UInt8], digit: Int?, prefix: UInt8, mode: CodeMode) -> Bool {
         all.contains { form in
             guard form.exists(in: mode) else { return false }
+            // A mandatory prefix is part of the encoding; REP and the like on general forms are not.
+            if NotCompared.takesMandatoryPrefix(opcode) && (form.prefix.first ?? 0) != prefix { return false }
             switch form.operands {
             case .plusRegister:
                 return form.opcode.count == opcode.count && form.opcode.dropLast() == opcode.dropLast()
@@ -111,12 +144,22 @@ extension Form {
 
 /// Runs single instructions on a bare X86 in one of the modes, to see
 /// whether it raises #UD (that is, does not implement them).
-struct X86Probe {
+final class X86Probe {
     let mode: CodeMode
+    // One memory for all the probes: an instruction's stores cannot change
+    // whether the next one raises #UD.
+    let memory = GuardedMemory(size: Layout.memorySize)
+    let tables = GuardedMemory(size: 0x2000)
+
+    init(mode: CodeMode) { self.mode = mode }
 
     func hasModRM(_ opcode: [UInt8]) -> Bool {
         let cpu = X86CPU(memory: PhysicalMemory(ranges: []))
-        return cpu.hasModRM(opcode.count == 2 ? 0x100 + Int(opcode[1]) : Int(opcode[0]))
+        switch opcode.count {
+        case 3: return cpu.hasModRM((opcode[1] == 0x38 ? 0x200 : 0x300) + Int(opcode[2]))
+        case 2: return cpu.hasModRM(0x100 + Int(opcode[1]))
+        default: return cpu.hasModRM(Int(opcode[0]))
+        }
     }
 
     func registerForm(_ opcode: [UInt8], digit: Int) -> [UInt8] {
@@ -136,13 +179,12 @@ struct X86Probe {
 
     /// Whether `bytes` (one instruction) raise #UD on a fresh X86 in `mode`.
     func raisesUD(_ bytes: [UInt8]) -> Bool {
-        let memory = GuardedMemory(size: Layout.memorySize)
-        let tables = GuardedMemory(size: 0x2000)
         var state = CPUState()
         for (index, segment) in Layout.segments(mode).enumerated() { state[segmentIndex: index] = segment }
         var ranges = [PhysicalRange(guestAddress: 0, size: UInt64(Layout.memorySize), host: memory.base)]
         if mode != .real {
             state.cr0 |= ControlBits.cr0PE
+            state.cr4 |= ControlBits.cr4OSFXSR | ControlBits.cr4OSXMMEXCPT
             state.gdtr = DescriptorTableRegister(base: Layout.gdt, limit: Layout.gdtLimit)
             for (index, descriptor) in Layout.descriptors.enumerated() { memory.store(descriptor, at: Int(Layout.gdt) + index * 8) }
         }

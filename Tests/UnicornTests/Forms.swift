@@ -63,7 +63,15 @@ struct Form: Sendable, CustomStringConvertible {
         case long
         /// Protected mode only (not real mode, not 64-bit mode).
         case protected
+        /// SSE: 32-bit protected and 64-bit mode (unicorn runs no SSE in real mode).
+        case sse
     }
+
+    /// What a ModRM operand names: a general register or an XMM register.
+    enum RegisterClass: Sendable { case gpr, xmm }
+
+    /// How XMM and SSE memory operands are filled: lanes of edge values.
+    enum Elements: Sendable { case none, f32, f64, i8, i16, i32, i64 }
 
     /// Where a shift's count comes from.
     enum Count: Sendable { case one, cl, imm }
@@ -108,6 +116,8 @@ struct Form: Sendable, CustomStringConvertible {
         static let farPointer = Needs(rawValue: 1 << 12)
         /// The memory operand is 16-byte aligned when the operand size is 64 (CMPXCHG16B).
         static let aligned16 = Needs(rawValue: 1 << 13)
+        /// The memory operand is mostly a valid MXCSR with every exception masked (LDMXCSR).
+        static let mxcsrImage = Needs(rawValue: 1 << 14)
     }
 
     var name: String
@@ -121,6 +131,17 @@ struct Form: Sendable, CustomStringConvertible {
     var needs: Needs
     /// Prefixes that are part of the form (F3 for REP, F2...).
     var prefix: [UInt8]
+    var regClass: RegisterClass = .gpr
+    var rmClass: RegisterClass = .gpr
+    var elements: Elements = .none
+    /// An SSE memory operand's size (16 for packed operands).
+    var memorySize = 0
+    /// A 16-byte SSE memory operand need not be aligned (MOVUPS...).
+    var unaligned = false
+
+    var isSIMD: Bool { regClass == .xmm || rmClass == .xmm }
+    /// A 16-byte legacy SSE operand must be 16-byte aligned (#GP(0) otherwise).
+    var needsAlignment: Bool { isSIMD && memorySize == 16 && !unaligned }
 
     init(_ name: String, _ opcode: [UInt8], _ sizes: Sizes, _ operands: Operands = .none, rm: RM = .any,
          imm: Immediate = .none, modes: Modes = .all, flags: Flags = .defined, needs: Needs = [], prefix: [UInt8] = []) {
@@ -151,7 +172,30 @@ struct Form: Sendable, CustomStringConvertible {
         case .legacy: return mode != .long64
         case .long: return mode == .long64
         case .protected: return mode == .protected32
+        case .sse: return mode != .real
         }
+    }
+
+    func needing(_ more: Needs) -> Form {
+        var form = self
+        form.needs.formUnion(more)
+        return form
+    }
+
+    /// An SSE form: `prefix` the mandatory prefix (nil: none), `reg` and `rm`
+    /// what the ModRM names (`digit`: an opcode extension in reg), `memory`
+    /// the size of a memory operand.
+    static func sse(_ name: String, _ prefix: UInt8?, _ opcode: [UInt8], _ elements: Elements, reg: RegisterClass = .xmm,
+                    rm: RegisterClass = .xmm, digit: Int? = nil, memory: Int = 16, rmKind: RM = .any,
+                    imm: Immediate = .none, unaligned: Bool = false, flags: Flags = .defined, sizes: Sizes = .none) -> Form {
+        var form = Form(name, [0x0F] + opcode, sizes, digit.map { .digit($0) } ?? .modrm, rm: rmKind, imm: imm, modes: .sse,
+                        flags: flags, prefix: prefix.map { [$0] } ?? [])
+        form.regClass = digit == nil ? reg : .gpr
+        form.rmClass = rm
+        form.elements = elements
+        form.memorySize = memory
+        form.unaligned = unaligned
+        return form
     }
 
     /// Operand sizes in bytes in `mode` (0: none).
@@ -401,6 +445,141 @@ extension Form {
             Form("xadd Ev,Gv", [0x0F, 0xC1], .v, .modrm, needs: .lockable),
             Form("cmpxchg8b/16b Mq", [0x0F, 0xC7], .v, .digit(1), rm: .memory,
                  needs: [.comparePair, .lockable, .aligned16]),
+        ]
+        return forms + sse
+    }()
+
+    /// SSE, SSE2 and SSSE3 on XMM registers (MMX forms are not compared).
+    static let sse: [Form] = {
+        var forms: [Form] = []
+        let packedAndScalar: [(suffix: String, prefix: UInt8?, elements: Elements, memory: Int)] = [
+            ("ps", nil, .f32, 16), ("pd", 0x66, .f64, 16), ("ss", 0xF3, .f32, 4), ("sd", 0xF2, .f64, 8),
+        ]
+        for (name, op) in [("add", 0x58), ("mul", 0x59), ("sub", 0x5C), ("min", 0x5D), ("div", 0x5E), ("max", 0x5F),
+                           ("sqrt", 0x51)] as [(String, UInt8)] {
+            for f in packedAndScalar {
+                forms.append(.sse("\(name)\(f.suffix)", f.prefix, [op], f.elements, memory: f.memory))
+            }
+        }
+        for f in packedAndScalar {
+            forms.append(.sse("cmp\(f.suffix)", f.prefix, [0xC2], f.elements, memory: f.memory, imm: .b))
+        }
+        for (name, op) in [("and", 0x54), ("andn", 0x55), ("or", 0x56), ("xor", 0x57), ("unpckl", 0x14), ("unpckh", 0x15)]
+            as [(String, UInt8)] {
+            forms.append(.sse("\(name)ps", nil, [op], .f32))
+            forms.append(.sse("\(name)pd", 0x66, [op], .f64))
+        }
+        // SSE2 integer operations: 66 0F xx xmm, xmm/m128.
+        let integer: [(String, UInt8, Elements)] = [
+            ("punpcklbw", 0x60, .i8), ("punpcklwd", 0x61, .i16), ("punpckldq", 0x62, .i32), ("packsswb", 0x63, .i16),
+            ("pcmpgtb", 0x64, .i8), ("pcmpgtw", 0x65, .i16), ("pcmpgtd", 0x66, .i32), ("packuswb", 0x67, .i16),
+            ("punpckhbw", 0x68, .i8), ("punpckhwd", 0x69, .i16), ("punpckhdq", 0x6A, .i32), ("packssdw", 0x6B, .i32),
+            ("punpcklqdq", 0x6C, .i64), ("punpckhqdq", 0x6D, .i64), ("pcmpeqb", 0x74, .i8), ("pcmpeqw", 0x75, .i16),
+            ("pcmpeqd", 0x76, .i32), ("psrlw", 0xD1, .i64), ("psrld", 0xD2, .i64), ("psrlq", 0xD3, .i64),
+            ("paddq", 0xD4, .i64), ("pmullw", 0xD5, .i16), ("psubusb", 0xD8, .i8), ("psubusw", 0xD9, .i16),
+            ("pminub", 0xDA, .i8), ("pand", 0xDB, .i64), ("paddusb", 0xDC, .i8), ("paddusw", 0xDD, .i16),
+            ("pmaxub", 0xDE, .i8), ("pandn", 0xDF, .i64), ("pavgb", 0xE0, .i8), ("psraw", 0xE1, .i64),
+            ("psrad", 0xE2, .i64), ("pavgw", 0xE3, .i16), ("pmulhuw", 0xE4, .i16), ("pmulhw", 0xE5, .i16),
+            ("psubsb", 0xE8, .i8), ("psubsw", 0xE9, .i16), ("pminsw", 0xEA, .i16), ("por", 0xEB, .i64),
+            ("paddsb", 0xEC, .i8), ("paddsw", 0xED, .i16), ("pmaxsw", 0xEE, .i16), ("pxor", 0xEF, .i64),
+            ("psllw", 0xF1, .i64), ("pslld", 0xF2, .i64), ("psllq", 0xF3, .i64), ("pmuludq", 0xF4, .i32),
+            ("pmaddwd", 0xF5, .i16), ("psadbw", 0xF6, .i8), ("psubb", 0xF8, .i8), ("psubw", 0xF9, .i16),
+            ("psubd", 0xFA, .i32), ("psubq", 0xFB, .i64), ("paddb", 0xFC, .i8), ("paddw", 0xFD, .i16),
+            ("paddd", 0xFE, .i32),
+        ]
+        for (name, op, elements) in integer { forms.append(.sse(name, 0x66, [op], elements)) }
+        // SSSE3: 66 0F 38 xx.
+        let ssse3: [(String, UInt8, Elements)] = [
+            ("pshufb", 0x00, .i8), ("phaddw", 0x01, .i16), ("phaddd", 0x02, .i32), ("phaddsw", 0x03, .i16),
+            ("pmaddubsw", 0x04, .i8), ("phsubw", 0x05, .i16), ("phsubd", 0x06, .i32), ("phsubsw", 0x07, .i16),
+            ("psignb", 0x08, .i8), ("psignw", 0x09, .i16), ("psignd", 0x0A, .i32), ("pmulhrsw", 0x0B, .i16),
+            ("pabsb", 0x1C, .i8), ("pabsw", 0x1D, .i16), ("pabsd", 0x1E, .i32),
+        ]
+        for (name, op, elements) in ssse3 { forms.append(.sse(name, 0x66, [0x38, op], elements)) }
+        forms += [
+            .sse("palignr", 0x66, [0x3A, 0x0F], .i8, imm: .b),
+            // Moves.
+            .sse("movups xmm,xmm/m128", nil, [0x10], .f32, unaligned: true),
+            .sse("movups xmm/m128,xmm", nil, [0x11], .f32, unaligned: true),
+            .sse("movupd xmm,xmm/m128", 0x66, [0x10], .f64, unaligned: true),
+            .sse("movupd xmm/m128,xmm", 0x66, [0x11], .f64, unaligned: true),
+            .sse("movss xmm,xmm/m32", 0xF3, [0x10], .f32, memory: 4),
+            .sse("movss xmm/m32,xmm", 0xF3, [0x11], .f32, memory: 4),
+            .sse("movsd xmm,xmm/m64", 0xF2, [0x10], .f64, memory: 8),
+            .sse("movsd xmm/m64,xmm", 0xF2, [0x11], .f64, memory: 8),
+            .sse("movlps xmm,m64 / movhlps", nil, [0x12], .f32, memory: 8),
+            .sse("movlps m64,xmm", nil, [0x13], .f32, memory: 8, rmKind: .memory),
+            .sse("movlpd xmm,m64", 0x66, [0x12], .f64, memory: 8, rmKind: .memory),
+            .sse("movlpd m64,xmm", 0x66, [0x13], .f64, memory: 8, rmKind: .memory),
+            .sse("movhps xmm,m64 / movlhps", nil, [0x16], .f32, memory: 8),
+            .sse("movhps m64,xmm", nil, [0x17], .f32, memory: 8, rmKind: .memory),
+            .sse("movhpd xmm,m64", 0x66, [0x16], .f64, memory: 8, rmKind: .memory),
+            .sse("movhpd m64,xmm", 0x66, [0x17], .f64, memory: 8, rmKind: .memory),
+            .sse("movaps xmm,xmm/m128", nil, [0x28], .f32),
+            .sse("movaps xmm/m128,xmm", nil, [0x29], .f32),
+            .sse("movapd xmm,xmm/m128", 0x66, [0x28], .f64),
+            .sse("movapd xmm/m128,xmm", 0x66, [0x29], .f64),
+            .sse("movntps m128,xmm", nil, [0x2B], .f32, rmKind: .memory),
+            .sse("movntpd m128,xmm", 0x66, [0x2B], .f64, rmKind: .memory),
+            .sse("movmskps r32,xmm", nil, [0x50], .f32, reg: .gpr, rmKind: .register),
+            .sse("movmskpd r32,xmm", 0x66, [0x50], .f64, reg: .gpr, rmKind: .register),
+            .sse("shufps", nil, [0xC6], .f32, imm: .b),
+            .sse("shufpd", 0x66, [0xC6], .f64, imm: .b),
+            .sse("movd/movq xmm,r/m", 0x66, [0x6E], .i32, rm: .gpr, memory: 4, sizes: .dq),
+            .sse("movd/movq r/m,xmm", 0x66, [0x7E], .i32, rm: .gpr, memory: 4, sizes: .dq),
+            .sse("movdqa xmm,xmm/m128", 0x66, [0x6F], .i64),
+            .sse("movdqa xmm/m128,xmm", 0x66, [0x7F], .i64),
+            .sse("movdqu xmm,xmm/m128", 0xF3, [0x6F], .i64, unaligned: true),
+            .sse("movdqu xmm/m128,xmm", 0xF3, [0x7F], .i64, unaligned: true),
+            .sse("movq xmm,xmm/m64", 0xF3, [0x7E], .i64, memory: 8),
+            .sse("movq xmm/m64,xmm", 0x66, [0xD6], .i64, memory: 8),
+            .sse("movntdq m128,xmm", 0x66, [0xE7], .i64, rmKind: .memory),
+            .sse("pshufd", 0x66, [0x70], .i32, imm: .b),
+            .sse("pshufhw", 0xF3, [0x70], .i16, imm: .b),
+            .sse("pshuflw", 0xF2, [0x70], .i16, imm: .b),
+            .sse("pinsrw xmm,r32/m16,ib", 0x66, [0xC4], .i16, rm: .gpr, memory: 2, imm: .b),
+            .sse("pextrw r32,xmm,ib", 0x66, [0xC5], .i16, reg: .gpr, rmKind: .register, imm: .b),
+            .sse("pmovmskb r32,xmm", 0x66, [0xD7], .i8, reg: .gpr, rmKind: .register),
+            // Shifts by an immediate: 66 0F 71-73 /digit ib on a register.
+            .sse("psrlw xmm,ib", 0x66, [0x71], .i16, digit: 2, rmKind: .register, imm: .b),
+            .sse("psraw xmm,ib", 0x66, [0x71], .i16, digit: 4, rmKind: .register, imm: .b),
+            .sse("psllw xmm,ib", 0x66, [0x71], .i16, digit: 6, rmKind: .register, imm: .b),
+            .sse("psrld xmm,ib", 0x66, [0x72], .i32, digit: 2, rmKind: .register, imm: .b),
+            .sse("psrad xmm,ib", 0x66, [0x72], .i32, digit: 4, rmKind: .register, imm: .b),
+            .sse("pslld xmm,ib", 0x66, [0x72], .i32, digit: 6, rmKind: .register, imm: .b),
+            .sse("psrlq xmm,ib", 0x66, [0x73], .i64, digit: 2, rmKind: .register, imm: .b),
+            .sse("psrldq xmm,ib", 0x66, [0x73], .i8, digit: 3, rmKind: .register, imm: .b),
+            .sse("psllq xmm,ib", 0x66, [0x73], .i64, digit: 6, rmKind: .register, imm: .b),
+            .sse("pslldq xmm,ib", 0x66, [0x73], .i8, digit: 7, rmKind: .register, imm: .b),
+            // Comparisons into EFLAGS.
+            .sse("ucomiss", nil, [0x2E], .f32, memory: 4),
+            .sse("ucomisd", 0x66, [0x2E], .f64, memory: 8),
+            .sse("comiss", nil, [0x2F], .f32, memory: 4),
+            .sse("comisd", 0x66, [0x2F], .f64, memory: 8),
+            // Conversions.
+            .sse("cvtsi2ss xmm,r/m", 0xF3, [0x2A], .f32, rm: .gpr, memory: 4, sizes: .dq),
+            .sse("cvtsi2sd xmm,r/m", 0xF2, [0x2A], .f64, rm: .gpr, memory: 4, sizes: .dq),
+            .sse("cvttss2si r,xmm/m32", 0xF3, [0x2C], .f32, reg: .gpr, memory: 4, sizes: .dq),
+            .sse("cvttsd2si r,xmm/m64", 0xF2, [0x2C], .f64, reg: .gpr, memory: 8, sizes: .dq),
+            .sse("cvtss2si r,xmm/m32", 0xF3, [0x2D], .f32, reg: .gpr, memory: 4, sizes: .dq),
+            .sse("cvtsd2si r,xmm/m64", 0xF2, [0x2D], .f64, reg: .gpr, memory: 8, sizes: .dq),
+            .sse("cvtps2pd", nil, [0x5A], .f32, memory: 8),
+            .sse("cvtpd2ps", 0x66, [0x5A], .f64),
+            .sse("cvtss2sd", 0xF3, [0x5A], .f32, memory: 4),
+            .sse("cvtsd2ss", 0xF2, [0x5A], .f64, memory: 8),
+            .sse("cvtdq2ps", nil, [0x5B], .i32),
+            .sse("cvtps2dq", 0x66, [0x5B], .f32),
+            .sse("cvttps2dq", 0xF3, [0x5B], .f32),
+            .sse("cvttpd2dq", 0x66, [0xE6], .f64),
+            .sse("cvtdq2pd", 0xF3, [0xE6], .i32, memory: 8),
+            .sse("cvtpd2dq", 0xF2, [0xE6], .f64),
+            // Group 15: MXCSR, fences, CLFLUSH.
+            .sse("ldmxcsr m32", nil, [0xAE], .none, digit: 2, memory: 4, rmKind: .memory).needing(.mxcsrImage),
+            .sse("stmxcsr m32", nil, [0xAE], .none, digit: 3, memory: 4, rmKind: .memory),
+            .sse("lfence", nil, [0xAE], .none, digit: 5, rmKind: .register),
+            .sse("mfence", nil, [0xAE], .none, digit: 6, rmKind: .register),
+            .sse("sfence", nil, [0xAE], .none, digit: 7, rmKind: .register),
+            .sse("clflush m8", nil, [0xAE], .none, digit: 7, memory: 1, rmKind: .memory),
         ]
         return forms
     }()

@@ -14,6 +14,9 @@ struct Prepared {
     var legacyHighBytes: Bool
     /// The REX prefix (0: none).
     var rex: UInt8
+    /// The XMM registers the ModRM names (nil: not XMM).
+    var regXMM: Int?
+    var rmXMM: Int?
     /// Where the opcode starts in `bytes`, and the ModRM (nil: none).
     var opcodeIndex: Int
     var modrmIndex: Int?
@@ -77,7 +80,8 @@ extension PairedMachine {
         var setup: [String] = []
         var flags: UInt64? = rng.oneIn(3) ? (rng.next() & (RFLAGS.arithmetic | RFLAGS.df)) | 0x202 : nil
         if let f = flags, f & RFLAGS.df != 0 && !form.needs.contains(.string) { flags = f & ~RFLAGS.df }
-        let bits = max(size, 1) * 8
+        // SSE forms' general registers are 32 bits, or 64 with REX.W.
+        let bits = form.isSIMD ? (size == 8 ? 64 : 32) : max(size, 1) * 8
         let needs = form.needs
 
         // Prefixes.
@@ -86,7 +90,7 @@ extension PairedMachine {
         var operandPrefix = false
         switch (size, mode) {
         case (2, .protected32), (2, .long64), (4, .real): operandPrefix = true
-        case (8, _): if form.sizes == .v || rng.oneIn(4) { rex |= 0x48 }
+        case (8, _): if form.sizes == .v || form.sizes == .dq || rng.oneIn(4) { rex |= 0x48 }
         default: break
         }
         if form.sizes == .byte && rng.oneIn(10) { operandPrefix = true }  // ignored by byte operations
@@ -110,6 +114,8 @@ extension PairedMachine {
         }
 
         // Operands.
+        var xmmValues: [(Int, UInt128)] = []
+        var rmXMM: Int?
         var regIndex: Int?
         var rmRegister: Int?
         var rmAddress: UInt64?
@@ -128,6 +134,10 @@ extension PairedMachine {
             if case .digit(let digit) = form.operands {
                 modrmReg = digit
                 if mode64 && rng.oneIn(8) { rex |= 0x44 }  // REX.R does not change an opcode extension
+            } else if form.regClass == .xmm {
+                modrmReg = rng.below(mode.xmmCount)
+                xmmValues.append((modrmReg, xmmValue(form.elements)))
+                if modrmReg >= 8 { rex |= 0x44 }
             } else {
                 modrmReg = randomRegister()
                 regIndex = modrmReg
@@ -143,8 +153,9 @@ extension PairedMachine {
                 if needs.contains(.aligned16) && size == 8 && !rng.oneIn(10) { offsets = 0...0xFF }
                 var a = makeAddressing(addressSize: addressSize, segment: segment, override: segmentOverride != nil,
                                        offsets: offsets, reserved: reserved)
-                if needs.contains(.aligned16) && size == 8 && offsets.upperBound == 0xFF {
-                    // CMPXCHG16B: keep the operand 16-byte aligned.
+                if (needs.contains(.aligned16) && size == 8 && offsets.upperBound == 0xFF)
+                    || (form.needsAlignment && !rng.oneIn(10)) {
+                    // CMPXCHG16B and packed SSE operands: mostly 16-byte aligned.
                     let misalignment = a.effectiveAddress & 15
                     a = realign(a, by: misalignment, addressSize: addressSize)
                 }
@@ -153,8 +164,18 @@ extension PairedMachine {
                 if a.rexB { rex |= 0x41 }
                 let linear = linearAddress(effective: a.effectiveAddress, segment: segmentFor(a, override: segmentOverride))
                 rmAddress = linear
-                memory.append((linear, (0..<16).map { _ in UInt8(truncatingIfNeeded: rng.next()) }))
-                memory[0].1.replaceSubrange(0..<8, with: le(rng.edge(64), 8))
+                if form.isSIMD && form.rmClass == .xmm {
+                    memory.append((linear, xmmBytes(form.elements)))
+                } else {
+                    memory.append((linear, (0..<16).map { _ in UInt8(truncatingIfNeeded: rng.next()) }))
+                    memory[0].1.replaceSubrange(0..<8, with: le(rng.edge(64), 8))
+                }
+            } else if form.rmClass == .xmm {
+                let rm = rng.below(mode.xmmCount)
+                rmXMM = rm
+                if rm >= 8 { rex |= 0x41 }
+                xmmValues.append((rm, xmmValue(form.elements)))
+                addressing = Addressing(modrm: 0xC0 | UInt8(rm & 7))
             } else {
                 let rm = randomRegister()
                 rmRegister = rm
@@ -315,6 +336,13 @@ extension PairedMachine {
                 }
             }
         }
+        if needs.contains(.mxcsrImage), let address = rmAddress {
+            // Exceptions stay masked (unicorn raises no #XM); a fifth of the
+            // images set a reserved bit (#GP).
+            var image = FloatingPointState.defaultMXCSR | UInt32(truncatingIfNeeded: rng.next()) & 0x603F
+            if rng.oneIn(5) { image |= 1 << UInt32(16 + rng.below(16)) }
+            memory.append((address, le(UInt64(image), 4)))
+        }
         if needs.contains(.table) {
             let table = target(segment: segmentOverride ?? 3, offsets: 0...0xEFF)
             let mask: UInt64 = addressSize == 8 ? ~0 : (1 << UInt64(addressSize * 8)) - 1
@@ -357,6 +385,17 @@ extension PairedMachine {
         for (address, data) in memory {
             writeMemory(data, at: address)
         }
+        for (index, value) in xmmValues {
+            try setXMM(index, value)
+            setup.append("xmm\(index)=\(hex128(value))")
+        }
+        if form.isSIMD && rng.oneIn(3) {
+            // A rounding mode and sticky flags; the exceptions stay masked
+            // (unicorn raises no #XM) and FTZ and DAZ clear (unicorn ignores
+            // them: see UnicornDeviations).
+            try setMXCSR(FloatingPointState.defaultMXCSR | UInt32(truncatingIfNeeded: rng.next()) & 0x603F)
+        }
+        if form.isSIMD { setup.append("mxcsr=\(hex(UInt64(cpu.state.fpu.mxcsr)))") }
         if let address = rmAddress { setup.append("[\(hex(address))]=\(hex(leValue(x86Memory.read(at: Int(address), count: 8))))") }
         if needs.contains(.stack) {
             let top = linearAddress(effective: cpu.state.gpr[4], segment: 2)
@@ -370,9 +409,55 @@ extension PairedMachine {
         }
         return Prepared(form: form, size: size, address: address, bytes: bytes, regIndex: regIndex,
                         rmRegister: rmRegister, rmAddress: rmAddress, legacyHighBytes: legacyHighBytes,
-                        rex: mode64 ? rex : 0, opcodeIndex: opcodeIndex, modrmIndex: modrmIndex, immediate: immediate,
+                        rex: mode64 ? rex : 0, regXMM: form.regClass == .xmm && form.hasModRM && { if case .digit = form.operands { return false }; return true }() ? modrmReg : nil,
+                        rmXMM: rmXMM, opcodeIndex: opcodeIndex, modrmIndex: modrmIndex, immediate: immediate,
                         setup: setup)
     }
+
+    /// 16 bytes of lanes of edge values, or (a third of the time) random bits.
+    func xmmBytes(_ elements: Form.Elements) -> [UInt8] {
+        let value = xmmValue(elements)
+        return (0..<16).map { UInt8(truncatingIfNeeded: value >> UInt128($0 * 8)) }
+    }
+
+    func xmmValue(_ elements: Form.Elements) -> UInt128 {
+        if rng.oneIn(3) { return UInt128(rng.next()) << 64 | UInt128(rng.next()) }
+        let width: Int
+        switch elements {
+        case .f32, .i32: width = 32
+        case .f64, .i64, .none: width = 64
+        case .i8: width = 8
+        case .i16: width = 16
+        }
+        var value: UInt128 = 0
+        for lane in 0..<(128 / width) {
+            let element: UInt64
+            switch elements {
+            case .f32: element = rng.oneIn(4) ? rng.next() & 0xFFFF_FFFF : rng.pick(Self.floatEdges)
+            case .f64: element = rng.oneIn(4) ? rng.next() : rng.pick(Self.doubleEdges)
+            default: element = rng.edge(width)
+            }
+            value |= UInt128(element) << UInt128(lane * width)
+        }
+        return value
+    }
+
+    /// Zeros, ones, halves (rounding), the largest and smallest normals,
+    /// denormals, infinities, quiet and signalling NaNs, and the integer
+    /// conversions' limits.
+    static let floatEdges: [UInt64] = [
+        0, 0x8000_0000, 0x3F80_0000, 0xBF80_0000, 0x3F00_0000, 0x3FC0_0000, 0x4020_0000, 0xC020_0000, 0x7F7F_FFFF,
+        0xFF7F_FFFF, 0x0080_0000, 0x0000_0001, 0x807F_FFFF, 0x7F80_0000, 0xFF80_0000, 0x7FC0_0000, 0xFFC0_0000,
+        0x7FA0_0000, 0xFFA0_0001, 0x4F00_0000, 0xCF00_0000, 0xCF00_0001, 0x5F00_0000, 0x4B80_0000, 0x3EAA_AAAB,
+    ]
+    static let doubleEdges: [UInt64] = [
+        0, 0x8000_0000_0000_0000, 0x3FF0_0000_0000_0000, 0xBFF0_0000_0000_0000, 0x3FE0_0000_0000_0000,
+        0x3FF8_0000_0000_0000, 0x4004_0000_0000_0000, 0xC004_0000_0000_0000, 0x7FEF_FFFF_FFFF_FFFF,
+        0x0010_0000_0000_0000, 0x0000_0000_0000_0001, 0x800F_FFFF_FFFF_FFFF, 0x7FF0_0000_0000_0000,
+        0xFFF0_0000_0000_0000, 0x7FF8_0000_0000_0000, 0xFFF8_0000_0000_0000, 0x7FF4_0000_0000_0000,
+        0xFFF0_0000_0000_0001, 0x41E0_0000_0000_0000, 0xC1E0_0000_0020_0000, 0x43E0_0000_0000_0000,
+        0x47EF_FFFF_E000_0000, 0x47EF_FFFF_F000_0000, 0x3690_0000_0000_0000, 0x3FD5_5555_5555_5555,
+    ]
 
     func isShift(_ form: Form) -> Bool {
         switch form.flags {
@@ -602,13 +687,14 @@ extension PairedMachine {
         guard amount != 0 else { return a }
         var a = a
         a.effectiveAddress &-= amount
-        if let last = a.registers.indices.last {
-            a.registers[last].1 &-= amount
-        } else if a.ripRelative {
-            // fixed up with the length
+        if a.ripRelative {
+            // The displacement is computed from the effective address with the length.
         } else if a.displacement.count >= 2 {
             let d = leValue(a.displacement) &- amount
             a.displacement = le(d, a.displacement.count)
+        } else if let last = a.registers.indices.last {
+            // The base (an index alone always comes with a displacement, handled above).
+            a.registers[last].1 &-= amount
         }
         return a
     }
@@ -623,3 +709,5 @@ func leValue(_ bytes: [UInt8]) -> UInt64 {
 }
 
 func hex(_ value: UInt64) -> String { "0x" + String(value, radix: 16) }
+
+func hex128(_ value: UInt128) -> String { "0x" + String(value, radix: 16) }

@@ -10,6 +10,9 @@ enum CodeMode: String, CaseIterable, Sendable, CustomStringConvertible {
     var codeSize: Int { self == .real ? 2 : self == .protected32 ? 4 : 8 }
     var unicornMode: Unicorn.Mode { self == .real ? .real16 : self == .protected32 ? .protected32 : .long64 }
     var registerCount: Int { self == .long64 ? 16 : 8 }
+    /// XMM registers compared: none in real mode, where unicorn 2.0.1 runs
+    /// no SSE (its 16-bit set-up leaves CR4.OSFXSR clear for good).
+    var xmmCount: Int { self == .long64 ? 16 : self == .protected32 ? 8 : 0 }
 }
 
 /// Where things are in the 64 KiB both CPUs see. Each segment register has
@@ -73,6 +76,8 @@ struct Snapshot: Equatable {
     var rip: UInt64
     var rflags: UInt64
     var selectors: [UInt16]
+    var xmm: [UInt128]
+    var mxcsr: UInt32
 }
 
 /// How an instruction ended, in terms both CPUs share.
@@ -134,7 +139,11 @@ final class PairedMachine {
             state.gdtr = DescriptorTableRegister(base: Layout.gdt, limit: Layout.gdtLimit)
             // No LDT, as unicorn starts (the reset state's LDTR is usable).
             state.ldtr = SegmentRegister(selector: 0, base: 0, limit: 0, attributes: 0)
+            // SSE on, as unicorn's 32- and 64-bit set-ups have it (without
+            // unmasked SIMD exceptions, which unicorn does not raise).
+            state.cr4 |= ControlBits.cr4OSFXSR | ControlBits.cr4OSXMMEXCPT
         }
+        state.fpu.mxcsr = FloatingPointState.defaultMXCSR
         if mode == .long64 {
             // PML4[0] -> PDPT; PDPT[0] maps the first GiB with one page.
             tables.store(Layout.pageTables + 0x1000 | 0x7, at: 0)
@@ -153,6 +162,15 @@ final class PairedMachine {
         }
         try loadUnicornSegments()
         try unicorn.write(mode == .long64 ? .rflags : .eflags, 0x2)
+        if mode.xmmCount > 0 {
+            // unicorn starts with MXCSR 0 (every exception unmasked).
+            try unicorn.write(.mxcsr, UInt64(FloatingPointState.defaultMXCSR))
+            for index in 0..<mode.xmmCount {
+                let value = UInt128(rng.next()) << 64 | UInt128(rng.next())
+                cpu.state.fpu.setXMM(index, value)
+                try unicorn.writeXMM(UnicornRegister.xmm[index], value)
+            }
+        }
         try unicorn.saveCleanState()
     }
 
@@ -202,6 +220,7 @@ final class PairedMachine {
             try unicorn.recover()
             for index in 0..<mode.registerCount { try unicorn.write(gprRegister(index), cpu.state.gpr[index]) }
             try unicorn.write(.rflags, cpu.state.rflags)
+            try synchronizeSIMD()
         } else {
             try loadUnicornSegments()
         }
@@ -210,8 +229,10 @@ final class PairedMachine {
     var x86Snapshot: Snapshot {
         let count = mode.registerCount
         let mask: UInt64 = mode == .long64 ? ~0 : 0xFFFF_FFFF
+        var fpu = cpu.state.fpu
         return Snapshot(gpr: (0..<count).map { cpu.state.gpr[$0] & mask }, rip: cpu.state.rip,
-                        rflags: cpu.state.rflags, selectors: cpu.state.segments.map(\.selector))
+                        rflags: cpu.state.rflags, selectors: cpu.state.segments.map(\.selector),
+                        xmm: (0..<mode.xmmCount).map { fpu.xmm($0) }, mxcsr: mode.xmmCount > 0 ? fpu.mxcsr : 0)
     }
 
     var unicornSnapshot: Snapshot {
@@ -220,7 +241,9 @@ final class PairedMachine {
         return Snapshot(gpr: (0..<count).map { unicorn.read(gprRegister($0)) & mask },
                         rip: unicorn.read(mode == .long64 ? .rip : .eip),
                         rflags: unicorn.read(mode == .long64 ? .rflags : .eflags),
-                        selectors: UnicornRegister.segments.map { UInt16(truncatingIfNeeded: unicorn.read($0)) })
+                        selectors: UnicornRegister.segments.map { UInt16(truncatingIfNeeded: unicorn.read($0)) },
+                        xmm: (0..<mode.xmmCount).map { unicorn.readXMM(UnicornRegister.xmm[$0]) },
+                        mxcsr: mode.xmmCount > 0 ? UInt32(truncatingIfNeeded: unicorn.read(.mxcsr)) : 0)
     }
 
     /// Makes unicorn's state X86's: after a difference, so that one bug is
@@ -231,7 +254,25 @@ final class PairedMachine {
         try resetSegments()
         for index in 0..<mode.registerCount { try unicorn.write(gprRegister(index), cpu.state.gpr[index]) }
         try unicorn.write(mode == .long64 ? .rflags : .eflags, cpu.state.rflags)
+        try synchronizeSIMD()
         unicornMemory.copy(from: x86Memory)
+    }
+
+    /// unicorn's XMM registers and MXCSR become X86's.
+    func synchronizeSIMD() throws {
+        guard mode.xmmCount > 0 else { return }
+        try unicorn.write(.mxcsr, UInt64(cpu.state.fpu.mxcsr))
+        for index in 0..<mode.xmmCount { try unicorn.writeXMM(UnicornRegister.xmm[index], cpu.state.fpu.xmm(index)) }
+    }
+
+    func setXMM(_ index: Int, _ value: UInt128) throws {
+        cpu.state.fpu.setXMM(index, value)
+        try unicorn.writeXMM(UnicornRegister.xmm[index], value)
+    }
+
+    func setMXCSR(_ value: UInt32) throws {
+        cpu.state.fpu.mxcsr = value
+        try unicorn.write(.mxcsr, UInt64(value))
     }
 
     // MARK: Stepping

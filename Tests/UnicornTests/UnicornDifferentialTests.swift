@@ -37,7 +37,8 @@ struct UnicornDifferentialTests {
         _ = try UnicornLibrary.require()
         let seed = Self.seed ^ UInt64(mode.codeSize)
         let machine = try PairedMachine(mode: mode, seed: seed)
-        let implemented = Form.all.filter { $0.exists(in: mode) && Probe.implements($0, mode: mode) }
+        let probe = X86Probe(mode: mode)
+        let implemented = Form.all.filter { $0.exists(in: mode) && Probe.implements($0, mode: mode, probe: probe) }
         var work: [(Form, Int)] = []
         for form in implemented {
             for size in form.operandSizes(in: mode) {
@@ -90,7 +91,7 @@ extension PairedMachine {
         let rmValue = operandValue(registers: [], memory: prepared.rmAddress.map { [($0, x86Memory.read(at: Int($0), count: 8))] } ?? [],
                                    rmRegister: prepared.rmRegister, rmAddress: prepared.rmAddress, size: max(size, 1),
                                    legacyHighBytes: prepared.legacyHighBytes)
-        let context = DeviationContext(form: form.name, bytes: prepared.bytes, rex: prepared.rex,
+        var context = DeviationContext(form: form.name, bytes: prepared.bytes, rex: prepared.rex,
                                        opcodeIndex: prepared.opcodeIndex, operandSize: size,
                                        mode64: mode == .long64, realMode: mode == .real, address: prepared.address,
                                        stackAddressSize: mode.codeSize, modrmIndex: prepared.modrmIndex,
@@ -99,6 +100,15 @@ extension PairedMachine {
                                        rmBytes: prepared.rmAddress.map { x86Memory.read(at: Int($0), count: 16) } ?? [],
                                        immediate: prepared.immediate, before: before.gpr,
                                        beforeFlags: before.rflags, beforeSelectors: before.selectors)
+        if form.isSIMD {
+            context.simd = true
+            context.regXMM = prepared.regXMM
+            context.rmXMM = prepared.rmXMM
+            context.beforeXMM = before.xmm
+            context.beforeMXCSR = before.mxcsr
+            context.memoryAddress = prepared.rmAddress
+            context.alignment = form.needsAlignment ? 16 : 0
+        }
         let deviations = UnicornDeviations.all.filter { $0.applies(context) }
         let unicornBytes = deviations.lazy.compactMap(\.equivalentEncoding).first?(context) ?? prepared.bytes
         let branch = form.needs.contains(.branch)
@@ -107,6 +117,7 @@ extension PairedMachine {
         // unicorn's result, turned into the SDM's where unicorn is known to deviate.
         let observed = unicornSnapshot
         var expected = OracleResult(gpr: observed.gpr, rip: observed.rip, rflags: observed.rflags, selectors: observed.selectors,
+                                    xmm: observed.xmm, mxcsr: observed.mxcsr,
                                     exception: { if case .exception(let v) = unicornOutcome { return v }; return nil }())
         if unicornBytes.count != prepared.bytes.count && unicornOutcome == .completed && !branch {
             expected.rip &+= UInt64(prepared.bytes.count) &- UInt64(unicornBytes.count)
@@ -136,8 +147,17 @@ extension PairedMachine {
             if actual.rflags & mask != expected.rflags & mask {
                 differences.append("rflags: X86 \(hex(actual.rflags & mask)) unicorn \(hex(expected.rflags & mask)) (compared \(hex(mask)))")
             }
+            for index in actual.xmm.indices where actual.xmm[index] != expected.xmm[index] {
+                differences.append("xmm\(index): X86 \(hex128(actual.xmm[index])) unicorn \(hex128(expected.xmm[index]))")
+            }
+            if actual.mxcsr & expected.mxcsrCompared != expected.mxcsr & expected.mxcsrCompared {
+                differences.append("mxcsr: X86 \(hex(UInt64(actual.mxcsr))) unicorn \(hex(UInt64(expected.mxcsr)))")
+            }
             if actual.selectors != expected.selectors {
                 differences.append("selectors: X86 \(actual.selectors.map { hex(UInt64($0)) }) unicorn \(expected.selectors.map { hex(UInt64($0)) })")
+            }
+            if let (address, bytes) = expected.memoryRestore {
+                unicornMemory.write(bytes, at: Int(address))
             }
             if let (address, size) = undefined.memory {
                 unicornMemory.write(x86Memory.read(at: Int(address), count: size), at: Int(address))
@@ -160,6 +180,8 @@ extension PairedMachine {
             // After a difference, an exception or a corrected result: unicorn takes X86's state.
             try resynchronize()
         }
+        // Unmasked SIMD exceptions would raise #XM on X86 only (unicorn raises none).
+        if mode.xmmCount > 0 && cpu.state.fpu.mxcsr & 0x1F80 != 0x1F80 { try setMXCSR(FloatingPointState.defaultMXCSR) }
         // A popped TF would trap the next instruction: keep it clear.
         if cpu.state.rflags & RFLAGS.tf != 0 { try setFlags(cpu.state.rflags & ~RFLAGS.tf) }
         guard differences.isEmpty else {
@@ -218,8 +240,7 @@ extension PairedMachine {
 
 /// Whether X86 implements a form: the instruction, run alone, does not raise #UD.
 enum Probe {
-    static func implements(_ form: Form, mode: CodeMode) -> Bool {
-        let probe = X86Probe(mode: mode)
+    static func implements(_ form: Form, mode: CodeMode, probe: X86Probe) -> Bool {
         for size in form.operandSizes(in: mode) {
             var prefixes = form.prefix
             if form.sizes != .dq && ((size == 2 && mode != .real) || (size == 4 && mode == .real)) { prefixes.append(0x66) }

@@ -135,6 +135,11 @@ public struct UnicornRegister: Hashable, Sendable {
     public static let gdtr = UnicornRegister(243)
     public static let fsBase = UnicornRegister(250)
     public static let gsBase = UnicornRegister(251)
+    public static let cr4 = UnicornRegister(54)
+    /// XMM0..XMM15 (XMM8-15 in 64-bit mode only): 16 bytes each.
+    public static let xmm: [UnicornRegister] = (0..<16).map { UnicornRegister(122 + Int32($0)) }
+    /// 4 bytes.
+    public static let mxcsr = UnicornRegister(249)
 }
 
 /// How a step on unicorn ended.
@@ -215,6 +220,18 @@ public final class Unicorn {
 
     /// Writes a register; unicorn takes as many low bytes as the register has.
     public func write(_ register: UnicornRegister, _ value: UInt64) throws {
+        var value = value
+        try check("uc_reg_write(\(register.id))", functions.regWrite(engine, register.id, &value))
+    }
+
+    /// An XMM register (unicorn reads and writes all 16 bytes).
+    public func readXMM(_ register: UnicornRegister) -> UInt128 {
+        var value: UInt128 = 0
+        _ = functions.regRead(engine, register.id, &value)
+        return value
+    }
+
+    public func writeXMM(_ register: UnicornRegister, _ value: UInt128) throws {
         var value = value
         try check("uc_reg_write(\(register.id))", functions.regWrite(engine, register.id, &value))
     }

@@ -151,12 +151,15 @@ final class FuzzMachine {
     }
 
     /// Runs the program of `seed`; returns what went wrong (empty: nothing).
-    func run(seed: UInt64, exits: inout [String: Int], moved: inout Int) -> [String] {
+    /// `simd` draws x87 and 0F-map SIMD instructions (with their prefixes)
+    /// from a random FPU, MXCSR, CR0 and CR4 state rather than plain bytes.
+    func run(seed: UInt64, simd: Bool = false, exits: inout [String: Int], moved: inout Int) -> [String] {
         var rng = SplitMix64(state: seed)
         memory.write(snapshot, at: 0)
-        let code = (0..<(16 + rng.below(112))).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
+        let code = simd ? simdCode(&rng) : (0..<(16 + rng.below(112))).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
         memory.write(code, at: Int(FuzzLayout.code))
         var state = initial
+        if simd { randomizeFPU(&state, &rng) }
         for register in GPR.allCases where register != .rsp {
             // Small values half the time, so that memory operands often land in RAM.
             state[register] = rng.below(2) == 0 ? rng.next() & 0xFFFF : rng.next()
@@ -185,6 +188,50 @@ final class FuzzMachine {
             problems.append("user code changed the supervisor pages' GDT, IDT, TSS, handler or page tables (beyond A/D bits)")
         }
         return problems
+    }
+
+    /// Four x87 or 0F-map SIMD instructions: mostly mandatory prefixes,
+    /// sometimes LOCK, a segment or an address-size override, REX in 64-bit
+    /// code, then random ModRM, SIB, displacement and immediate bytes.
+    func simdCode(_ rng: inout SplitMix64) -> [UInt8] {
+        let prefixes: [UInt8] = [0x66, 0xF2, 0xF3, 0x66, 0xF2, 0xF3, 0x66, 0xF0, 0x2E, 0x67]
+        var code: [UInt8] = []
+        for _ in 0..<4 {
+            if rng.below(2) == 0 { code.append(rng.pick(prefixes)) }
+            if rng.oneIn(3) { code.append(rng.pick(prefixes)) }
+            if mode.isLong && rng.below(2) == 0 { code.append(0x40 | UInt8(rng.below(16))) }
+            switch rng.below(5) {
+            case 0: code.append(0xD8 + UInt8(rng.below(8)))
+            case 1: code.append(0x9B)
+            case 2: code += [0x0F, rng.below(2) == 0 ? 0x38 : 0x3A, UInt8(rng.below(32))]
+            default:
+                code += [0x0F, rng.pick([0x0D, 0x10, 0x28, 0x50, 0x60, 0x70, 0xAE, 0xC2, 0xD0, 0xE0, 0xF0] as [UInt8]) + UInt8(rng.below(16))]
+            }
+            code += (0..<6).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
+        }
+        return code
+    }
+
+    /// An FPU usable most of the time (CR0.EM/TS and CR4.OSFXSR say so), with
+    /// random control and status words, tags, MXCSR, XMM and x87 registers.
+    func randomizeFPU(_ state: inout CPUState, _ rng: inout SplitMix64) {
+        if rng.oneIn(8) { state.cr0 |= rng.next() & (ControlBits.cr0MP | ControlBits.cr0EM | ControlBits.cr0TS) }
+        state.cr0 |= rng.next() & ControlBits.cr0NE
+        if !rng.oneIn(8) { state.cr4 |= ControlBits.cr4OSFXSR }
+        state.cr4 |= rng.next() & ControlBits.cr4OSXMMEXCPT
+        state.fpu.mxcsr = UInt32(truncatingIfNeeded: rng.next()) & 0xFFFF | (rng.below(2) == 0 ? 0x1F80 : 0)
+        state.fpu.fcw = UInt16(truncatingIfNeeded: rng.next())
+        state.fpu.fsw = UInt16(truncatingIfNeeded: rng.next()) & (rng.below(2) == 0 ? 0x7F7F : 0xFFFF)
+        state.fpu.tags = UInt8(truncatingIfNeeded: rng.next())
+        for index in 0..<16 {
+            // Lanes of edge values or random bits.
+            let edges: [UInt64] = [0, 0x8000_0000_0000_0000, 0x7FF0_0000_0000_0000, 0x7FF8_0000_0000_0000, 0x0000_0000_0000_0001,
+                                   0x7F80_0000_7FC0_0000, 0x3FF0_0000_0000_0000, ~0]
+            let low = rng.below(2) == 0 ? rng.pick(edges) : rng.next()
+            let high = rng.below(2) == 0 ? rng.pick(edges) : rng.next()
+            state.fpu.setXMM(index, UInt128(high) << 64 | UInt128(low))
+        }
+        for index in 0..<8 { state.fpu.setPhysical(index, UInt128(rng.next()) << 64 | UInt128(rng.next())) }
     }
 
     /// What must hold after every exit.
@@ -255,10 +302,10 @@ final class FuzzMachine {
 }
 
 /// Runs the fuzz programs of one mode and records each problem with its seed.
-func fuzz(_ mode: FuzzMode, deliversExceptions: Bool) {
+func fuzz(_ mode: FuzzMode, deliversExceptions: Bool, simd: Bool = false) {
     let index = FuzzMode.allCases.firstIndex(of: mode) ?? 0
     let base: UInt64 = 0xF022_0000_0000 | UInt64(index) << 16
-        | (deliversExceptions ? 0x8000 : 0)
+        | (deliversExceptions ? 0x8000 : 0) | (simd ? 0x4000 : 0)
     let machine = FuzzMachine(mode: mode, deliversExceptions: deliversExceptions)
     let slot = CrashNotes.claimSlot()
     let watchdog = Watchdog(seconds: 60)
@@ -267,10 +314,10 @@ func fuzz(_ mode: FuzzMode, deliversExceptions: Bool) {
     var moved = 0
     var failures = 0
     for seed in FuzzConfiguration.seeds(base: base) {
-        let note = "fuzz \(mode) delivery \(deliversExceptions): SWIFTKVM_FUZZ_SEED=0x\(String(seed, radix: 16))"
+        let note = "fuzz \(mode)\(simd ? " SIMD" : "") delivery \(deliversExceptions): SWIFTKVM_FUZZ_SEED=0x\(String(seed, radix: 16))"
         CrashNotes.write(note, slot: slot)
         watchdog.tick(note)
-        let problems = machine.run(seed: seed, exits: &exits, moved: &moved)
+        let problems = machine.run(seed: seed, simd: simd, exits: &exits, moved: &moved)
         if !problems.isEmpty {
             failures += 1
             if failures <= 5 { Issue.record("\(note): \(problems.joined(separator: "; "))") }
@@ -291,6 +338,9 @@ func fuzz(_ mode: FuzzMode, deliversExceptions: Bool) {
 struct RealModeFuzzTests {
     @Test(arguments: [false, true])
     func randomBytesEndInExitsOrGuestExceptions(deliversExceptions: Bool) { fuzz(.real, deliversExceptions: deliversExceptions) }
+
+    /// x87, MMX and SSE instructions from random FPU states.
+    @Test func randomSIMDInstructionsEndInExitsOrGuestExceptions() { fuzz(.real, deliversExceptions: false, simd: true) }
 }
 
 @Suite("X86 fuzzing: 16-bit protected mode")
@@ -307,12 +357,18 @@ struct Protected32FuzzTests {
     func randomBytesEndInExitsOrGuestExceptions(deliversExceptions: Bool) {
         fuzz(.protected32, deliversExceptions: deliversExceptions)
     }
+
+    /// x87, MMX and SSE instructions from random FPU states.
+    @Test func randomSIMDInstructionsEndInExitsOrGuestExceptions() { fuzz(.protected32, deliversExceptions: false, simd: true) }
 }
 
 @Suite("X86 fuzzing: 64-bit long mode with paging")
 struct LongModeFuzzTests {
     @Test(arguments: [false, true])
     func randomBytesEndInExitsOrGuestExceptions(deliversExceptions: Bool) { fuzz(.long64, deliversExceptions: deliversExceptions) }
+
+    /// x87, MMX and SSE instructions from random FPU states.
+    @Test func randomSIMDInstructionsEndInExitsOrGuestExceptions() { fuzz(.long64, deliversExceptions: false, simd: true) }
 }
 
 @Suite("X86 fuzzing: CPL 3")

@@ -112,8 +112,8 @@ final class PairedMachine {
     /// Where the next instruction goes: each one gets fresh bytes, since
     /// unicorn does not notice code rewritten behind its translations.
     var cursor = Layout.codeStart
-    /// Instructions a known unicorn deviation applied to.
-    var deviationHits = 0
+    /// Instructions each known unicorn deviation applied to.
+    var deviationHits: [String: Int] = [:]
 
     init(mode: CodeMode, seed: UInt64) throws {
         self.mode = mode

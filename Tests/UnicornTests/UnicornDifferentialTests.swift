@@ -55,7 +55,9 @@ struct UnicornDifferentialTests {
         let implementedNames = Set(implemented.map(\.name))
         let missing = Form.all.filter { $0.exists(in: mode) && !implementedNames.contains($0.name) }
         print("unicorn \(mode): \(work.count) instructions, \(implemented.count) forms compared,",
-              "\(machine.deviationHits) with a known unicorn deviation,", "\(missing.count) not implemented by X86 yet (\(missing.map(\.name).joined(separator: ", "))), seed \(hex(seed))")
+              "\(missing.count) not implemented by X86 yet (\(missing.map(\.name).joined(separator: ", "))), seed \(hex(seed));",
+              "known unicorn deviations applied:",
+              machine.deviationHits.sorted { $0.key < $1.key }.map { "\($0.value) \($0.key)" }.joined(separator: "; "))
         for form in implemented {
             guard let found = mismatches[form.name] else {
                 continue
@@ -166,7 +168,7 @@ extension PairedMachine {
                 differences.append("memory at \(hex(UInt64(offset))): X86 \(x86Memory.read(at: offset, count: 8)) unicorn \(unicornMemory.read(at: offset, count: 8))")
             }
         }
-        if !deviations.isEmpty { deviationHits += 1 }
+        for deviation in deviations { deviationHits[deviation.instruction, default: 0] += 1 }
         let clean = differences.isEmpty && comparable && unicornOutcome == .completed && deviations.allSatisfy { $0.correct == nil }
         if case .exception = unicornOutcome { try unicorn.recover() }
         if clean {

@@ -39,7 +39,9 @@ let package = Package(
         ),
         // Host atomics for the soft CPU's LOCK prefix.
         .target(name: "CX86Atomics"),
-        .target(name: "X86", dependencies: ["CX86Atomics"], swiftSettings: hotPathSettings),
+        // The host's x87 FPU, on which X86 runs the x87 arithmetic (Sources/CX87/x87.c).
+        .target(name: "CX87"),
+        .target(name: "X86", dependencies: ["CX86Atomics", "CX87"], swiftSettings: hotPathSettings),
         .target(
             name: "SoftKVM",
             dependencies: [

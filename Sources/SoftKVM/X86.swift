@@ -67,23 +67,34 @@ let supportedCPUID: [kvm_cpuid_entry2] = {
     }
     // "SoftKVMSwift" in EBX, EDX, ECX order, as CPUID leaf 0 spells a vendor.
     let vendor: (UInt32, UInt32, UInt32) = (0x7466_6F53, 0x534D_564B, 0x7466_6977)
-    // PSE TSC MSR PAE CX8 SEP PGE CMOV PAT PSE-36; FPU CLFSH MMX FXSR SSE
-    // SSE2. FPU: the x87 state, its control instructions and FXSAVE are
-    // there (Linux requires the bit). No XSAVE: Linux then saves the FPU
-    // with FXSAVE.
-    let leaf1EDX: UInt32 = (1 << 3) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 8) | (1 << 11) | (1 << 13) | (1 << 15)
-        | (1 << 16) | (1 << 17) | (1 << 0) | (1 << 19) | (1 << 23) | (1 << 24) | (1 << 25) | (1 << 26)
+    // VME PSE TSC MSR PAE CX8 SEP PGE CMOV PAT PSE-36; FPU CLFSH MMX FXSR
+    // SSE SSE2. FPU: the whole x87 (its arithmetic runs on the host's FPU:
+    // on a host without one, the data instructions are an emulation
+    // failure). No XSAVE: Linux then saves the FPU with FXSAVE.
+    let leaf1EDX: UInt32 = (1 << 1) | (1 << 3) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 8) | (1 << 11) | (1 << 13)
+        | (1 << 15) | (1 << 16) | (1 << 17) | (1 << 0) | (1 << 19) | (1 << 23) | (1 << 24) | (1 << 25) | (1 << 26)
     // CLFLUSH's line size, in 8-byte units (needed with CLFSH).
     let leaf1EBX: UInt32 = 8 << 8
     // SSE3 (with FISTTP; not MONITOR, which has its own bit), SSSE3, CX16,
     // POPCNT. Not MOVBE.
     let leaf1ECX: UInt32 = (1 << 0) | (1 << 9) | (1 << 13) | (1 << 23)
+    // SMEP SMAP (the page walk applies them; STAC/CLAC).
+    let leaf7EBX: UInt32 = (1 << 7) | (1 << 20)
+    let structured = CPUIDEntry(function: 7, index: 0, flags: UInt32(KVM_CPUID_FLAG_SIGNIFCANT_INDEX), ebx: leaf7EBX)
     return [
-        leaf(0, eax: 1, ebx: vendor.0, ecx: vendor.2, edx: vendor.1),
+        leaf(0, eax: 7, ebx: vendor.0, ecx: vendor.2, edx: vendor.1),
         leaf(1, eax: 0x600, ebx: leaf1EBX, ecx: leaf1ECX, edx: leaf1EDX),
-        leaf(0x8000_0000, eax: 0x8000_0001),
-        // LAHF, ABM (LZCNT); SYSCALL NX LM
-        leaf(0x8000_0001, ecx: (1 << 0) | (1 << 5), edx: (1 << 11) | (1 << 20) | (1 << 29)),
+        // Leaves 2-6 (caches, MONITOR, power) describe nothing.
+        leaf(2), leaf(3), leaf(4), leaf(5), leaf(6),
+        structured.kernelValue,
+        leaf(0x8000_0000, eax: 0x8000_0008),
+        // LAHF, ABM (LZCNT); SYSCALL NX Page1GB LM
+        leaf(0x8000_0001, ecx: (1 << 0) | (1 << 5), edx: (1 << 11) | (1 << 20) | (1 << 26) | (1 << 29)),
+        // No brand string, cache or power leaves.
+        leaf(0x8000_0002), leaf(0x8000_0003), leaf(0x8000_0004), leaf(0x8000_0005), leaf(0x8000_0006),
+        leaf(0x8000_0007),
+        // 40 physical address bits (MAXPHYADDR, which the page walk's reserved bits follow), 48 linear.
+        leaf(0x8000_0008, eax: 0x3028),
     ]
 }()
 

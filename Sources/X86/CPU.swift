@@ -63,9 +63,8 @@ public enum X86Exit: Equatable, Sendable {
     case msr(MSRAccessExit)
     /// `maxInstructions` instructions completed.
     case instructionLimit
-    /// Code fetched or a page table read from outside RAM, or what the CPU
-    /// does not model yet (32-bit paging, an interrupt needing a stack
-    /// switch, a task gate...): KVM reports these as an emulation failure.
+    /// Code fetched or a page table read from outside RAM: KVM reports
+    /// these as an emulation failure.
     case emulationFailure(address: UInt64)
 }
 
@@ -190,7 +189,11 @@ public struct X86CPU {
     /// than out to the host as `.exception`.
     public var deliversExceptions = false
     /// The CPUID leaves the guest sees, as KVM_SET_CPUID2 gives them.
-    public var cpuid: [CPUIDLeaf] = []
+    public var cpuid: [CPUIDLeaf] = [] {
+        didSet { guestFeatures = GuestFeatures(cpuid) }
+    }
+    /// What the CPUID lets paging and CR4 do (PageProtection.swift).
+    var guestFeatures = GuestFeatures()
     /// A direct-mapped TLB of 4 KiB linear pages (see Memory.swift).
     var tlb = InlineArray<256, TLBEntry>(repeating: TLBEntry())
     var tlbGeneration: UInt64 = ~0
@@ -200,6 +203,12 @@ public struct X86CPU {
     var implicitSupervisor = false
     /// RDMSR and WRMSR handed to the owner (MSRIntercept.swift).
     var msrIntercept = MSRInterceptState()
+    /// Set while the CPU reads or writes system tables: an implicit
+    /// supervisor access, which SMAP forbids on user pages whatever EFLAGS.AC says.
+    var systemTableAccess = false
+    /// TLBEntry.user while CR4.SMEP or SMAP is on: a supervisor access that
+    /// hits a user page's TLB entry takes the walk, which applies them.
+    var supervisorUserGuard: UInt8 = 0
 
     public init(memory: PhysicalMemory, state: CPUState = CPUState()) {
         self.memory = memory
@@ -294,12 +303,5 @@ public struct X86CPU {
     mutating func exit(_ exit: X86Exit) -> Bool {
         pending = exit
         return false
-    }
-
-    /// CLI, STI, IN, OUT: allowed when CPL <= IOPL (the TSS I/O bitmap and
-    /// VME do not exist yet).
-    mutating func ioPrivileged() -> Bool {
-        if state.cr0 & ControlBits.cr0PE == 0 { return true }
-        return UInt64(state.privilegeLevel()) <= (state.flags.bits & RFLAGS.iopl) >> 12
     }
 }

@@ -359,8 +359,8 @@ public enum RFLAGS {
     public static let id: UInt64 = 1 << 21
     /// OF SF ZF AF PF CF.
     public static let arithmetic: UInt64 = cf | pf | af | zf | sf | of
-    /// Bits a write to RFLAGS can set (VIF/VIP are left out until VME exists).
-    public static let writable: UInt64 = arithmetic | tf | `if` | df | iopl | nt | rf | vm | ac | id
+    /// Bits a write to RFLAGS can set.
+    public static let writable: UInt64 = arithmetic | tf | `if` | df | iopl | nt | rf | vm | ac | (3 << 19) | id
 }
 
 @inline(__always)

@@ -38,7 +38,7 @@ extension X86CPU {
         if state.cr0 & ControlBits.cr0PE == 0 || state.flags.bits & RFLAGS.vm != 0 {
             // SDM JMP: "IF tempEIP is beyond code segment limit THEN #GP(0)".
             guard offset & sizeMask(insn.operandSize) <= UInt64(state.cs.limit) else { return fault(.gp, errorCode: 0) }
-            state.cs = .realMode(selector: selector, code: true)
+            state.cs = realStyleSegment(selector, code: true)
             state.rip = offset & sizeMask(insn.operandSize)
             return true
         }
@@ -57,7 +57,7 @@ extension X86CPU {
                 state.setReg(4, saved)
                 return false
             }
-            state.cs = .realMode(selector: selector, code: true)
+            state.cs = realStyleSegment(selector, code: true)
             state.rip = offset & sizeMask(size)
             return true
         }
@@ -266,7 +266,7 @@ extension X86CPU {
         let selector = UInt16(truncatingIfNeeded: csValue)
         if state.cr0 & ControlBits.cr0PE == 0 || state.flags.bits & RFLAGS.vm != 0 {
             commitPop(size: 2 * size + Int(release))
-            state.cs = .realMode(selector: selector, code: true)
+            state.cs = realStyleSegment(selector, code: true)
             state.rip = ip & sizeMask(size)
             return true
         }
@@ -313,10 +313,7 @@ extension X86CPU {
             state.rflags = kept | (flags & (size == 2 ? 0xFFFF : ~(RFLAGS.vm | 0x1A_0000)))
             return true
         }
-        if state.flags.bits & RFLAGS.vm != 0 {
-            pending = .emulationFailure(address: linear(SegmentRegisterName.cs.rawValue, state.rip))
-            return false
-        }
+        if state.flags.bits & RFLAGS.vm != 0 { return iretInVirtual8086(insn) }
         let long = state.efer & ControlBits.eferLMA != 0
         if state.flags.bits & RFLAGS.nt != 0 {
             if long { return fault(.gp, errorCode: 0) }
@@ -326,9 +323,7 @@ extension X86CPU {
               let flags = top(size: size, at: UInt64(2 * size)) else { return false }
         let cpl = state.privilegeLevel()
         if !long && flags & RFLAGS.vm != 0 && cpl == 0 && size == 4 {
-            // A return to virtual-8086 mode, which is not modelled.
-            pending = .emulationFailure(address: linear(SegmentRegisterName.cs.rawValue, state.rip))
-            return false
+            return iretToVirtual8086(ip: ip, cs: csValue, flags: flags)
         }
         let selector = UInt16(truncatingIfNeeded: csValue)
         guard let (found, address) = returnCodeSegment(selector) else { return false }
@@ -347,9 +342,9 @@ extension X86CPU {
             newRSP = rsp
         }
         guard markAccessed(&descriptor, at: address) else { return false }
-        // At CPL 0 every flag is writable; above, IOPL stays and IF only at CPL <= IOPL.
+        // At CPL 0 every flag is writable; above, IOPL, VIF and VIP stay and IF only at CPL <= IOPL.
         var writable = RFLAGS.writable & ~RFLAGS.vm
-        if cpl > 0 { writable &= ~RFLAGS.iopl }
+        if cpl > 0 { writable &= ~(RFLAGS.iopl | RFLAGS.vif | RFLAGS.vip) }
         if UInt64(cpl) > (state.flags.bits & RFLAGS.iopl) >> 12 { writable &= ~RFLAGS.if }
         if size == 2 { writable &= 0xFFFF }
         let newFlags = (state.rflags & ~writable) | (flags & writable)

@@ -146,15 +146,8 @@ extension X86CPU {
         case 0xF9: state.flags.set(arithmetic: state.flags.materialized | RFLAGS.cf)
         case 0xFC: state.flags.bits &= ~RFLAGS.df
         case 0xFD: state.flags.bits |= RFLAGS.df
-        case 0xFA, 0xFB:
-            guard ioPrivileged() else { return fault(.gp, errorCode: 0) }
-            if insn.opcode == 0xFA {
-                state.flags.bits &= ~RFLAGS.if
-            } else {
-                // Only an STI that sets IF opens a shadow.
-                if state.flags.bits & RFLAGS.if == 0 { interruptShadow = true }
-                state.flags.bits |= RFLAGS.if
-            }
+        case 0xFA, 0xFB:  // IOPL, VME and PVI rules in Virtual8086.swift
+            return executeInterruptFlag(set: insn.opcode == 0xFB)
         case 0x9E:  // SAHF: SF ZF AF PF CF from AH
             let ah = (state.reg(0) >> 8) & 0xFF
             let keep = state.flags.materialized & RFLAGS.of
@@ -162,6 +155,8 @@ extension X86CPU {
         case 0x9F:  // LAHF
             let low = (state.flags.materialized & 0xD5) | 0x2
             state.setReg(0, (state.reg(0) & ~0xFF00) | (low << 8))
+        case 0x9C...0x9D where state.flags.bits & RFLAGS.vm != 0:
+            return executeFlagsInVirtual8086(insn)
         case 0x9C:  // PUSHF: VM and RF read as 0 in the image
             let size = stackOperandSize(insn)
             let image = state.flags.materialized & ~(RFLAGS.vm | RFLAGS.rf)
@@ -169,7 +164,7 @@ extension X86CPU {
         case 0x9D:  // POPF
             let size = stackOperandSize(insn)
             guard let value = pop(size: size) else { return false }
-            var writable = RFLAGS.writable & ~(RFLAGS.vm | RFLAGS.rf)
+            var writable = RFLAGS.writable & ~(RFLAGS.vm | RFLAGS.rf | RFLAGS.vif | RFLAGS.vip)
             if state.cr0 & ControlBits.cr0PE != 0 {
                 if state.privilegeLevel() > 0 { writable &= ~RFLAGS.iopl }
                 if UInt64(state.privilegeLevel()) > (state.flags.materialized & RFLAGS.iopl) >> 12 { writable &= ~RFLAGS.if }

@@ -1,9 +1,8 @@
 // Exception and interrupt delivery through the IVT (real mode) or the IDT
 // (protected and long mode: 16- and 32-bit gates, 64-bit gates with IST,
-// stack switches through the TSS), INT n and INT3. IRET is in
-// FarTransfers.swift. What the CPU does not model (virtual-8086 mode) ends
-// in an emulation failure, which KVM reports as an internal error, rather
-// than in wrong behaviour.
+// stack switches through the TSS, task gates, interrupts from
+// virtual-8086 mode), INT n and INT3. IRET is in FarTransfers.swift, task
+// switches in TaskSwitch.swift, virtual-8086 mode's rules in Virtual8086.swift.
 
 /// One CPUID leaf (`struct kvm_cpuid_entry2` without the ABI).
 public struct CPUIDLeaf: Hashable, Sendable {
@@ -76,11 +75,7 @@ extension X86CPU {
     /// 64-bit TSS with SS null.
     mutating func deliver(_ vector: UInt8, errorCode: UInt32?, returnRIP: UInt64, software: Bool) -> Bool {
         if case .real = state.mode { return deliverReal(vector, returnRIP: returnRIP) }
-        if state.flags.bits & RFLAGS.vm != 0 {
-            // Virtual-8086 mode is not modelled.
-            pending = .emulationFailure(address: state.idtr.base)
-            return false
-        }
+        let fromV86 = state.flags.bits & RFLAGS.vm != 0
         let long = state.efer & ControlBits.eferLMA != 0
         let gateSize: UInt64 = long ? 16 : 8
         let entry = UInt64(vector) * gateSize
@@ -114,6 +109,8 @@ extension X86CPU {
         var target = found
         guard target.isCode, target.dpl <= cpl else { return fault(.gp, errorCode: targetErrorCode) }
         if long && (!target.isLong || target.isDefaultBig) { return fault(.gp, errorCode: targetErrorCode) }
+        // From virtual-8086 mode only to a non-conforming segment of DPL 0.
+        if fromV86 && (target.isConforming || target.dpl != 0) { return fault(.gp, errorCode: targetErrorCode) }
         guard target.isPresent else { return fault(.np, errorCode: targetErrorCode) }
         let gate16 = !long && type & 8 == 0
         var offset = gate.gateOffset
@@ -142,11 +139,19 @@ extension X86CPU {
                 top = esp
             }
         }
+        if fromV86 {
+            // GS FS DS ES first, then the frame of a privilege change.
+            words[0] = UInt64(state.gs.selector)
+            words[1] = UInt64(state.fs.selector)
+            words[2] = UInt64(state.ds.selector)
+            words[3] = UInt64(state.es.selector)
+            count = 4
+        }
         // Long mode always pushes SS:RSP; elsewhere only a stack switch does.
         if newCPL < cpl || long {
-            words[0] = UInt64(state.ss.selector)
-            words[1] = state.reg(4)
-            count = 2
+            words[count] = UInt64(state.ss.selector)
+            words[count + 1] = state.reg(4)
+            count += 2
         }
         words[count] = flags
         words[count + 1] = UInt64(state.cs.selector)
@@ -172,6 +177,9 @@ extension X86CPU {
         setStackPointer(newTop, ss: newSS, long: long)
         state.cs = target.segment(selector: (selector & 0xFFFC) | UInt16(newCPL))
         state.rip = offset
+        if fromV86 {
+            (state.es, state.ds, state.fs, state.gs) = (Self.nullSegment(0), Self.nullSegment(0), Self.nullSegment(0), Self.nullSegment(0))
+        }
         return true
     }
 
@@ -291,6 +299,8 @@ extension X86CPU {
     /// CC INT3, CD INT n: traps, so the return address is the next instruction.
     mutating func executeSoftwareInterrupt(_ insn: inout Instruction) -> Bool {
         let vector = insn.opcode == 0xCC ? Vector.bp.rawValue : UInt8(truncatingIfNeeded: insn.immediate)
+        // INT n (not INT3) is IOPL-sensitive in virtual-8086 mode.
+        if insn.opcode == 0xCD && state.flags.bits & RFLAGS.vm != 0 { return softwareInterruptInVirtual8086(vector, insn) }
         // A fault during delivery is raised at the INT instruction (RIP is still there).
         return deliver(vector, errorCode: nil, returnRIP: insn.nextRIP, software: true)
     }

@@ -64,8 +64,10 @@ extension X86CPU {
 
     /// The page walk of the paging mode in force: 4-level (long mode), PAE
     /// (its PDPTEs cached at the CR3 load) or 32-bit (4 MiB pages with
-    /// CR4.PSE, PSE-36 addresses). Sets the A and D bits, checks R/W, U/S
-    /// (CR0.WP) and NX, and fills the TLB.
+    /// CR4.PSE, PSE-36 addresses). Checks each entry's reserved bits (#PF
+    /// with RSVD), then R/W, U/S (CR0.WP), NX, SMEP and SMAP; only a walk
+    /// that succeeds sets the A bits, and the D bit for a write (as KVM's
+    /// walk_addr_generic does), and fills the TLB.
     mutating func walk(_ address: UInt64, _ access: Access, user: Bool) -> UInt64? {
         let long = state.efer & ControlBits.eferLMA != 0
         let pae = long || state.cr4 & ControlBits.cr4PAE != 0
@@ -73,6 +75,12 @@ extension X86CPU {
         var writable = true, userOK = true, executable = true
         var table: UInt64
         var shift: UInt64
+        // Reserved in every entry: address bits above MAXPHYADDR, and NX without EFER.NXE.
+        var reserved: UInt64 = 0
+        if pae {
+            reserved = long ? guestFeatures.reservedLong : guestFeatures.reservedPAE
+            if !nxe { reserved |= 1 << 63 }
+        }
         if long {
             table = state.cr3 & 0x000F_FFFF_FFFF_F000
             shift = 39
@@ -100,6 +108,9 @@ extension X86CPU {
         let entrySize = pae ? 8 : 4
         let indexMask: UInt64 = pae ? 0x1FF : 0x3FF
         let pse = state.cr4 & ControlBits.cr4PSE != 0
+        // The entries whose A bit the walk sets once it succeeds (the last is the leaf).
+        var unaccessed = InlineArray<4, UInt64>(repeating: 0)
+        var unaccessedCount = 0
         var entryAddress: UInt64 = 0
         var entry: UInt64 = 0
         while true {
@@ -110,34 +121,57 @@ extension X86CPU {
             }
             entry = pae ? entryPointer.loadUnaligned(as: UInt64.self) : UInt64(entryPointer.loadUnaligned(as: UInt32.self))
             if entry & 1 == 0 { return pageFault(address, access, present: false, user: user) }
+            let ps = entry & 0x80 != 0
+            // PS in a PDPTE (1 GiB) or PDE (2 MiB, or 4 MiB with CR4.PSE in 32-bit paging) ends the walk.
+            let large: Bool
+            var bad = entry & reserved
+            if pae {
+                large = ps && (shift == 30 || shift == 21)
+                switch shift {
+                case 39: bad |= entry & 0x80  // PS in a PML4E
+                case 30 where ps: bad |= guestFeatures.gigabytePages ? entry & 0x3FFF_E000 : 0x80
+                case 21 where ps: bad |= entry & 0x1F_E000
+                default: break
+                }
+            } else {
+                large = ps && shift == 22 && pse
+                if large { bad |= entry & guestFeatures.reservedLargePDE32 }
+            }
+            if bad != 0 { return pageFault(address, access, present: true, user: user, reservedBit: true) }
             writable = writable && entry & 2 != 0
             userOK = userOK && entry & 4 != 0
             if nxe && entry & (1 << 63) != 0 { executable = false }
             if entry & 0x20 == 0 {
-                entry |= 0x20
-                // A table in a read-only slot keeps its A bit clear, as a ROM would.
-                storeEntry(entry, at: entryAddress, size: entrySize)
+                unaccessed[unaccessedCount & 3] = entryAddress
+                unaccessedCount += 1
             }
-            // PS in a PDPTE (1 GiB) or PDE (2 MiB, or 4 MiB with CR4.PSE in 32-bit paging) ends the walk.
-            let large = entry & 0x80 != 0 && (pae ? (shift == 30 || shift == 21) : (shift == 22 && pse))
             if shift == 12 || large { break }
             table = pae ? entry & 0x000F_FFFF_FFFF_F000 : entry & 0xFFFF_F000
             shift -= pae ? 9 : 10
         }
         if user && !userOK { return pageFault(address, access, present: true, user: user) }
+        if !user && userOK && !supervisorMayAccessUserPage(access) {
+            return pageFault(address, access, present: true, user: user)
+        }
         if access == .write && !writable && (user || state.cr0 & ControlBits.cr0WP != 0) {
             return pageFault(address, access, present: true, user: user)
         }
         if access == .fetch && !executable { return pageFault(address, access, present: true, user: user) }
-        if access == .write && entry & 0x40 == 0 {
-            storeEntry(entry | 0x40, at: entryAddress, size: entrySize)
+        // A table in a read-only slot keeps its A and D bits clear, as a ROM would.
+        for i in 0..<min(unaccessedCount, 4) where unaccessed[i] != entryAddress {
+            setAccessed(at: unaccessed[i], size: entrySize)
+        }
+        let leafBits: UInt64 = access == .write ? 0x60 : 0x20
+        if entry & leafBits != leafBits {
+            entry |= leafBits
+            storeEntry(entry, at: entryAddress, size: entrySize)
         }
         let pageMask: UInt64 = (1 << shift) - 1
         let physical: UInt64
         if pae {
             physical = (entry & 0x000F_FFFF_FFFF_F000 & ~pageMask) | (address & pageMask)
         } else if shift == 22 {
-            // PSE-36: PDE bits 13-20 are physical address bits 32-39.
+            // PSE-36: PDE bits 13-20 are physical address bits 32-39 (those above MAXPHYADDR are reserved).
             physical = (entry & 0xFFC0_0000) | ((entry >> 13) & 0xFF) << 32 | (address & pageMask)
         } else {
             physical = (entry & 0xFFFF_F000) | (address & pageMask)
@@ -146,7 +180,7 @@ extension X86CPU {
         if writable { flags |= TLBEntry.writable }
         if userOK { flags |= TLBEntry.user }
         if executable { flags |= TLBEntry.executable }
-        if access == .write || entry & 0x40 != 0 { flags |= TLBEntry.dirty }
+        if entry & 0x40 != 0 { flags |= TLBEntry.dirty }
         if entry & 0x100 != 0 && state.cr4 & ControlBits.cr4PGE != 0 { flags |= TLBEntry.global }
         let page = address >> 12
         let fill = TLBEntry(tag: page, frame: physical & ~0xFFF, flags: flags)
@@ -154,6 +188,16 @@ extension X86CPU {
             UnsafeMutableRawPointer($0).assumingMemoryBound(to: TLBEntry.self)[Int(page & 0xFF)] = fill
         }
         return physical
+    }
+
+    /// Sets the A bit of the paging-structure entry at `address`, leaving the rest as it is now.
+    mutating func setAccessed(at address: UInt64, size: Int) {
+        guard let pointer = hostPointer(address, size: size, write: true) else { return }
+        if size == 8 {
+            pointer.storeBytes(of: pointer.loadUnaligned(as: UInt64.self) | 0x20, as: UInt64.self)
+        } else {
+            pointer.storeBytes(of: pointer.loadUnaligned(as: UInt32.self) | 0x20, as: UInt32.self)
+        }
     }
 
     mutating func storeEntry(_ entry: UInt64, at address: UInt64, size: Int) {
@@ -179,7 +223,7 @@ extension X86CPU {
                        pointer.loadUnaligned(fromByteOffset: 24, as: UInt64.self))
         if check {
             // Bits 1-2 and 5-8 and those above MAXPHYADDR (bit 63 included) are reserved.
-            let reserved: UInt64 = 0xFFF0_0000_0000_01E6
+            let reserved: UInt64 = 0x1E6 | guestFeatures.reservedPAE | 1 << 63
             for entry in [entries.0, entries.1, entries.2, entries.3] where entry & 1 != 0 && entry & reserved != 0 {
                 pending = .exception(vector: Vector.gp.rawValue, errorCode: 0)
                 return nil
@@ -192,7 +236,11 @@ extension X86CPU {
     /// raises the fault (or sets the D bit).
     @inline(__always)
     mutating func permitted(_ flags: UInt8, _ access: Access, user: Bool) -> Bool {
-        if user && flags & TLBEntry.user == 0 { return false }
+        if user {
+            if flags & TLBEntry.user == 0 { return false }
+        } else if flags & supervisorUserGuard != 0 {
+            return false
+        }
         switch access {
         case .read: return true
         case .fetch: return flags & TLBEntry.executable != 0
@@ -212,6 +260,7 @@ extension X86CPU {
         }
         tlbGeneration = state.pagingGeneration
         tlbFullGeneration = state.fullFlushGeneration
+        supervisorUserGuard = state.cr4 & (ControlBits.cr4SMEP | ControlBits.cr4SMAP) != 0 ? TLBEntry.user : 0
     }
 
     mutating func flushTLB() {
@@ -221,6 +270,7 @@ extension X86CPU {
         }
         tlbGeneration = state.pagingGeneration
         tlbFullGeneration = state.fullFlushGeneration
+        supervisorUserGuard = state.cr4 & (ControlBits.cr4SMEP | ControlBits.cr4SMAP) != 0 ? TLBEntry.user : 0
     }
 
     /// INVLPG's effect (global pages too), for the host and for the instruction.
@@ -233,14 +283,18 @@ extension X86CPU {
     }
 
     /// Stores #PF with its error code: P, W/R, U/S (the access's, so a
-    /// supervisor access from CPL 3 has it clear), I/D for a fetch when NX
-    /// paging is on.
-    mutating func pageFault(_ address: UInt64, _ access: Access, present: Bool, user: Bool) -> UInt64? {
-        var code: UInt32 = present ? 1 : 0
-        if access == .write { code |= 2 }
-        if user { code |= 4 }
+    /// supervisor access from CPL 3 has it clear), RSVD for a reserved bit
+    /// set in an entry, I/D for a fetch when SMEP or NX paging is on.
+    mutating func pageFault(_ address: UInt64, _ access: Access, present: Bool, user: Bool,
+                            reservedBit: Bool = false) -> UInt64? {
+        var code: UInt32 = present ? PageFaultCode.present : 0
+        if access == .write { code |= PageFaultCode.write }
+        if user { code |= PageFaultCode.user }
+        if reservedBit { code |= PageFaultCode.reserved }
         let pae = state.efer & ControlBits.eferLMA != 0 || state.cr4 & ControlBits.cr4PAE != 0
-        if access == .fetch && pae && state.efer & ControlBits.eferNXE != 0 { code |= 0x10 }
+        if access == .fetch && ((pae && state.efer & ControlBits.eferNXE != 0) || state.cr4 & ControlBits.cr4SMEP != 0) {
+            code |= PageFaultCode.fetch
+        }
         state.cr2 = address
         pending = .exception(vector: Vector.pf.rawValue, errorCode: code)
         return nil

@@ -4,10 +4,11 @@
 
 extension X86CPU {
     mutating func executePortIO(_ insn: inout Instruction) -> Bool {
-        guard ioPrivileged() else { return fault(.gp, errorCode: 0) }
         let op = insn.opcode
         let size = op & 1 == 0 ? 1 : min(insn.operandSize, 4)
         let port = op < 0xE8 ? UInt16(insn.immediate & 0xFF) : UInt16(truncatingIfNeeded: state.reg(2))
+        // IOPL and the TSS's I/O bitmap (Virtual8086.swift).
+        guard ioPermitted(port: port, size: size) else { return false }
         let isWrite = op & 2 != 0
         if isWrite {
             state.rip = insn.nextRIP
@@ -36,10 +37,10 @@ extension X86CPU {
     /// 1024 bytes), as KVM's emulator reads ahead, and takes them all from
     /// `completeStringInput`.
     mutating func executeStringPortIO(_ insn: inout Instruction) -> Bool {
-        guard ioPrivileged() else { return fault(.gp, errorCode: 0) }
         let op = insn.opcode
         let size = op & 1 == 0 ? 1 : min(insn.operandSize, 4)
         let port = UInt16(truncatingIfNeeded: state.reg(2))
+        guard ioPermitted(port: port, size: size) else { return false }
         let addressSize = insn.addressSize
         let mask = sizeMask(addressSize)
         let repeated = insn.rep != 0

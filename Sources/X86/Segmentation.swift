@@ -46,16 +46,18 @@ extension X86CPU {
 
     /// A read of the GDT, LDT, IDT or TSS: a supervisor access at any CPL.
     mutating func readSystem(_ address: UInt64, size: Int) -> UInt64? {
-        let saved = implicitSupervisor
+        let saved = (implicitSupervisor, systemTableAccess)
         implicitSupervisor = true
-        defer { implicitSupervisor = saved }
+        systemTableAccess = true
+        defer { (implicitSupervisor, systemTableAccess) = saved }
         return readLinear(systemAddress(address), size: size)
     }
 
     mutating func writeSystem(_ address: UInt64, _ value: UInt64, size: Int) -> Bool {
-        let saved = implicitSupervisor
+        let saved = (implicitSupervisor, systemTableAccess)
         implicitSupervisor = true
-        defer { implicitSupervisor = saved }
+        systemTableAccess = true
+        defer { (implicitSupervisor, systemTableAccess) = saved }
         return writeLinear(systemAddress(address), value, size: size)
     }
 
@@ -123,8 +125,9 @@ extension X86CPU {
     mutating func loadDataSegment(_ segment: Int, selector: UInt16) -> Bool {
         if state.cr0 & ControlBits.cr0PE == 0 || state.flags.bits & RFLAGS.vm != 0 {
             // A 64 KiB read/write segment, as KVM's emulator loads it (the
-            // CPU itself would keep the cached limit: unreal mode).
-            state[segmentIndex: segment] = .realMode(selector: selector)
+            // CPU itself would keep the cached limit: unreal mode); DPL 3
+            // in virtual-8086 mode.
+            state[segmentIndex: segment] = realStyleSegment(selector, code: false)
             return true
         }
         let isStack = segment == SegmentRegisterName.ss.rawValue

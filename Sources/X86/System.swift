@@ -8,6 +8,7 @@ extension X86CPU {
     mutating func executeGroup7(_ insn: inout Instruction) -> Bool {
         let operation = insn.reg & 7
         if insn.mod == 3 && operation == 7 && insn.rm & 7 == 0 { return executeSwapGS(&insn) }
+        if insn.mod == 3 && operation == 1 && (insn.rm & 7 == 2 || insn.rm & 7 == 3) { return executeSMAPFlag(&insn) }
         if operation != 4 && (insn.mod == 3 || operation == 5) { return undefined() }
         if operation != 0 && operation != 1 && operation != 4 && state.privilegeLevel() != 0 {
             return fault(.gp, errorCode: 0)
@@ -63,8 +64,10 @@ extension X86CPU {
             case 0: guard setCR0(value) else { return false }
             case 2: state.cr2 = value
             case 3:
-                // Bits above MAXPHYADDR (52 here) are reserved in long mode.
-                if state.efer & ControlBits.eferLMA != 0 && value >> 52 != 0 { return fault(.gp, errorCode: 0) }
+                // Bits above MAXPHYADDR are reserved in long mode.
+                if state.efer & ControlBits.eferLMA != 0 && value & ~((1 << guestFeatures.physicalAddressBits) - 1) != 0 {
+                    return fault(.gp, errorCode: 0)
+                }
                 if isPAEPaging(cr0: state.cr0, cr4: state.cr4) {
                     guard let entries = readPDPTEs(value, check: true) else { return false }
                     state.cr3 = value
@@ -126,7 +129,8 @@ extension X86CPU {
     static let cr4Writable: UInt64 = 0x7FF
 
     mutating func setCR4(_ value: UInt64) -> Bool {
-        if value & ~Self.cr4Writable != 0 { return fault(.gp, errorCode: 0) }
+        // SMEP and SMAP exist where the guest's CPUID shows them (PageProtection.swift).
+        if value & ~(Self.cr4Writable | guestFeatures.cr4FeatureBits) != 0 { return fault(.gp, errorCode: 0) }
         if state.efer & ControlBits.eferLMA != 0 && value & ControlBits.cr4PAE == 0 { return fault(.gp, errorCode: 0) }
         let loadsPDPTEs = isPAEPaging(cr0: state.cr0, cr4: value)
             && (value ^ state.cr4) & (ControlBits.cr4PAE | ControlBits.cr4PGE | ControlBits.cr4PSE) != 0

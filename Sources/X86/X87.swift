@@ -7,8 +7,8 @@
 // An x87 instruction takes #NM while CR0.EM or CR0.TS is set; a waiting
 // one also takes #MF for a pending unmasked exception (FSW.ES), which the
 // no-wait control forms (FN...) do not check. FISTTP, which came with
-// SSE3, is in SSE3.swift; the other arithmetic instructions (everything of
-// D8-DF not here) are in X87Arithmetic.swift.
+// SSE3, is in SSE3.swift; the other data instructions (everything of D8-DF
+// not here, FNOP included) are in X87Arithmetic.swift.
 
 import Synchronization
 
@@ -57,9 +57,6 @@ extension X86CPU {
                 handled = true
             case (0xDF, 0xE0):  // FNSTSW AX
                 state.write(0, UInt64(state.fpu.fsw), size: 2, legacyHighBytes: false)
-                handled = true
-            case (0xD9, 0xD0):  // FNOP, a waiting instruction
-                guard x87ExceptionCheck() else { return false }
                 handled = true
             default:
                 return executeX87Arithmetic(&insn)

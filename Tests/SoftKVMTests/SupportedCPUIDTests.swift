@@ -20,7 +20,8 @@ struct SupportedCPUIDTests {
     }
 
     static let features: [Feature] = [
-        Feature(name: "FPU (fninit)", function: 1, register: \.edx, bit: 0, instruction: [0xDB, 0xE3]),
+        Feature(name: "FPU (fninit; fld1; fsqrt; fistp word [0x2000])", function: 1, register: \.edx, bit: 0,
+                instruction: [0xDB, 0xE3, 0xD9, 0xE8, 0xD9, 0xFA, 0xDF, 0x1E, 0x00, 0x20]),
         Feature(name: "TSC (rdtsc)", function: 1, register: \.edx, bit: 4, instruction: [0x0F, 0x31]),
         Feature(name: "CX8 (cmpxchg8b [0x2000])", function: 1, register: \.edx, bit: 8, instruction: [0x0F, 0xC7, 0x0E, 0x00, 0x20]),
         Feature(name: "CMOV (cmovz ax, bx)", function: 1, register: \.edx, bit: 15, instruction: [0x0F, 0x44, 0xC3]),
@@ -34,6 +35,7 @@ struct SupportedCPUIDTests {
         Feature(name: "POPCNT (popcnt ax, bx)", function: 1, register: \.ecx, bit: 23, instruction: [0xF3, 0x0F, 0xB8, 0xC3]),
         Feature(name: "LAHF (lahf)", function: 0x8000_0001, register: \.ecx, bit: 0, instruction: [0x9F]),
         Feature(name: "ABM (lzcnt ax, bx)", function: 0x8000_0001, register: \.ecx, bit: 5, instruction: [0xF3, 0x0F, 0xBD, 0xC3]),
+        Feature(name: "SMAP (stac; clac)", function: 7, register: \.ebx, bit: 20, instruction: [0x0F, 0x01, 0xCB, 0x0F, 0x01, 0xCA]),
     ]
 
     static let undefinedOpcodePort: UInt16 = 0x66

@@ -93,9 +93,12 @@ struct ExitTests {
         #expect(m[.rax] == 0xFFFF_1234)
     }
 
-    @Test func ioAtCPL3WithIOPL0Faults() {
+    /// Above IOPL the TSS's I/O bitmap decides: here it begins past the TSS's limit.
+    @Test func ioAtCPL3WithIOPL0AndNoBitmapFaults() {
         let m = Machine(.protected32, code: [0xE6, 0x80])
         m.cpu.state[.cs].attributes |= 0x60
+        m.cpu.state.tr.limit = 0x67
+        m.write([0x68, 0x00], at: 0x66)
         #expect(m.run() == .exception(vector: 13, errorCode: 0))
     }
 

@@ -23,6 +23,9 @@ struct SystemGuest {
     var special = SpecialRegisters()
     var registers = Registers()
     var msrs: [MSREntry] = []
+    /// The guest's CPUID (KVM_SET_CPUID2 on the host, `X86CPU.cpuid` on the
+    /// soft CPU); none by default, as a vCPU starts.
+    var cpuid: [CPUIDEntry] = []
 
     mutating func write(_ bytes: [UInt8], at address: Int) {
         memory.replaceSubrange(address..<address + bytes.count, with: bytes)
@@ -129,6 +132,7 @@ extension SystemGuest {
         try region.write([0xE6, 0xF0], at: SystemGuest.warmUpAddress)
         try vm.setMemoryRegion(slot: 0, guestAddress: 0, region: region)
         let vcpu = try vm.createVCPU(id: 0)
+        if !cpuid.isEmpty { try vcpu.setCPUID(cpuid) }
         var warm = try vcpu.specialRegisters()
         warm.cs.base = 0
         warm.cs.selector = 0
@@ -154,13 +158,17 @@ extension SystemGuest {
         return (steps, try region.read(at: 0, count: SystemGuest.memorySize))
     }
 
-    /// Runs on the software CPU with the same rules.
-    func runOnSoftCPU(maxExits: Int = 16) -> (steps: [SystemStep], memory: [UInt8]) {
+    /// Runs on the software CPU with the same rules; `inspect` sees the CPU at the end.
+    func runOnSoftCPU(maxExits: Int = 16, inspect: (inout X86CPU) -> Void = { _ in }) -> (steps: [SystemStep], memory: [UInt8]) {
         let buffer = UnsafeMutableRawPointer.allocate(byteCount: SystemGuest.memorySize, alignment: 4096)
         defer { buffer.deallocate() }
         memory.withUnsafeBytes { buffer.copyMemory(from: $0.baseAddress!, byteCount: SystemGuest.memorySize) }
         var cpu = X86CPU(memory: PhysicalMemory(base: buffer, size: SystemGuest.memorySize))
         cpu.deliversExceptions = true
+        cpu.cpuid = cpuid.map {
+            CPUIDLeaf(function: $0.function, index: $0.index, significantIndex: $0.flags & 1 != 0,
+                      eax: $0.eax, ebx: $0.ebx, ecx: $0.ecx, edx: $0.edx)
+        }
         cpu.state.load(special, registers)
         for msr in msrs { _ = cpu.writeMSR(msr.index, msr.data, host: true) }
         var steps: [SystemStep] = []
@@ -168,8 +176,13 @@ extension SystemGuest {
             let exit = cpu.run(maxInstructions: 1_000_000)
             steps.append(SystemStep(exit: Self.describe(exit), registers: cpu.state.registers, special: cpu.state.special))
             guard case .io(let io) = exit else { break }
-            if !io.isWrite { cpu.completeInput(0) }
+            if cpu.hasStringInput {
+                [UInt8](repeating: 0, count: io.count * io.size).withUnsafeBytes { cpu.completeStringInput($0) }
+            } else if !io.isWrite {
+                cpu.completeInput(0)
+            }
         }
+        inspect(&cpu)
         let bytes = [UInt8](UnsafeRawBufferPointer(start: buffer, count: SystemGuest.memorySize))
         return (steps, bytes)
     }
@@ -177,6 +190,7 @@ extension SystemGuest {
     static func describe(_ exit: VCPUExit) -> String {
         switch exit {
         case .io(let io): return "io \(io.direction == .in ? "in" : "out") \(hex(io.port)) size \(io.size) value \(hex(io.value))"
+        case .mmio(let access): return "mmio \(access.isWrite ? "write" : "read") \(hex(access.address)) size \(access.length)"
         case .halt: return "halt"
         case .shutdown: return "shutdown"
         case .internalError: return "internal error"
@@ -187,6 +201,7 @@ extension SystemGuest {
     static func describe(_ exit: X86Exit) -> String {
         switch exit {
         case .io(let io): return "io \(io.isWrite ? "out" : "in") \(hex(io.port)) size \(io.size) value \(hex(io.isWrite ? io.data : 0))"
+        case .mmio(let access): return "mmio \(access.isWrite ? "write" : "read") \(hex(access.address)) size \(access.size)"
         case .halt: return "halt"
         case .shutdown: return "shutdown"
         case .emulationFailure: return "internal error"
@@ -197,7 +212,7 @@ extension SystemGuest {
     /// Runs on both and expects the same exits, registers, special
     /// registers and memory. Returns the software CPU's steps.
     @discardableResult
-    func expectSameOnHostAndSoftCPU(maxExits: Int = 16, ignoringMemory: [Range<Int>] = [],
+    func expectSameOnHostAndSoftCPU(maxExits: Int = 16, ignoringMemory: [Range<Int>] = [], ignoringFlags: UInt64 = 0,
                                     sourceLocation: SourceLocation = #_sourceLocation) throws -> [SystemStep] {
         let host = try runOnHost(maxExits: maxExits)
         let soft = runOnSoftCPU(maxExits: maxExits)
@@ -206,8 +221,8 @@ extension SystemGuest {
             #expect(got.exit == want.exit, "exit \(index): host \(want) soft \(got)", sourceLocation: sourceLocation)
             var wantRegisters = want.registers, gotRegisters = got.registers
             // kvm_pvm reads IOPL back as 0.
-            wantRegisters.rflags &= ~RFLAGS.iopl
-            gotRegisters.rflags &= ~RFLAGS.iopl
+            wantRegisters.rflags &= ~(RFLAGS.iopl | ignoringFlags)
+            gotRegisters.rflags &= ~(RFLAGS.iopl | ignoringFlags)
             #expect(gotRegisters == wantRegisters, "registers after exit \(index) (\(want.exit))", sourceLocation: sourceLocation)
             let differences = Self.differences(Self.comparable(want.special), Self.comparable(got.special))
             #expect(differences.isEmpty, "special registers after exit \(index) (\(want.exit)): \(differences)",

@@ -149,7 +149,7 @@ final class X86Probe {
     // One memory for all the probes: an instruction's stores cannot change
     // whether the next one raises #UD.
     let memory = GuardedMemory(size: Layout.memorySize)
-    let tables = GuardedMemory(size: 0x2000)
+    let tables = GuardedMemory(size: 0x3000)
 
     init(mode: CodeMode) { self.mode = mode }
 
@@ -191,8 +191,9 @@ final class X86Probe {
         if mode == .long64 {
             // The same identity map as PairedMachine's.
             tables.store(Layout.pageTables + 0x1000 | 0x7, at: 0)
-            tables.store(UInt64(0x87), at: 0x1000)
-            ranges.append(PhysicalRange(guestAddress: Layout.pageTables, size: 0x2000, host: tables.base))
+            tables.store(Layout.pageTables + 0x2000 | 0x7, at: 0x1000)
+            tables.store(UInt64(0x87), at: 0x2000)
+            ranges.append(PhysicalRange(guestAddress: Layout.pageTables, size: 0x3000, host: tables.base))
             state.cr3 = Layout.pageTables
             state.cr4 |= ControlBits.cr4PAE
             state.efer = ControlBits.eferLME | ControlBits.eferLMA

@@ -105,7 +105,7 @@ final class PairedMachine {
     let mode: CodeMode
     let x86Memory = GuardedMemory(size: Layout.memorySize)
     let unicornMemory = GuardedMemory(size: Layout.memorySize)
-    let tables = GuardedMemory(size: 0x2000)
+    let tables = GuardedMemory(size: 0x3000)
     var cpu: X86CPU
     let unicorn: Unicorn
     var rng: SplitMix64
@@ -145,10 +145,12 @@ final class PairedMachine {
         }
         state.fpu.mxcsr = FloatingPointState.defaultMXCSR
         if mode == .long64 {
-            // PML4[0] -> PDPT; PDPT[0] maps the first GiB with one page.
+            // PML4[0] -> PDPT -> PD; PD[0] maps the first 2 MiB with one large page
+            // (a 1 GiB page needs CPUID.80000001H:EDX.Page1GB, which X86 leaves clear).
             tables.store(Layout.pageTables + 0x1000 | 0x7, at: 0)
-            tables.store(UInt64(0x87), at: 0x1000)
-            ranges.append(PhysicalRange(guestAddress: Layout.pageTables, size: 0x2000, host: tables.base))
+            tables.store(Layout.pageTables + 0x2000 | 0x7, at: 0x1000)
+            tables.store(UInt64(0x87), at: 0x2000)
+            ranges.append(PhysicalRange(guestAddress: Layout.pageTables, size: 0x3000, host: tables.base))
             state.cr3 = Layout.pageTables
             state.cr4 |= ControlBits.cr4PAE
             state.efer = ControlBits.eferLME | ControlBits.eferLMA

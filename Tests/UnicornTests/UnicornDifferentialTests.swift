@@ -24,7 +24,11 @@ struct Mismatch {
 struct UnicornDifferentialTests {
     /// Instances of each form and operand size per mode (SWIFTKVM_UNICORN_SAMPLES for more).
     static var samples: Int { Int(ProcessInfo.processInfo.environment["SWIFTKVM_UNICORN_SAMPLES"] ?? "") ?? 16 }
-    static var seed: UInt64 { UInt64(ProcessInfo.processInfo.environment["SWIFTKVM_UNICORN_SEED"] ?? "") ?? 0x5EED_0C0D }
+    /// The seed of all three modes (SWIFTKVM_UNICORN_SEED, decimal or 0x-hex, replays a report's).
+    static var seed: UInt64 {
+        guard let text = ProcessInfo.processInfo.environment["SWIFTKVM_UNICORN_SEED"] else { return 0x5EED_0C0D }
+        return (text.hasPrefix("0x") ? UInt64(text.dropFirst(2), radix: 16) : UInt64(text)) ?? 0x5EED_0C0D
+    }
 
     /// Every form X86 implements, at each operand size, with edge operands in
     /// registers and memory, in shuffled order (so that each instruction
@@ -55,14 +59,16 @@ struct UnicornDifferentialTests {
         let implementedNames = Set(implemented.map(\.name))
         let missing = Form.all.filter { $0.exists(in: mode) && !implementedNames.contains($0.name) }
         print("unicorn \(mode): \(work.count) instructions, \(implemented.count) forms compared,",
-              "\(missing.count) not implemented by X86 yet (\(missing.map(\.name).joined(separator: ", "))), seed \(hex(seed));",
+              "\(missing.count) not implemented by X86 yet (\(missing.map(\.name).joined(separator: ", "))),",
+              "SWIFTKVM_UNICORN_SEED=\(hex(Self.seed)) SWIFTKVM_UNICORN_SAMPLES=\(Self.samples);",
               "known unicorn deviations applied:",
               machine.deviationHits.sorted { $0.key < $1.key }.map { "\($0.value) \($0.key)" }.joined(separator: "; "))
         for form in implemented {
             guard let found = mismatches[form.name] else {
                 continue
             }
-            let report = "\(mode) \(form.name): \(found.count) of \(Self.samples * form.operandSizes(in: mode).count) differ (seed \(hex(seed)))\n"
+            let report = "\(mode) \(form.name): \(found.count) of \(Self.samples * form.operandSizes(in: mode).count) differ "
+                + "(SWIFTKVM_UNICORN_SEED=\(hex(Self.seed)) SWIFTKVM_UNICORN_SAMPLES=\(Self.samples) replays)\n"
                 + found.prefix(3).map(\.text).joined(separator: "\n")
             if let known = KnownIssues.comment(form: form.name, mode: mode) {
                 // Intermittent: whether a sample hits the bug depends on the draw.

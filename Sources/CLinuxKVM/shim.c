@@ -1,6 +1,7 @@
 #define _GNU_SOURCE
 #include "CLinuxKVM.h"
 
+#include <poll.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -40,4 +41,11 @@ int swiftkvm_copy_from_user(void *destination, uintptr_t address, size_t count) 
 int swiftkvm_copy_to_user(uintptr_t address, const void *source, size_t count) {
     struct iovec local = {(void *)source, count}, remote = {(void *)address, count};
     return process_vm_writev(getpid(), &local, 1, &remote, 1, 0) == (ssize_t)count ? 0 : -1;
+}
+
+int swiftkvm_wait_readable(int fd, uint64_t nanoseconds) {
+    struct pollfd entry = { .fd = fd, .events = POLLIN, .revents = 0 };
+    struct timespec timeout = { .tv_sec = (time_t)(nanoseconds / 1000000000u),
+                                .tv_nsec = (long)(nanoseconds % 1000000000u) };
+    return ppoll(&entry, 1, &timeout, NULL);
 }

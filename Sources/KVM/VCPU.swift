@@ -135,7 +135,12 @@ public final class VCPU: @unchecked Sendable {
             unblockedThread = thread
         }
         page.runningThread.withLock { $0 = thread }
-        let result = handle.backend.ioctl(handle.descriptor, KVMRequest.run.number, nil)
+        var result: Int32
+        // EAGAIN: a vCPU waiting for INIT got it (or its SIPI) and is to be
+        // run again, as QEMU does (kvm_arch_vcpu_ioctl_run's UNINITIALIZED case).
+        repeat {
+            result = handle.backend.ioctl(handle.descriptor, KVMRequest.run.number, nil)
+        } while result == -Errno.resourceTemporarilyUnavailable.rawValue
         page.runningThread.withLock { $0 = 0 }
         if result < 0 {
             let errno = Errno(rawValue: -result)

@@ -128,6 +128,9 @@ extension SoftBackend {
         events.interrupt.nr = arch.interruptVector
         events.interrupt.shadow = arch.cpu.interruptShadowKind
         events.nmi = arch.events.nmi
+        // Pending NMIs and their blocking are the LAPIC code's and the CPU's (LAPICVCPU.swift).
+        events.nmi.pending = arch.nmiPending != 0 ? 1 : 0
+        events.nmi.masked = arch.cpu.nmiBlocked ? 1 : 0
         // sipi_vector is never reported; there is no SMM.
         events.flags = UInt32(KVM_VCPUEVENT_VALID_NMI_PENDING | KVM_VCPUEVENT_VALID_SHADOW | KVM_VCPUEVENT_VALID_SMM)
         return events
@@ -153,8 +156,13 @@ extension SoftBackend {
             arch.cpu.interruptShadowKind = events.interrupt.shadow
         }
         arch.events.nmi.injected = events.nmi.injected
-        if events.flags & UInt32(KVM_VCPUEVENT_VALID_NMI_PENDING) != 0 { arch.events.nmi.pending = events.nmi.pending }
+        if events.flags & UInt32(KVM_VCPUEVENT_VALID_NMI_PENDING) != 0 {
+            arch.events.nmi.pending = events.nmi.pending
+            arch.nmiPending = 0
+            arch.nmiQueued = Int(events.nmi.pending)
+        }
         arch.events.nmi.masked = events.nmi.masked
+        arch.cpu.nmiBlocked = events.nmi.masked != 0
         // The SIPI vector goes to an in-kernel local APIC, which SoftKVM does not have yet.
         if events.flags & UInt32(KVM_VCPUEVENT_VALID_SMM) != 0 {
             // As a kernel built without SMM answers.

@@ -23,9 +23,8 @@ public struct APICMessage: Hashable, Sendable {
     public var destination: UInt32
 }
 
-/// Where the irqchip's output goes: the vCPUs' local APICs and the
-/// bootstrap processor's INTR pin. SoftKVM's LAPIC (not written yet) will
-/// implement it; until then `UnwiredLocalAPICs` keeps what arrives.
+/// Where the irqchip's output goes: the vCPUs' local APICs, and the PIC's
+/// INTR to the LINT0 pins that take it (SoftAPICBus; tests record it).
 public protocol LocalAPICBus: AnyObject, Sendable {
     /// kvm_irq_delivery_to_apic: how many LAPICs accepted the message, 0
     /// when those addressed refused it, -1 when none was addressed.
@@ -166,18 +165,30 @@ struct IOAPIC: Sendable {
         return ret
     }
 
-    /// kvm_ioapic_update_eoi: a LAPIC ended `vector`. Level-triggered pins
-    /// with that vector drop remote IRR and, if their line is still high,
-    /// deliver again.
-    mutating func endOfInterrupt(vector: UInt8, bus: LocalAPICBus) {
-        for pin in 0..<IOAPIC_NUM_PINS where redirectionTable[pin].vector == vector {
-            if pin == RTC_GSI && rtcPendingEOI > 0 { rtcPendingEOI -= 1 }
+    /// kvm_ioapic_update_eoi: a LAPIC ended `vector`. Its pins' ack
+    /// notifiers hear of it; when the LAPIC had it level-triggered, level
+    /// pins with that vector drop remote IRR and, if their line is still
+    /// high, deliver again.
+    mutating func endOfInterrupt(vector: UInt8, levelTriggered: Bool = true, bus: LocalAPICBus) {
+        for pin in pins(vector: vector) {
             acked.append(pin)
-            guard redirectionTable[pin].levelTriggered else { continue }
-            redirectionTable[pin].remoteIRR = false
-            if !redirectionTable[pin].masked && irr & (1 << pin) != 0 {
-                _ = service(pin, lineStatus: false, bus: bus)
-            }
+            endOfInterrupt(pin: pin, levelTriggered: levelTriggered, bus: bus)
+        }
+    }
+
+    /// The pins whose entry has `vector`.
+    func pins(vector: UInt8) -> [Int] {
+        (0..<IOAPIC_NUM_PINS).filter { redirectionTable[$0].vector == vector }
+    }
+
+    /// kvm_ioapic_update_eoi_one, after the pin's ack notifiers (which may
+    /// have lowered its line): remote IRR ends, and a line still high delivers again.
+    mutating func endOfInterrupt(pin: Int, levelTriggered: Bool, bus: LocalAPICBus) {
+        if pin == RTC_GSI && rtcPendingEOI > 0 { rtcPendingEOI -= 1 }
+        guard levelTriggered && redirectionTable[pin].levelTriggered else { return }
+        redirectionTable[pin].remoteIRR = false
+        if !redirectionTable[pin].masked && irr & (1 << pin) != 0 {
+            _ = service(pin, lineStatus: false, bus: bus)
         }
     }
 

@@ -88,12 +88,26 @@ struct IrqchipCore: Sendable {
         acked += ioapic.acked.map { (UInt32(KVM_IRQCHIP_IOAPIC), $0) }
         pic.acked = []
         ioapic.acked = []
-        for (chip, pin) in acked {
-            guard let gsi = gsi(chip: chip, pin: pin) else { continue }
-            for notifier in ackNotifiers where notifier.gsi == gsi { notifier.acked() }
-            guard let fds = resamplers[gsi], !fds.isEmpty else { continue }
-            _ = setIRQ(source: KVM_IRQFD_RESAMPLE_IRQ_SOURCE_ID, gsi: gsi, level: false, lineStatus: false, bus: bus)
-            for fd in fds { signalEventFD(fd) }
+        for (chip, pin) in acked { notifyAcked(chip: chip, pin: pin, bus: bus) }
+    }
+
+    /// kvm_notify_acked_irq for one pin: its GSI's ack notifiers hear of
+    /// it, and its resamplers lower it and tell user space.
+    mutating func notifyAcked(chip: UInt32, pin: Int, bus: LocalAPICBus) {
+        guard let gsi = gsi(chip: chip, pin: pin) else { return }
+        for notifier in ackNotifiers where notifier.gsi == gsi { notifier.acked() }
+        guard let fds = resamplers[gsi], !fds.isEmpty else { return }
+        _ = setIRQ(source: KVM_IRQFD_RESAMPLE_IRQ_SOURCE_ID, gsi: gsi, level: false, lineStatus: false, bus: bus)
+        for fd in fds { signalEventFD(fd) }
+    }
+
+    /// kvm_ioapic_update_eoi: for each pin with `vector`, the ack notifiers
+    /// first (a resampler lowers the line), then the pin's EOI, so that a
+    /// line the device no longer drives is not delivered again.
+    mutating func endOfInterrupt(vector: UInt8, levelTriggered: Bool, bus: LocalAPICBus) {
+        for pin in ioapic.pins(vector: vector) {
+            notifyAcked(chip: UInt32(KVM_IRQCHIP_IOAPIC), pin: pin, bus: bus)
+            ioapic.endOfInterrupt(pin: pin, levelTriggered: levelTriggered, bus: bus)
         }
     }
 
@@ -205,95 +219,13 @@ public final class SoftIrqchip: Sendable {
         }
     }
 
-    /// A local APIC's EOI of a level-triggered `vector` (kvm_ioapic_update_eoi).
-    public func endOfInterrupt(vector: UInt8) {
+    /// A local APIC's EOI of `vector`, level-triggered in its TMR or not (kvm_ioapic_update_eoi).
+    public func endOfInterrupt(vector: UInt8, levelTriggered: Bool = true) {
         core.withLock { core in
-            core.ioapic.endOfInterrupt(vector: vector, bus: bus)
+            core.endOfInterrupt(vector: vector, levelTriggered: levelTriggered, bus: bus)
             core.notifyAcked(bus: bus)
         }
     }
-}
-
-/// The LAPIC side until SoftKVM has one: it keeps the messages and the PIC
-/// output for the vCPUs to consume, and answers delivery as the host does
-/// while every LAPIC is at its reset state (SoftKVM has no KVM_SET_LAPIC
-/// yet, so they stay there): APIC ID the vCPU id, logical ID 0,
-/// software-disabled. Such a LAPIC refuses fixed, lowest-priority, SMI
-/// (no SMM) and ExtINT messages (0) and takes NMI, INIT and SIPI (1 each).
-///
-/// Which LAPICs a message reaches follows kvm_irq_delivery_to_apic: the
-/// fast path looks the destination up in the APIC map, which the kernel
-/// rebuilds when a vCPU's LAPIC is reset at creation, before that vCPU is
-/// online, so it holds every vCPU but the newest (an empty map after the
-/// first). Broadcasts, and every message before the first vCPU (no map),
-/// take the slow path over all vCPUs, which gives -1 when none is addressed.
-public final class UnwiredLocalAPICs: LocalAPICBus {
-    struct State {
-        var vcpuIDs: [UInt32] = []
-        var messages: [APICMessage] = []
-        var intr = false
-    }
-
-    private let state = Mutex(State())
-    /// Signalled when the PIC's output rises: a halted vCPU sleeps on it
-    /// (the kernel's kvm_vcpu_kick of a blocked vCPU). -1 if none could be made.
-    let wakeup: Int32
-
-    public init() {
-        wakeup = eventfd(0, Int32(EFD_CLOEXEC | EFD_NONBLOCK))
-    }
-
-    deinit {
-        if wakeup >= 0 { _ = Glibc.close(wakeup) }
-    }
-
-    /// At reset only the bootstrap processor, vCPU 0, has LINT0 unmasked
-    /// as ExtINT (KVM_X86_QUIRK_LINT0_REENABLED).
-    public var acceptsPICInterrupts: Bool { state.withLock { $0.vcpuIDs.contains(0) } }
-
-    func vcpuCreated(id: UInt32) { state.withLock { $0.vcpuIDs.append(id) } }
-
-    public func deliver(_ message: APICMessage) -> Int32 {
-        state.withLock { state in
-            state.messages.append(message)
-            return Self.result(of: message, vcpuIDs: state.vcpuIDs)
-        }
-    }
-
-    static func result(of message: APICMessage, vcpuIDs: [UInt32]) -> Int32 {
-        let broadcast = message.destination == 0xFF
-        var mode = message.deliveryMode
-        // kvm_irq_delivery_to_apic turns a physical broadcast at lowest priority into a fixed one.
-        if !message.logicalDestination && broadcast && mode == 1 { mode = 0 }
-        let map = vcpuIDs.dropLast()
-        let fastPath = !broadcast && !vcpuIDs.isEmpty
-        // kvm_apic_match_dest: a logical destination only matches as a
-        // broadcast (every logical ID is 0); a physical one, the APIC ID.
-        let matched = message.logicalDestination ? (broadcast ? vcpuIDs.count : 0)
-            : broadcast ? vcpuIDs.count
-            : (fastPath ? Array(map) : vcpuIDs).filter { $0 == message.destination }.count
-        let accepted: Int32 = [4, 5, 6].contains(mode) ? 1 : 0  // NMI, INIT, SIPI.
-        if fastPath { return mode == 1 ? 0 : Int32(matched) * accepted }
-        // The slow path counts lowest priority only on software-enabled LAPICs: none.
-        if matched == 0 || mode == 1 { return -1 }
-        return Int32(matched) * accepted
-    }
-
-    public func picOutputChanged(_ level: Bool) {
-        state.withLock { $0.intr = level }
-        if level && wakeup >= 0 { signalEventFD(wakeup) }
-    }
-
-    /// The messages sent since the last call, oldest first.
-    public func takeMessages() -> [APICMessage] {
-        state.withLock { state in
-            defer { state.messages = [] }
-            return state.messages
-        }
-    }
-
-    /// The bootstrap processor's INTR pin, driven by the PIC.
-    public var intr: Bool { state.withLock { $0.intr } }
 }
 
 extension SoftBackend {
@@ -303,7 +235,7 @@ extension SoftBackend {
             vm.irqchipSlot.withLock { slot in
                 if slot != nil { return fail(.fileExists) }
                 if vcpus.created > 0 { return fail(.invalidArgument) }
-                slot = SoftIrqchip(bus: UnwiredLocalAPICs())
+                slot = SoftIrqchip(bus: SoftAPICBus())
                 return 0
             }
         }

@@ -3,6 +3,7 @@ import Glibc
 import KVM
 import Synchronization
 import SystemPackage
+import X86
 
 // The generic part of KVM, after the kernel's virt/kvm/kvm_main.c: the
 // device, VM and vCPU dispatchers, memory slots and vCPU creation. Each
@@ -242,14 +243,15 @@ extension SoftBackend {
             let descriptor = swiftkvm_memfd_create("kvm-vcpu:\(id)")
             guard descriptor >= 0 else { return -errno }
             guard ftruncate(descriptor, off_t(SoftVCPU.mmapSize)) == 0,
-                  let vcpu = SoftVCPU(vm: vm, id: UInt32(id), descriptor: descriptor) else {
+                  let vcpu = SoftVCPU(vm: vm, id: UInt32(id), index: vcpus.created, descriptor: descriptor) else {
                 let error = errno
                 _ = Glibc.close(descriptor)
                 return -(error == 0 ? Errno.noMemory.rawValue : error)
             }
             vcpus.created += 1
             vcpus.ids.insert(UInt32(id))
-            (vm.irqchip?.bus as? UnwiredLocalAPICs)?.vcpuCreated(id: UInt32(id))
+            kvm_arch_vcpu_postcreate(vcpu)
+            if let apic = vcpu.apic { vcpu.apicBus?.vcpuOnline(apic) }
             install(descriptor, .vcpu(vcpu))
             return descriptor
         }
@@ -345,7 +347,7 @@ final class SoftVM: Sendable {
     /// `kvm->lock` and the vCPU bookkeeping it guards.
     let vcpus = Mutex(VCPUBookkeeping())
     /// x86 VM state (`kvm->arch`).
-    let arch = Mutex(KVMArch())
+    let arch = Mutex(KVMArch(clock: VMClock(now: TimeStampCounter.hostNanoseconds())))
     /// The in-kernel PICs and IOAPIC, once KVM_CREATE_IRQCHIP made them.
     let irqchipSlot = Mutex<SoftIrqchip?>(nil)
     /// The in-kernel PIT, once KVM_CREATE_PIT2 made it (`kvm->arch.vpit`).

@@ -151,8 +151,17 @@ extension SoftBackend {
         let result: Result<UInt64, MSRFailure>
         if !Self.kvm_msr_allowed(filter, access.index, write: access.isWrite) {
             result = .failure(.filtered)
+        } else if !guest_pv_has(arch, access.index) {
+            result = .failure(.unsupported)
         } else if access.isWrite {
-            result = kvm_set_msr_common(&arch, access.index, access.value).map { .failure($0) } ?? .success(0)
+            // The local APIC's, the TSC's and kvmclock's MSRs first (LAPICVCPU.swift).
+            if let done = kvm_set_msr_local(&arch, vcpu, access.index, access.value, hostInitiated: false) {
+                result = done ? .success(0) : .failure(.invalid)
+            } else {
+                result = kvm_set_msr_common(&arch, access.index, access.value).map { .failure($0) } ?? .success(0)
+            }
+        } else if let local = kvm_get_msr_local(arch, vcpu, access.index) {
+            result = local.map { .success($0) } ?? .failure(.unsupported)
         } else {
             result = kvm_get_msr_common(&arch, access.index)
         }
@@ -186,9 +195,8 @@ extension SoftBackend {
     /// guest_pv_has for the paravirtual MSR `index`: with
     /// KVM_CAP_ENFORCE_PV_FEATURE_CPUID on, the guest's CPUID must offer its
     /// feature in the KVM leaf (base + 1, found by the "KVMKVMKVM" signature),
-    /// and Linux 6.18 then treats the MSR as one KVM does not have. SoftKVM
-    /// has none of these MSRs yet, so today this only decides before the
-    /// CPU would say the same; it keeps the rule for when they come.
+    /// and Linux 6.18 then treats the MSR as one KVM does not have (for
+    /// SoftKVM, kvmclock's MSRs).
     func guest_pv_has(_ arch: VCPUArch, _ index: UInt32) -> Bool {
         guard arch.pvCPUIDEnforced, let feature = kvmPVMSRFeatures[index] else { return true }
         return Self.kvmCPUIDFeatures(arch.cpuid) & (1 << feature) != 0

@@ -11,8 +11,9 @@ import X86
 
 /// KVM_PIO_PAGE_OFFSET: port I/O data lives in the page after kvm_run.
 let KVM_PIO_PAGE_OFFSET = 1
-/// Instructions per slice: long enough that the checks cost nothing, short
-/// enough that a kick is seen within about a millisecond.
+/// The most instructions per slice: long enough that the checks between
+/// slices (the kick, the APIC timer, events other threads delivered) cost
+/// nothing. Slices are shorter when the CPU is slower (see sliceLength).
 let runSliceInstructions = 100_000
 
 extension SoftBackend {
@@ -24,12 +25,19 @@ extension SoftBackend {
         if run.pointee.immediate_exit != 0 { return fail(.interrupted) }
         // Read once: KVM_CREATE_IRQCHIP is refused once a vCPU exists.
         let irqchip = vcpu.vm.irqchip
+        let bus = irqchip?.bus as? SoftAPICBus
         return vcpu.arch.withLock { arch in
             arch.hasRun = true
+            // An AP waits for INIT inside KVM_RUN; once INIT or SIPI came,
+            // KVM_RUN returns EAGAIN for user space to run it again (vcpu_run).
+            if let apic = vcpu.apic, let bus, arch.mpState == KVM_MP_STATE_UNINITIALIZED_ {
+                guard vcpu_block(&arch, vcpu, apic, bus) else { return interrupted(arch, vcpu, irqchip: irqchip) }
+                return fail(.resourceTemporarilyUnavailable)
+            }
             complete_userspace_io(&arch, vcpu)
             if let exit = complete_userspace_msr(&arch, vcpu) {
                 handleExit(exit, &arch, vcpu)
-                post_kvm_run_save(arch, run, irqchip: irqchip)
+                post_kvm_run_save(arch, vcpu, irqchip: irqchip)
                 return 0
             }
             refreshMemoryView(&arch, vcpu.vm)
@@ -37,65 +45,74 @@ extension SoftBackend {
             // before what is injected now.
             if let exit = arch.cpu.takePendingDebugTraps() {
                 handleExit(exit, &arch, vcpu)
-                post_kvm_run_save(arch, run, irqchip: irqchip)
+                post_kvm_run_save(arch, vcpu, irqchip: irqchip)
                 return 0
             }
+            kvm_guest_time_update(&arch, vcpu.vm)
             // Event injection at entry, which does not look at IF (user space
             // asks ready_for_interrupt_injection first).
             if let exit = inject_pending_event(&arch) {
                 handleExit(exit, &arch, vcpu)
-                post_kvm_run_save(arch, run, irqchip: irqchip)
+                post_kvm_run_save(arch, vcpu, irqchip: irqchip)
                 return 0
-            }
-            // A vCPU that halted with an in-kernel LAPIC blocks again until
-            // it has an interrupt (vcpu_run's kvm_vcpu_block).
-            if let irqchip, arch.mpState == UInt32(KVM_MP_STATE_HALTED),
-               !waitForInterrupt(&arch, vcpu, irqchip) {
-                return interrupted(arch, run, irqchip: irqchip)
             }
             while true {
                 refreshMemoryView(&arch, vcpu.vm)
                 // After an OUT or MMIO write served in the kernel: its traps before an interrupt.
                 if let exit = arch.cpu.takePendingDebugTraps() {
                     handleExit(exit, &arch, vcpu)
-                    post_kvm_run_save(arch, run, irqchip: irqchip)
+                    post_kvm_run_save(arch, vcpu, irqchip: irqchip)
                     return 0
                 }
-                var stepOne = false
-                if let irqchip {
-                    // The PIC's INTR, through the BSP's LINT0 (ExtINT at
-                    // reset): taken at an instruction boundary when IF allows,
-                    // the vector from the INTA cycle (kvm_cpu_get_interrupt).
-                    // KVM_GUESTDBG_BLOCKIRQ keeps them out while a debugger steps.
-                    if takesPICInterrupts(vcpu, irqchip) && arch.guestDebug & UInt32(KVM_GUESTDBG_BLOCKIRQ) == 0 {
-                        if arch.cpu.interruptsEnabled {
-                            let vector = irqchip.picAcknowledge()
-                            if let exit = arch.cpu.deliverExternalInterrupt(vector) {
-                                handleExit(exit, &arch, vcpu)
-                                post_kvm_run_save(arch, run, irqchip: irqchip)
-                                return 0
-                            }
-                        } else {
-                            // Pending but masked by IF: look again after each instruction.
-                            stepOne = true
-                        }
+                let sliceStart = TimeStampCounter.hostNanoseconds()
+                var slice = arch.sliceLength(until: .max, now: sliceStart)
+                if let apic = vcpu.apic, let bus, let irqchip {
+                    serviceTimer(apic, now: sliceStart)
+                    slice = arch.sliceLength(until: apic.nextTimerExpiration, now: sliceStart)
+                    kvm_apic_accept_events(&arch, vcpu)
+                    // A halted vCPU, or one waiting for SIPI, sleeps until
+                    // an event makes it runnable (vcpu_block).
+                    if arch.mpState != KVM_MP_STATE_RUNNABLE_ {
+                        guard vcpu_block(&arch, vcpu, apic, bus) else { return interrupted(arch, vcpu, irqchip: irqchip) }
+                        continue
+                    }
+                    if let exit = injectPendingEvents(&arch, vcpu, apic, bus, irqchip) {
+                        handleExit(exit, &arch, vcpu)
+                        post_kvm_run_save(arch, vcpu, irqchip: irqchip)
+                        return 0
                     }
                 } else {
+                    if let exit = injectPendingNMI(&arch, vcpu) {
+                        handleExit(exit, &arch, vcpu)
+                        post_kvm_run_save(arch, vcpu, irqchip: irqchip)
+                        return 0
+                    }
                     // An interrupt window asked for (only without an in-kernel
                     // PIC, as dm_request_for_irq_injection): exit as soon as
-                    // IF allows an interrupt, checking after each instruction.
+                    // IF allows an interrupt.
                     let windowRequested = run.pointee.request_interrupt_window != 0
                     if windowRequested && arch.cpu.interruptsEnabled {
                         run.pointee.exit_reason = UInt32(KVM_EXIT_IRQ_WINDOW_OPEN)
-                        post_kvm_run_save(arch, run, irqchip: irqchip)
+                        post_kvm_run_save(arch, vcpu, irqchip: irqchip)
                         return 0
                     }
-                    stepOne = windowRequested
+                    if windowRequested { arch.cpu.waitingEvents.insert(.interrupt) }
                 }
-                var exit = arch.cpu.run(maxInstructions: stepOne ? 1 : runSliceInstructions)
+                var exit = arch.cpu.run(maxInstructions: slice)
                 if case .instructionLimit = exit {
+                    arch.measureSlice(slice, from: sliceStart, to: TimeStampCounter.hostNanoseconds())
                     // A kick between slices: the signal the kernel would see.
-                    if run.pointee.immediate_exit != 0 { return interrupted(arch, run, irqchip: irqchip) }
+                    if run.pointee.immediate_exit != 0 { return interrupted(arch, vcpu, irqchip: irqchip) }
+                    // The guest may have moved its TSC: its pvclock follows.
+                    kvm_guest_time_update(&arch, vcpu.vm)
+                    continue
+                }
+                if case .systemRegister(let access) = exit {
+                    if let failed = handleSystemRegister(access, &arch, vcpu) {
+                        handleExit(failed, &arch, vcpu)
+                        post_kvm_run_save(arch, vcpu, irqchip: irqchip)
+                        return 0
+                    }
                     continue
                 }
                 if case .msr(let access) = exit {
@@ -103,56 +120,36 @@ extension SoftBackend {
                     exit = next
                 }
                 if handledInKernel(exit, &arch, vcpu, irqchip) { continue }
-                if case .halt = exit, let irqchip {
+                if case .halt = exit, vcpu.apic != nil {
                     // kvm_emulate_halt with an in-kernel LAPIC: no exit, the
-                    // vCPU sleeps until an interrupt can be delivered.
-                    if !waitForInterrupt(&arch, vcpu, irqchip) { return interrupted(arch, run, irqchip: irqchip) }
+                    // vCPU sleeps until an event ends the halt.
+                    arch.mpState = KVM_MP_STATE_HALTED_
                     continue
                 }
                 handleExit(exit, &arch, vcpu)
-                post_kvm_run_save(arch, run, irqchip: irqchip)
+                post_kvm_run_save(arch, vcpu, irqchip: irqchip)
                 return 0
             }
         }
     }
 
-    /// KVM_RUN ended by a signal or kick: EINTR with KVM_EXIT_INTR.
-    func interrupted(_ arch: VCPUArch, _ run: UnsafeMutablePointer<kvm_run>, irqchip: SoftIrqchip?) -> Int32 {
-        run.pointee.exit_reason = UInt32(KVM_EXIT_INTR)
-        post_kvm_run_save(arch, run, irqchip: irqchip)
-        return fail(.interrupted)
-    }
-
-    /// kvm_cpu_has_extint: the PIC's output is high and this vCPU's LAPIC
-    /// takes it (kvm_apic_accept_pic_intr: at reset only the BSP's LINT0 is
-    /// ExtINT; SoftKVM has no LAPIC to reprogram that yet).
-    func takesPICInterrupts(_ vcpu: SoftVCPU, _ irqchip: SoftIrqchip) -> Bool {
-        vcpu.id == 0 && irqchip.picOutput
-    }
-
-    /// kvm_vcpu_block for a halted vCPU: sleeps on the irqchip's wakeup
-    /// eventfd until an interrupt is deliverable (true), or until a kick or
-    /// `immediate_exit` ends KVM_RUN (false). The kick's signal interrupts
-    /// the poll; the timeout covers a signal that lands between the check
-    /// of `immediate_exit` and the poll. IOAPIC messages do not wake it:
-    /// with every LAPIC at reset they are refused, as on the host.
-    func waitForInterrupt(_ arch: inout VCPUArch, _ vcpu: SoftVCPU, _ irqchip: SoftIrqchip) -> Bool {
-        arch.mpState = UInt32(KVM_MP_STATE_HALTED)
-        let wakeup = (irqchip.bus as? UnwiredLocalAPICs)?.wakeup ?? -1
-        while true {
-            // Drained before the check, so that a raise after the check leaves it readable.
-            if wakeup >= 0 {
-                var count: UInt64 = 0
-                _ = withUnsafeMutableBytes(of: &count) { Glibc.read(wakeup, $0.baseAddress, 8) }
-            }
-            if arch.cpu.interruptsEnabled && takesPICInterrupts(vcpu, irqchip) {
-                arch.mpState = UInt32(KVM_MP_STATE_RUNNABLE)
-                return true
-            }
-            if vcpu.run.pointee.immediate_exit != 0 { return false }
-            var entry = pollfd(fd: wakeup, events: Int16(POLLIN), revents: 0)
-            _ = poll(&entry, 1, 50)
+    /// NMIs without an in-kernel APIC (KVM_NMI works with a user-space
+    /// irqchip too): delivered when NMIs are not blocked, else waited for.
+    func injectPendingNMI(_ arch: inout VCPUArch, _ vcpu: SoftVCPU) -> X86Exit? {
+        process_nmi(&arch, vcpu)
+        if arch.nmiPending > 0 && arch.cpu.nmiAllowed {
+            arch.nmiPending -= 1
+            if let exit = arch.cpu.deliverNMI() { return exit }
         }
+        arch.cpu.waitingEvents = arch.nmiPending > 0 ? [.nmi] : []
+        return nil
+    }
+
+    /// KVM_RUN ended by a signal or kick: EINTR with KVM_EXIT_INTR.
+    func interrupted(_ arch: VCPUArch, _ vcpu: SoftVCPU, irqchip: SoftIrqchip?) -> Int32 {
+        vcpu.run.pointee.exit_reason = UInt32(KVM_EXIT_INTR)
+        post_kvm_run_save(arch, vcpu, irqchip: irqchip)
+        return fail(.interrupted)
     }
 
     /// The kernel's in-kernel devices on the PIO and MMIO buses, tried
@@ -178,6 +175,7 @@ extension SoftBackend {
             if vcpu.vm.ioeventfds.withLock({ $0.write(.pio, address: address, length: io.size, value: io.data) }) { return true }
             return vcpu.vm.coalesced.write(address: address, length: io.size, value: io.data, pio: true)
         case .mmio(let access) where access.size <= 8:
+            if handleAPICAccess(access, &arch, vcpu) { return true }
             if let irqchip, irqchip.handlesMMIO(access.address) {
                 if access.isWrite {
                     irqchip.mmioWrite(access.address, length: access.size, value: access.data)
@@ -264,7 +262,7 @@ extension SoftBackend {
             break  // kvm_msr_user_space filled kvm_run.
         case .shutdown:
             run.pointee.exit_reason = UInt32(KVM_EXIT_SHUTDOWN)
-        case .emulationFailure, .exception, .instructionLimit:
+        case .emulationFailure, .exception, .instructionLimit, .systemRegister:
             // An exception reaches here only if delivery is off; either way
             // the kernel's answer to what it cannot emulate is this.
             run.pointee.exit_reason = UInt32(KVM_EXIT_INTERNAL_ERROR)
@@ -279,9 +277,10 @@ extension SoftBackend {
     }
 
     /// The state the kernel copies into kvm_run after every exit.
-    func post_kvm_run_save(_ arch: VCPUArch, _ run: UnsafeMutablePointer<kvm_run>, irqchip: SoftIrqchip?) {
+    func post_kvm_run_save(_ arch: VCPUArch, _ vcpu: SoftVCPU, irqchip: SoftIrqchip?) {
+        let run = vcpu.run
         run.pointee.if_flag = arch.cpu.state.rflags & RFLAGS.if != 0 ? 1 : 0
-        run.pointee.cr8 = arch.extraSregs.cr8
+        run.pointee.cr8 = kvm_get_cr8(arch, vcpu)
         run.pointee.apic_base = arch.cpu.state.msrs.apicBase
         // With an in-kernel PIC always 1; with none, when an interrupt is
         // allowed (kvm_arch_interrupt_allowed: IF and no STI or MOV SS
@@ -324,3 +323,31 @@ extension SoftBackend {
         }
     }
 }
+
+extension VCPUArch {
+    /// The instructions of the next slice: about `sliceNanoseconds` of
+    /// work at the rate the CPU has been running, or less when the APIC
+    /// timer expires sooner, so that an expiry, a kick or an IPI is seen
+    /// close to its time however fast the CPU runs.
+    func sliceLength(until expiration: UInt64, now: UInt64) -> Int {
+        let remaining = expiration > now ? min(expiration - now, sliceNanoseconds) : 0
+        let instructions = Double(remaining) * instructionsPerNanosecond
+        return max(minimumSliceInstructions, min(runSliceInstructions, Int(instructions)))
+    }
+
+    /// Folds a slice's instructions per nanosecond into the running rate.
+    /// A slice can end early (an event window opened) and look fast: one
+    /// sample moves the rate by at most a factor of two.
+    mutating func measureSlice(_ instructions: Int, from start: UInt64, to end: UInt64) {
+        guard end > start else { return }
+        let sample = Double(instructions) / Double(end - start)
+        let bounded = min(max(sample, instructionsPerNanosecond / 2), instructionsPerNanosecond * 2)
+        instructionsPerNanosecond = 0.75 * instructionsPerNanosecond + 0.25 * bounded
+    }
+}
+
+/// How long a slice runs when no timer is due sooner.
+let sliceNanoseconds: UInt64 = 200_000
+/// The shortest slice, so that a timer about to expire does not make the
+/// checks between slices the CPU's main work.
+let minimumSliceInstructions = 500

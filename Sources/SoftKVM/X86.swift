@@ -36,6 +36,9 @@ let MSR_KERNEL_GS_BASE: UInt32 = 0xC000_0102
 let msrsToSave: [UInt32] = [
     MSR_IA32_TSC, MSR_IA32_SYSENTER_CS, MSR_IA32_SYSENTER_ESP, MSR_IA32_SYSENTER_EIP, MSR_IA32_CR_PAT,
     MSR_STAR, MSR_LSTAR, MSR_CSTAR, MSR_SYSCALL_MASK, MSR_KERNEL_GS_BASE,
+    // The TSC's, the APIC timer's and kvmclock's (LAPICVCPU.swift, KVMClock.swift).
+    MSR_TSC_AUX, MSR_IA32_TSC_ADJUST, MSR_IA32_TSC_DEADLINE,
+    MSR_KVM_WALL_CLOCK, MSR_KVM_SYSTEM_TIME, MSR_KVM_WALL_CLOCK_NEW, MSR_KVM_SYSTEM_TIME_NEW,
 ]
 
 /// The power-on PAT (Intel SDM 11.12.4).
@@ -67,20 +70,25 @@ let supportedCPUID: [kvm_cpuid_entry2] = {
     }
     // "SoftKVMSwift" in EBX, EDX, ECX order, as CPUID leaf 0 spells a vendor.
     let vendor: (UInt32, UInt32, UInt32) = (0x7466_6F53, 0x534D_564B, 0x7466_6977)
-    // VME PSE TSC MSR PAE CX8 SEP PGE CMOV PAT PSE-36; FPU CLFSH MMX FXSR
-    // SSE SSE2. FPU: the whole x87 (its arithmetic runs on the host's FPU:
-    // on a host without one, the data instructions are an emulation
-    // failure). No XSAVE: Linux then saves the FPU with FXSAVE.
-    let leaf1EDX: UInt32 = (1 << 1) | (1 << 3) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 8) | (1 << 11) | (1 << 13)
+    // VME PSE TSC MSR PAE CX8 APIC SEP PGE CMOV PAT PSE-36; FPU CLFSH MMX
+    // FXSR SSE SSE2. FPU: the whole x87 (its arithmetic runs on the host's
+    // FPU: on a host without one, the data instructions are an emulation
+    // failure). No XSAVE: Linux then saves the FPU with FXSAVE. APIC: the
+    // in-kernel local APIC (a VMM without an irqchip clears it).
+    let leaf1EDX: UInt32 = (1 << 1) | (1 << 3) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 8) | (1 << 9) | (1 << 11) | (1 << 13)
         | (1 << 15) | (1 << 16) | (1 << 17) | (1 << 0) | (1 << 19) | (1 << 23) | (1 << 24) | (1 << 25) | (1 << 26)
     // CLFLUSH's line size, in 8-byte units (needed with CLFSH).
     let leaf1EBX: UInt32 = 8 << 8
     // SSE3 (with FISTTP; not MONITOR, which has its own bit), SSSE3, CX16,
-    // POPCNT. Not MOVBE.
-    let leaf1ECX: UInt32 = (1 << 0) | (1 << 9) | (1 << 13) | (1 << 23)
+    // POPCNT. Not MOVBE. TSC-deadline timer mode; running on a hypervisor
+    // (which makes guests look at 0x40000000).
+    let leaf1ECX: UInt32 = (1 << 0) | (1 << 9) | (1 << 13) | (1 << 23) | (1 << 24) | (1 << 31)
     // SMEP SMAP (the page walk applies them; STAC/CLAC).
     let leaf7EBX: UInt32 = (1 << 7) | (1 << 20)
     let structured = CPUIDEntry(function: 7, index: 0, flags: UInt32(KVM_CPUID_FLAG_SIGNIFCANT_INDEX), ebx: leaf7EBX)
+    // KVM's paravirtual leaves: kvmclock (both MSR sets, stable TSC), no port 0x80 delays needed.
+    let kvmFeatures: UInt32 = (1 << KVM_FEATURE_CLOCKSOURCE) | (1 << KVM_FEATURE_NOP_IO_DELAY)
+        | (1 << KVM_FEATURE_CLOCKSOURCE2) | (1 << KVM_FEATURE_CLOCKSOURCE_STABLE_BIT)
     return [
         leaf(0, eax: 7, ebx: vendor.0, ecx: vendor.2, edx: vendor.1),
         leaf(1, eax: 0x600, ebx: leaf1EBX, ecx: leaf1ECX, edx: leaf1EDX),
@@ -88,13 +96,16 @@ let supportedCPUID: [kvm_cpuid_entry2] = {
         leaf(2), leaf(3), leaf(4), leaf(5), leaf(6),
         structured.kernelValue,
         leaf(0x8000_0000, eax: 0x8000_0008),
-        // LAHF, ABM (LZCNT); SYSCALL NX Page1GB LM
-        leaf(0x8000_0001, ecx: (1 << 0) | (1 << 5), edx: (1 << 11) | (1 << 20) | (1 << 26) | (1 << 29)),
+        // LAHF, ABM (LZCNT); SYSCALL NX Page1GB RDTSCP LM
+        leaf(0x8000_0001, ecx: (1 << 0) | (1 << 5), edx: (1 << 11) | (1 << 20) | (1 << 26) | (1 << 27) | (1 << 29)),
         // No brand string, cache or power leaves.
         leaf(0x8000_0002), leaf(0x8000_0003), leaf(0x8000_0004), leaf(0x8000_0005), leaf(0x8000_0006),
         leaf(0x8000_0007),
         // 40 physical address bits (MAXPHYADDR, which the page walk's reserved bits follow), 48 linear.
         leaf(0x8000_0008, eax: 0x3028),
+        // "KVMKVMKVM\0\0\0" and the highest paravirtual leaf.
+        leaf(KVM_CPUID_SIGNATURE, eax: KVM_CPUID_FEATURES, ebx: 0x4B4D_564B, ecx: 0x564B_4D56, edx: 0x4D),
+        leaf(KVM_CPUID_FEATURES, eax: kvmFeatures),
     ]
 }()
 
@@ -158,6 +169,12 @@ extension SoftBackend {
             return Int32(softAllowedDisableExits)
         case Capability.xsave2.rawValue:
             return Int32(softXSave2Size)
+        // The TSC is scaled in software, to any frequency, and the APIC timer has TSC-deadline mode.
+        case Capability.getTSCKhz.rawValue, Capability.tscControl.rawValue, Capability.vmTSCControl.rawValue,
+             Capability.tscDeadlineTimer.rawValue:
+            return 1
+        case Capability.adjustClock.rawValue:
+            return Int32(KVM_CLOCK_VALID_FLAGS)
         default:
             return 0
         }
@@ -182,6 +199,14 @@ extension SoftBackend {
             return kvm_vm_ioctl_pit(vm, request, arg)
         case KVMRequest.x86SetMSRFilter.number:
             return kvm_vm_ioctl_set_msr_filter(vm, arg)
+        case KVMRequest.getClock.number:
+            return kvm_vm_ioctl_get_clock(vm, arg)
+        case KVMRequest.setClock.number:
+            return kvm_vm_ioctl_set_clock(vm, arg)
+        case KVMRequest.setTSCKhz.number:
+            return kvm_vm_ioctl_set_tsc_khz(vm, arg)
+        case KVMRequest.getTSCKhz.number:
+            return Int32(bitPattern: vm.arch.withLock { $0.clock.defaultKilohertz })
         default:
             return fail(.inappropriateIOCTLForDevice)
         }
@@ -221,10 +246,12 @@ extension SoftBackend {
                 arch.regs = regs
                 return 0
             case KVMRequest.getSregs.number:
-                return UserMemory.write(arch.sregs, to: arg) ? 0 : fail(.badAddress)
+                var sregs = arch.sregs
+                sregs.cr8 = kvm_get_cr8(arch, vcpu)
+                return UserMemory.write(sregs, to: arg) ? 0 : fail(.badAddress)
             case KVMRequest.setSregs.number:
                 guard let sregs = UserMemory.read(kvm_sregs.self, from: arg) else { return fail(.badAddress) }
-                return kvm_arch_vcpu_ioctl_set_sregs(&arch, sregs)
+                return kvm_arch_vcpu_ioctl_set_sregs(&arch, vcpu, sregs)
             case KVMRequest.getFPU.number:
                 return UserMemory.write(arch.fpu, to: arg) ? 0 : fail(.badAddress)
             case KVMRequest.setFPU.number:
@@ -236,18 +263,27 @@ extension SoftBackend {
             case KVMRequest.setXsave.number:
                 return kvm_vcpu_ioctl_x86_set_xsave(&arch, arg)
             case KVMRequest.getMPState.number:
-                return UserMemory.write(kvm_mp_state(mp_state: arch.mpState), to: arg) ? 0 : fail(.badAddress)
+                let state = kvm_arch_vcpu_ioctl_get_mpstate(vcpu, &arch)
+                return UserMemory.write(kvm_mp_state(mp_state: state), to: arg) ? 0 : fail(.badAddress)
             case KVMRequest.setMPState.number:
                 guard let state = UserMemory.read(kvm_mp_state.self, from: arg) else { return fail(.badAddress) }
-                // Without an in-kernel local APIC a vCPU can only be runnable.
-                if state.mp_state != UInt32(KVM_MP_STATE_RUNNABLE) { return fail(.invalidArgument) }
-                arch.mpState = state.mp_state
-                return 0
+                return kvm_arch_vcpu_ioctl_set_mpstate(vcpu, &arch, state.mp_state)
             case KVMRequest.getVCPUEvents.number:
+                process_nmi(&arch, vcpu)
                 return UserMemory.write(kvm_vcpu_ioctl_x86_get_vcpu_events(arch), to: arg) ? 0 : fail(.badAddress)
             case KVMRequest.setVCPUEvents.number:
                 guard let events = UserMemory.read(kvm_vcpu_events.self, from: arg) else { return fail(.badAddress) }
                 return kvm_vcpu_ioctl_x86_set_vcpu_events(&arch, events)
+            case KVMRequest.getLAPIC.number:
+                return kvm_vcpu_ioctl_get_lapic(vcpu, arg)
+            case KVMRequest.setLAPIC.number:
+                return kvm_vcpu_ioctl_set_lapic(vcpu, &arch, arg)
+            case KVMRequest.nmi.number:
+                return kvm_vcpu_ioctl_nmi(&arch)
+            case KVMRequest.getTSCKhz.number:
+                return Int32(bitPattern: arch.cpu.tsc.kilohertz)
+            case KVMRequest.setTSCKhz.number:
+                return kvm_vcpu_ioctl_set_tsc_khz(vcpu.vm, &arch, arg)
             case KVMRequest.getDebugregs.number:
                 return UserMemory.write(kvm_vcpu_ioctl_x86_get_debugregs(arch), to: arg) ? 0 : fail(.badAddress)
             case KVMRequest.setDebugregs.number:
@@ -269,16 +305,18 @@ extension SoftBackend {
             case KVMRequest.getCPUID2.number:
                 return kvm_vcpu_ioctl_get_cpuid2(arch, arg)
             case KVMRequest.setCPUID2.number:
-                return kvm_vcpu_ioctl_set_cpuid2(&arch, arg)
+                let r = kvm_vcpu_ioctl_set_cpuid2(&arch, arg)
+                if r == 0 { kvm_lapic_after_set_cpuid(arch, vcpu) }
+                return r
             case KVMRequest.interrupt.number:
                 guard let irq = UserMemory.read(kvm_interrupt.self, from: arg) else { return fail(.badAddress) }
                 // With the PIC in the kernel, interrupts come from it, not from user space.
                 if vcpu.vm.irqchip != nil { return fail(.noSuchAddressOrDevice) }
                 return kvm_vcpu_ioctl_interrupt(&arch, irq)
             case KVMRequest.getMSRs.number:
-                return msr_io(&arch, arg, write: false)
+                return msr_io(&arch, vcpu, arg, write: false)
             case KVMRequest.setMSRs.number:
-                return msr_io(&arch, arg, write: true)
+                return msr_io(&arch, vcpu, arg, write: true)
             case KVMRequest.enableCap.number:
                 return kvm_vcpu_ioctl_enable_cap(&arch, arg)
             default:
@@ -300,8 +338,9 @@ extension SoftBackend {
 
     // MARK: State rules
 
-    /// kvm_is_valid_sregs and kvm_is_valid_cr0.
-    func kvm_arch_vcpu_ioctl_set_sregs(_ arch: inout VCPUArch, _ sregs: kvm_sregs) -> Int32 {
+    /// kvm_is_valid_sregs and kvm_is_valid_cr0, then the APIC base and CR8
+    /// (which go to the local APIC).
+    func kvm_arch_vcpu_ioctl_set_sregs(_ arch: inout VCPUArch, _ vcpu: SoftVCPU, _ sregs: kvm_sregs) -> Int32 {
         if sregs.efer & EFER_LME != 0 && sregs.cr0 & X86_CR0_PG != 0 {
             if sregs.cr4 & X86_CR4_PAE == 0 || sregs.efer & EFER_LMA == 0 { return fail(.invalidArgument) }
         } else if sregs.efer & EFER_LMA != 0 || sregs.cs.l != 0 {
@@ -310,7 +349,9 @@ extension SoftBackend {
         if sregs.cr0 >> 32 != 0 { return fail(.invalidArgument) }
         if sregs.cr0 & X86_CR0_NW != 0 && sregs.cr0 & X86_CR0_CD == 0 { return fail(.invalidArgument) }
         if sregs.cr0 & X86_CR0_PG != 0 && sregs.cr0 & X86_CR0_PE == 0 { return fail(.invalidArgument) }
+        if !kvm_apic_set_base(&arch, vcpu, sregs.apic_base, hostInitiated: true) { return fail(.invalidArgument) }
         arch.sregs = sregs
+        _ = kvm_set_cr8(&arch, vcpu, sregs.cr8)
         return 0
     }
 
@@ -369,7 +410,7 @@ extension SoftBackend {
 
     /// KVM_GET_MSRS and KVM_SET_MSRS: entries are done in order until one
     /// fails; the result is how many were done.
-    func msr_io(_ arch: inout VCPUArch, _ arg: UInt, write: Bool) -> Int32 {
+    func msr_io(_ arch: inout VCPUArch, _ vcpu: SoftVCPU, _ arg: UInt, write: Bool) -> Int32 {
         guard let msrs = UserMemory.read(kvm_msrs.self, from: arg) else { return fail(.badAddress) }
         if msrs.nmsrs >= MAX_IO_MSRS { return fail(.argListTooLong) }
         let entries = arg + UInt(MemoryLayout<kvm_msrs>.size)
@@ -378,9 +419,13 @@ extension SoftBackend {
             let address = entries + UInt(i * MemoryLayout<kvm_msr_entry>.stride)
             guard var entry = UserMemory.read(kvm_msr_entry.self, from: address) else { return fail(.badAddress) }
             if write {
-                guard arch.setMSR(entry.index, entry.data) else { break }
+                if let done = kvm_set_msr_local(&arch, vcpu, entry.index, entry.data, hostInitiated: true) {
+                    guard done else { break }
+                } else {
+                    guard arch.setMSR(entry.index, entry.data) else { break }
+                }
             } else {
-                guard let data = arch.getMSR(entry.index) else { break }
+                guard let data = kvm_get_msr_local(arch, vcpu, entry.index) ?? arch.getMSR(entry.index) else { break }
                 entry.data = data
                 guard UserMemory.write(entry, to: address) else { return fail(.badAddress) }
             }
@@ -397,6 +442,8 @@ struct KVMArch: Sendable {
     /// KVM_CAP_X86_USER_SPACE_MSR's exit reasons and KVM_X86_SET_MSR_FILTER's filter (MSRAccess.swift).
     var userSpaceMSRMask: UInt32 = 0
     var msrFilter: X86MSRFilter? = nil
+    /// kvmclock and the TSCs (KVMClock.swift).
+    var clock: VMClock
 }
 
 /// A vCPU's x86 state (`struct kvm_vcpu_arch`). The architectural state
@@ -420,6 +467,13 @@ struct VCPUArch: @unchecked Sendable {
     /// injected #BP returns past (`event_exit_inst_len`).
     var eventExitInstructionLength: UInt64 = 0
     var xcr0: UInt64 = XFEATURE_MASK_FP
+    /// NMIs KVM_NMI queued (`nmi_queued`) and those waiting for delivery (`nmi_pending`).
+    var nmiQueued = 0
+    var nmiPending = 0
+    /// kvmclock (KVMClock.swift).
+    var clock = VCPUClock()
+    /// How fast the CPU has been running, to end a slice near the APIC timer's expiry (Run.swift).
+    var instructionsPerNanosecond = 0.05
     var cpuid: [kvm_cpuid_entry2] = [] {
         didSet {
             cpu.cpuid = cpuid.map {
@@ -493,6 +547,8 @@ struct VCPUArch: @unchecked Sendable {
         cpu.deliversExceptions = true
         // KVM decides every guest MSR access (MSRAccess.swift), as VMX and SVM intercept them.
         cpu.interceptsMSRs = true
+        // The APIC's and kvmclock's MSRs and CR8 are KVM's (LAPICVCPU.swift).
+        cpu.forwardsSystemRegisters = true
     }
 
     /// kvm_regs, from and to the CPU's registers.
@@ -620,8 +676,10 @@ final class SoftVCPU: @unchecked Sendable {
     let mapping: UnsafeMutableRawPointer
     /// `vcpu->mutex` and the state it guards.
     let arch: Mutex<VCPUArch>
+    /// The in-kernel local APIC, with an in-kernel irqchip (`vcpu->arch.apic`).
+    let apic: LocalAPIC?
 
-    init?(vm: SoftVM, id: UInt32, descriptor: Int32) {
+    init?(vm: SoftVM, id: UInt32, index: Int, descriptor: Int32) {
         guard let address = mmap(nil, SoftVCPU.mmapSize, PROT_READ | PROT_WRITE, MAP_SHARED, descriptor, 0),
               address != MAP_FAILED else { return nil }
         guard vm.coalesced.mapInto(address, size: SoftVCPU.mmapSize) else {
@@ -631,7 +689,11 @@ final class SoftVCPU: @unchecked Sendable {
         self.vm = vm
         self.id = id
         mapping = address
-        arch = Mutex(VCPUArch(id: id))
+        apic = SoftVCPU.kvm_create_lapic(vm, id: id, index: index)
+        var arch = VCPUArch(id: id)
+        // kvm_arch_vcpu_create: with an in-kernel APIC, vCPUs other than the BSP wait for INIT.
+        if apic != nil && id != 0 { arch.mpState = UInt32(KVM_MP_STATE_UNINITIALIZED) }
+        self.arch = Mutex(arch)
     }
 
     deinit { munmap(mapping, SoftVCPU.mmapSize) }

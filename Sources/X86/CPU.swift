@@ -61,6 +61,9 @@ public enum X86Exit: Equatable, Sendable {
     /// An RDMSR or WRMSR for the owner (`interceptsMSRs`); RIP stays at the
     /// instruction until `completeMSRAccess`.
     case msr(MSRAccessExit)
+    /// An MSR or CR8 access for the owner (`forwardsSystemRegisters`);
+    /// RIP stays at the instruction until `completeSystemRegisterAccess`.
+    case systemRegister(SystemRegisterExit)
     /// `maxInstructions` instructions completed.
     case instructionLimit
     /// Code fetched or a page table read from outside RAM: KVM reports
@@ -209,6 +212,8 @@ public struct X86CPU {
     /// TLBEntry.user while CR4.SMEP or SMAP is on: a supervisor access that
     /// hits a user page's TLB entry takes the walk, which applies them.
     var supervisorUserGuard: UInt8 = 0
+    /// The TSC, forwarded MSRs, NMI blocking and waiting events (Platform.swift).
+    var platform = PlatformState()
 
     public init(memory: PhysicalMemory, state: CPUState = CPUState()) {
         self.memory = memory
@@ -242,6 +247,8 @@ public struct X86CPU {
         if let exit = takePendingDebugTraps() { return exit }
         var executed = 0
         while executed < maxInstructions {
+            // An event the owner holds can be taken at this boundary (Platform.swift).
+            if platform.waitingEvents != 0 && executed > 0 && waitingEventCanBeTaken { return .instructionLimit }
             // Breakpoints, single-step or the owner's debugging: the slow path.
             if debugUnit.armed || state.flags.bits & RFLAGS.tf != 0 {
                 if let exit = stepDebugged() { return exit }

@@ -306,7 +306,6 @@ public struct CPUState {
 
 /// MSRs whose value the CPU keeps but does not act on yet.
 public struct ModelSpecificRegisters: Hashable, Sendable {
-    public var tsc: UInt64 = 0
     /// Enabled at the default base; bit 8 (BSP) is for the owner to set.
     public var apicBase: UInt64 = 0xFEE0_0800
     public var sysenterCS: UInt64 = 0
@@ -338,6 +337,7 @@ public enum MSR {
     public static let fsBase: UInt32 = 0xC000_0100
     public static let gsBase: UInt32 = 0xC000_0101
     public static let kernelGSBase: UInt32 = 0xC000_0102
+    public static let tscAux: UInt32 = 0xC000_0103
 }
 
 /// RFLAGS bit positions.

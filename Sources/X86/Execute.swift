@@ -89,9 +89,8 @@ extension X86CPU {
             return executeMoveControl(&insn)
         case 0x130, 0x132:
             return executeMSR(&insn)
-        case 0x131:  // RDTSC: the TSC MSR's value, counting nothing yet
-            state.setReg(0, state.msrs.tsc & 0xFFFF_FFFF)
-            state.setReg(2, state.msrs.tsc >> 32)
+        case 0x131:
+            return executeRDTSC(&insn)
         case 0x1A2:
             return executeCPUID(&insn)
         case 0xEA:

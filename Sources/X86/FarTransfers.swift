@@ -302,6 +302,8 @@ extension X86CPU {
     /// privilege level (64-bit mode always pops SS:RSP); with NT set, a
     /// return from a nested task.
     mutating func executeIRET(_ insn: inout Instruction) -> Bool {
+        // IRET ends NMI blocking even when it faults (Intel SDM 6.7.1).
+        platform.nmiBlocked = false
         let size = insn.operandSize
         if case .real = state.mode {
             guard let ip = top(size: size), let cs = top(size: size, at: UInt64(size)),

@@ -9,6 +9,7 @@ extension X86CPU {
         let operation = insn.reg & 7
         if insn.mod == 3 && operation == 7 && insn.rm & 7 == 0 { return executeSwapGS(&insn) }
         if insn.mod == 3 && operation == 1 && (insn.rm & 7 == 2 || insn.rm & 7 == 3) { return executeSMAPFlag(&insn) }
+        if insn.mod == 3 && operation == 7 && insn.rm & 7 == 1 { return executeRDTSCP(&insn) }
         if operation != 4 && (insn.mod == 3 || operation == 5) { return undefined() }
         if operation != 0 && operation != 1 && operation != 4 && state.privilegeLevel() != 0 {
             return fault(.gp, errorCode: 0)
@@ -54,7 +55,11 @@ extension X86CPU {
             case 2: value = state.cr2
             case 3: value = state.cr3
             case 4: value = state.cr4
-            case 8: value = 0
+            case 8:
+                if platform.forwardsSystemRegisters {
+                    return forwardSystemRegister(.cr8, written: nil, destination: insn.rm, nextRIP: insn.nextRIP)
+                }
+                value = 0
             default: return undefined()
             }
             state.write(insn.rm, value & sizeMask(size), size: 8, legacyHighBytes: false)
@@ -77,7 +82,10 @@ extension X86CPU {
                     state.cr3 = value
                 }
             case 4: guard setCR4(value) else { return false }
-            case 8: break
+            case 8:
+                if platform.forwardsSystemRegisters {
+                    return forwardSystemRegister(.cr8, written: value, nextRIP: insn.nextRIP)
+                }
             default: return undefined()
             }
         }
@@ -167,7 +175,8 @@ extension X86CPU {
         case MSR.efer: return state.efer
         case MSR.fsBase: return state.fs.base
         case MSR.gsBase: return state.gs.base
-        case MSR.tsc: return m.tsc
+        case MSR.tsc: return tsc.read()
+        case MSR.tscAux: return UInt64(tsc.aux)
         case MSR.apicBase: return m.apicBase
         case MSR.sysenterCS: return m.sysenterCS
         case MSR.sysenterESP: return m.sysenterESP
@@ -208,7 +217,12 @@ extension X86CPU {
             case MSR.lstar: state.msrs.lstar = value
             default: state.msrs.cstar = value
             }
-        case MSR.tsc: state.msrs.tsc = value
+        case MSR.tsc:
+            if host { platform.tsc.offset = tsc.offset(toRead: value, atHostNanoseconds: TimeStampCounter.hostNanoseconds()) }
+            else { platform.tsc.guestWrite(value) }
+        case MSR.tscAux:
+            guard host || value >> 32 == 0 else { return false }
+            platform.tsc.aux = UInt32(truncatingIfNeeded: value)
         case MSR.apicBase: state.msrs.apicBase = value
         case MSR.sysenterCS: state.msrs.sysenterCS = value
         case MSR.sysenterESP: state.msrs.sysenterESP = value
@@ -231,6 +245,10 @@ extension X86CPU {
         guard state.privilegeLevel() == 0 else { return fault(.gp, errorCode: 0) }
         let index = UInt32(truncatingIfNeeded: state.reg(1))
         if msrIntercept.enabled { return interceptMSR(&insn, index: index) }
+        if forwardsMSR(index) {
+            let written = insn.opcode == 0x132 ? nil : (state.reg(2) << 32) | (state.reg(0) & 0xFFFF_FFFF)
+            return forwardSystemRegister(.msr(index), written: written, nextRIP: insn.nextRIP)
+        }
         if insn.opcode == 0x132 {
             guard let value = readMSR(index) else { return fault(.gp, errorCode: 0) }
             state.setReg(0, value & 0xFFFF_FFFF)

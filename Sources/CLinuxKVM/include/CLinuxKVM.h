@@ -38,6 +38,11 @@ int swiftkvm_install_kick_handler(int signal);
 /// behind a SoftKVM vCPU descriptor. Returns the descriptor, or -1 with errno set.
 int swiftkvm_memfd_create(const char *name);
 
+/// Waits until `fd` is readable, for at most `nanoseconds` (ppoll(2), whose
+/// timeout is finer than poll's millisecond; a signal ends it early).
+/// Returns ppoll's result.
+int swiftkvm_wait_readable(int fd, uint64_t nanoseconds);
+
 /// The signal number SwiftKVM uses to kick a vCPU thread out of KVM_RUN.
 int swiftkvm_kick_signal(void);
 

@@ -73,6 +73,12 @@ let package = Package(
         .testTarget(name: "PreloadTests", dependencies: ["KVMTestSupport"]),
         .testTarget(name: "LinuxBootTests", dependencies: ["LinuxBoot", "GuestMemory"]),
         .testTarget(name: "DevicesTests", dependencies: ["Devices"]),
-        .testTarget(name: "X86Tests", dependencies: ["KVMTestSupport", "X86", "KVM", "GuestMemory"]),
+        .testTarget(name: "X86Tests", dependencies: ["KVMTestSupport", "X86OracleSupport", "X86", "KVM", "GuestMemory"]),
+        // What the tests comparing X86 with outside oracles share: unicorn
+        // (loaded at run time, never linked), the table of flags the manuals
+        // leave undefined, guarded guest memory, a seeded generator.
+        .target(name: "X86OracleSupport", dependencies: ["X86"], path: "Tests/X86OracleSupport"),
+        .testTarget(name: "UnicornTests", dependencies: ["X86OracleSupport", "X86"]),
+        .testTarget(name: "X86FuzzTests", dependencies: ["X86OracleSupport", "X86"]),
     ]
 )

@@ -148,7 +148,7 @@ extension X86CPU {
             // The destination's address uses the incremented RSP (SDM POP).
             let saved = state.reg(4)
             commitPop(size: size)
-            if insn.isMemory && insn.rm == 4 && insn.addressSize != 2 {
+            if insn.isMemory && insn.stackPointerBase {
                 var adjusted = insn
                 adjusted.offset = (insn.offset &+ UInt64(size)) & sizeMask(insn.addressSize)
                 guard writeOperand(adjusted, value, size: size) else { state.setReg(4, saved); return false }

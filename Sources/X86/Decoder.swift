@@ -89,6 +89,11 @@ struct Instruction {
         @inline(always) set { scaleBits = newValue }
     }
     var displacement: UInt64 = 0
+    /// The memory operand's base register is rSP (POP Ev adjusts its
+    /// address); 16-bit forms never name SP as a base.
+    var stackPointerBase: Bool {
+        @inline(always) get { baseBits == 4 }
+    }
     var immediate: UInt64 = 0
     var mode64: Bool {
         @inline(always) get { mode64Bit }

@@ -36,6 +36,8 @@ extension X86CPU {
     mutating func executeFarJump(_ insn: inout Instruction) -> Bool {
         guard let (offset, selector) = farPointer(insn) else { return false }
         if state.cr0 & ControlBits.cr0PE == 0 || state.flags.bits & RFLAGS.vm != 0 {
+            // SDM JMP: "IF tempEIP is beyond code segment limit THEN #GP(0)".
+            guard offset & sizeMask(insn.operandSize) <= UInt64(state.cs.limit) else { return fault(.gp, errorCode: 0) }
             state.cs = realStyleSegment(selector, code: true)
             state.rip = offset & sizeMask(insn.operandSize)
             return true
@@ -48,6 +50,8 @@ extension X86CPU {
         guard let (offset, selector) = farPointer(insn) else { return false }
         let size = insn.operandSize
         if state.cr0 & ControlBits.cr0PE == 0 || state.flags.bits & RFLAGS.vm != 0 {
+            // SDM CALL: "IF tempEIP not within code segment limit THEN #GP(0)".
+            guard offset & sizeMask(size) <= UInt64(state.cs.limit) else { return fault(.gp, errorCode: 0) }
             let saved = state.reg(4)
             guard push(UInt64(state.cs.selector), size: size), push(insn.nextRIP, size: size) else {
                 state.setReg(4, saved)

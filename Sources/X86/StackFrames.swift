@@ -17,7 +17,11 @@ extension X86CPU {
         let level = Int((insn.immediate >> 16) & 0x1F)
         var sp = (state.reg(4) &- step) & stackMask
         guard write(ss, sp, state.read(5, size: size, legacyHighBytes: false), size: size) else { return false }
-        // The new frame pointer: rSP after the push, with the bits above the stack's size as they were.
+        // The new frame pointer: rSP after the push, with the bits above the
+        // stack's size as they were. The stack's size, not the operand size,
+        // picks BP, EBP or RBP as its register (SDM ENTER: "The stack-size
+        // attribute determines whether the BP (16 bits) or EBP (32 bits)
+        // register specifies the current frame pointer").
         let frame = (state.reg(4) & ~stackMask) | sp
         if level > 0 {
             var bp = state.reg(5) & stackMask
@@ -31,7 +35,7 @@ extension X86CPU {
             guard write(ss, sp, frame, size: size) else { return false }
         }
         sp = (sp &- allocation) & stackMask
-        state.write(5, frame, size: size, legacyHighBytes: false)
+        state.write(5, frame, size: stackSize, legacyHighBytes: false)
         state.write(4, sp, size: stackSize, legacyHighBytes: false)
         return true
     }

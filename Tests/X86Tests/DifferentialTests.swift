@@ -4,78 +4,12 @@ import KVM
 import Testing
 @testable import X86
 
-/// Flags the manuals leave undefined, per kind of instruction: masked out
-/// when the software CPU is compared with the host. Keep them all here.
-enum UndefinedFlags {
-    static let none: UInt64 = 0
-    /// AND OR XOR TEST: AF.
-    static let logic = RFLAGS.af
-    /// SHL SHR SAR: AF always; OF unless the count is 1; CF when the count
-    /// reaches the operand width (8/16-bit operands).
-    static func shift(count: Int, width: Int) -> UInt64 {
-        var mask = RFLAGS.af
-        if count != 1 { mask |= RFLAGS.of }
-        if count >= width { mask |= RFLAGS.cf }
-        return mask
-    }
-    /// ROL ROR RCL RCR: OF unless the count is 1.
-    static func rotate(count: Int) -> UInt64 { count == 1 ? 0 : RFLAGS.of }
-    /// MUL IMUL: SF ZF AF PF.
-    static let multiply = RFLAGS.sf | RFLAGS.zf | RFLAGS.af | RFLAGS.pf
-    /// DIV IDIV: all six.
-    static let divide = RFLAGS.arithmetic
-    /// BT BTS BTR BTC: OF SF AF PF.
-    static let bitTest = RFLAGS.of | RFLAGS.sf | RFLAGS.af | RFLAGS.pf
-    /// BSF BSR: all but ZF.
-    static let bitScan = RFLAGS.cf | RFLAGS.of | RFLAGS.sf | RFLAGS.af | RFLAGS.pf
-    /// LZCNT: OF SF AF PF.
-    static let leadingZeroCount = RFLAGS.of | RFLAGS.sf | RFLAGS.af | RFLAGS.pf
-    /// SHLD SHRD: AF; OF unless the count is 1; all six when the count
-    /// exceeds the width (16-bit operands, whose result is undefined too).
-    static func doubleShift(count: Int, width: Int) -> UInt64 {
-        if count == 0 { return 0 }
-        if count > width { return RFLAGS.arithmetic }
-        return count == 1 ? RFLAGS.af : RFLAGS.af | RFLAGS.of
-    }
-    /// DAA DAS: OF.
-    static let decimalAdjust = RFLAGS.of
-    /// AAA AAS: OF SF ZF PF.
-    static let asciiAdjust = RFLAGS.of | RFLAGS.sf | RFLAGS.zf | RFLAGS.pf
-    /// AAM AAD: OF AF CF.
-    static let asciiMultiplyDivide = RFLAGS.of | RFLAGS.af | RFLAGS.cf
-}
-
 /// One checkpoint of a differential program: code ending in `out 0xF0, al`,
 /// and the flags to ignore when comparing after it.
 struct Checkpoint {
     var code: [UInt8]
     var undefined: UInt64
     var label: String
-}
-
-/// A small deterministic generator (SplitMix64), so a failing case can be replayed.
-struct SplitMix64 {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-    /// Operands biased to the edges: 0, 1, max, sign boundaries, or random.
-    mutating func operand(_ bits: Int) -> UInt64 {
-        let mask: UInt64 = bits == 64 ? ~0 : (1 << UInt64(bits)) - 1
-        let sign: UInt64 = 1 << UInt64(bits - 1)
-        switch next() % 8 {
-        case 0: return 0
-        case 1: return 1
-        case 2: return mask
-        case 3: return sign
-        case 4: return sign - 1
-        default: return next() & mask
-        }
-    }
 }
 
 /// Code for the host's KVM emulator and the software CPU, in 16-bit (real

@@ -2,6 +2,8 @@ import Foundation
 import Testing
 @testable import X86
 @_exported import KVMTestSupport  // HostKVM and RealModeGuest, for every file of this test target
+// The one table of flags the manuals leave undefined, and the seeded generator.
+@_exported import X86OracleSupport
 
 /// A software CPU over 1 MiB of zeroed RAM, with `code` at 0x1000 and RSP at
 /// 0x8000, in one of three flat set-ups. The long-mode set-up identity-maps

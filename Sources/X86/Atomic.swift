@@ -183,21 +183,7 @@ extension X86CPU {
     /// form reaches beyond the operand, as in `executeBitTest`.
     mutating func executeLockedBitTest(_ insn: inout Instruction) -> Bool {
         let size = insn.operandSize
-        let bits = UInt64(size * 8)
-        let operation: Int
-        var offset = insn.offset
-        let bit: UInt64
-        if insn.opcode == 0x1BA {
-            operation = insn.reg & 3
-            bit = insn.immediate & (bits - 1)
-        } else {
-            operation = (insn.opcode >> 3) & 3
-            let index = readRegister(insn, size: size)
-            bit = index & (bits - 1)
-            let signed = Int64(bitPattern: signExtend(index, size: size))
-            offset = (offset &+ UInt64(bitPattern: (signed >> Int64(size == 8 ? 6 : size == 4 ? 5 : 4)) &* Int64(size)))
-                & sizeMask(insn.addressSize)
-        }
+        let (operation, bit, offset) = bitTestOperand(insn)
         let mask: UInt64 = 1 << bit
         return readModifyWrite(insn, offset: offset, size: size) { cpu, old in
             let flags = cpu.state.flags.materialized

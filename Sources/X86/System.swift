@@ -309,28 +309,29 @@ extension X86CPU {
 
     // MARK: BT BTS BTR BTC
 
+    /// The operation (0 BT, 1 BTS, 2 BTR, 3 BTC), the bit within the
+    /// operand and the memory operand's offset: a register bit offset with a
+    /// memory operand reaches beyond the operand, signed, in operand-size steps.
+    mutating func bitTestOperand(_ insn: Instruction) -> (operation: Int, bit: UInt64, offset: UInt64) {
+        let size = insn.operandSize
+        let bits = UInt64(size * 8)
+        if insn.opcode == 0x1BA { return (insn.reg & 3, insn.immediate & (bits - 1), insn.offset) }
+        let index = readRegister(insn, size: size)
+        var offset = insn.offset
+        if insn.isMemory {
+            let signed = Int64(bitPattern: signExtend(index, size: size))
+            offset = (offset &+ UInt64(bitPattern: (signed >> Int64(size == 8 ? 6 : size == 4 ? 5 : 4)) &* Int64(size)))
+                & sizeMask(insn.addressSize)
+        }
+        return ((insn.opcode >> 3) & 3, index & (bits - 1), offset)  // A3 0, AB 1, B3 2, BB 3
+    }
+
     /// 0F A3/AB/B3/BB (bit offset in a register) and 0F BA /4-7 (immediate).
     /// A register offset with a memory operand reaches beyond the operand.
     mutating func executeBitTest(_ insn: inout Instruction) -> Bool {
         let size = insn.operandSize
-        let bits = UInt64(size * 8)
-        let operation: Int
-        var offset = insn.offset
-        let bit: UInt64
-        if insn.opcode == 0x1BA {
-            guard insn.reg & 7 >= 4 else { return undefined() }
-            operation = insn.reg & 3
-            bit = insn.immediate & (bits - 1)
-        } else {
-            operation = (insn.opcode >> 3) & 3  // A3 0, AB 1, B3 2, BB 3
-            let index = readRegister(insn, size: size)
-            bit = index & (bits - 1)
-            if insn.isMemory {
-                let signed = Int64(bitPattern: signExtend(index, size: size))
-                offset = (offset &+ UInt64(bitPattern: (signed >> Int64(size == 8 ? 6 : size == 4 ? 5 : 4)) &* Int64(size)))
-                    & sizeMask(insn.addressSize)
-            }
-        }
+        if insn.opcode == 0x1BA { guard insn.reg & 7 >= 4 else { return undefined() } }
+        let (operation, bit, offset) = bitTestOperand(insn)
         let value: UInt64
         if insn.isMemory {
             // BTS BTR BTC read with the write's checks (see readOperandForUpdate).

@@ -3,7 +3,10 @@
 /// port 0x64), the command byte, the controller and port self-tests, a
 /// keyboard that acknowledges what it is sent, and the CPU reset line,
 /// reported through `reset` (command 0xFE, or an output-port write with
-/// bit 0 clear). There is no mouse: the auxiliary port reports no device.
+/// bit 0 clear). There is no mouse: a byte sent to the auxiliary device
+/// (command 0xD4) is answered as a controller with nothing on that port
+/// answers, with 0xFE and the timeout bit, so that a driver's probe fails at
+/// once instead of waiting out its timeouts (psmouse's reset waits 4 s).
 public final class I8042 {
     public static let dataOffset = 0
     public static let commandOffset = 4
@@ -42,13 +45,16 @@ public final class I8042 {
     public static let pulseReset: UInt8 = 0xfe
 
     public static let selfTestPassed: UInt8 = 0x55
+    /// What the controller reads back when a byte for a device got no answer.
+    public static let auxTransmitTimeout: UInt8 = 0xfe
 
     private let keyboardInterrupt: (Bool) -> Void
     private let auxInterrupt: (Bool) -> Void
     private let reset: () -> Void
 
-    /// Bytes waiting for the CPU, each marked with whether it came from the aux port.
-    private var outputQueue: [(byte: UInt8, aux: Bool)] = []
+    /// Bytes waiting for the CPU, each marked with whether it came from the
+    /// aux port and whether it reports a transmit timeout.
+    private var outputQueue: [(byte: UInt8, aux: Bool, timeout: Bool)] = []
     private var commandByte: UInt8 = 0x45  // keyboard interrupt, system flag, scan-code translation
     private var outputPort: UInt8 = 0x03  // A20 on, reset line high (inactive)
     /// The controller command whose parameter byte the next data write is.
@@ -74,6 +80,7 @@ public final class I8042 {
         if let first = outputQueue.first {
             status |= Self.statusOutputFull
             if first.aux { status |= Self.statusAuxOutputFull }
+            if first.timeout { status |= Self.statusTimeout }
         }
         return status
     }
@@ -108,7 +115,7 @@ public final class I8042 {
 
     /// A key's scan code from the host, queued for the guest.
     public func keyboardInput(_ bytes: some Sequence<UInt8>) {
-        for byte in bytes { outputQueue.append((byte, false)) }
+        for byte in bytes { outputQueue.append((byte, false, false)) }
         updateInterrupts()
     }
 
@@ -159,8 +166,11 @@ public final class I8042 {
             respond(value)
         case Self.writeAuxOutput:
             respond(value, aux: true)
+        case Self.writeAux:
+            // No mouse is attached: the controller's clock times out.
+            respond(Self.auxTransmitTimeout, aux: true, timeout: true)
         default:
-            break  // Bytes for the aux device go nowhere: no mouse is attached.
+            break
         }
     }
 
@@ -190,8 +200,8 @@ public final class I8042 {
         }
     }
 
-    private func respond(_ byte: UInt8, aux: Bool = false) {
-        outputQueue.append((byte, aux))
+    private func respond(_ byte: UInt8, aux: Bool = false, timeout: Bool = false) {
+        outputQueue.append((byte, aux, timeout))
     }
 
     private func updateInterrupts() {

@@ -61,4 +61,21 @@ import Testing
         #expect(controller.read(offset: 0) == 0x5a)
         #expect(aux == [true, false])
     }
+
+    /// With no mouse on the aux port, a byte for it must fail at once (0xFE
+    /// with the timeout bit), not vanish: Linux's psmouse waited 4 s for an
+    /// answer to its reset on every boot when it vanished.
+    @Test func byteForTheAbsentMouseTimesOutAtOnce() {
+        var aux: [Bool] = []
+        let controller = I8042(auxInterrupt: { aux.append($0) }, reset: {})
+        controller.write(offset: 4, value: 0x60)
+        controller.write(offset: 0, value: 0x47)  // aux interrupts on
+        controller.write(offset: 4, value: 0xd4)
+        controller.write(offset: 0, value: 0xff)  // mouse reset
+        #expect(controller.read(offset: 4) & 0x61 == 0x61)
+        #expect(aux == [true])
+        #expect(controller.read(offset: 0) == 0xfe)
+        #expect(controller.read(offset: 4) & 0x61 == 0)
+        #expect(aux == [true, false])
+    }
 }

@@ -12,6 +12,12 @@ struct Run: ParsableCommand {
         discussion: """
             With --kernel, boots a Linux bzImage or ELF vmlinux (with --initrd, --cmdline, \
             --memory, --cpus) on the serial console; Ctrl-A x quits on a terminal. \
+            Exit status: 0 when the guest powers off (poweroff, ACPI S5) or Ctrl-A x ends it; \
+            2 when the guest resets the machine (reboot, a panic with panic=-1, the i8042 reset \
+            line, port 0xcf9), which is not restarted and is reported on standard error; \
+            1 with a message on an error (a triple fault, an instruction the CPU lacks, a \
+            kernel that cannot be loaded).
+
             With no guest given, boots SwiftKVM's built-in guest, which walks from real mode \
             to long mode and prints a checksum of itself. Exits with the status the guest \
             writes to the debug-exit port (0x501).

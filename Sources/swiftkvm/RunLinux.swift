@@ -56,6 +56,10 @@ func runLinux(_ options: LinuxRunOptions, accelerator: Accelerator) throws {
         printError("\(error)")
         throw ExitCode.failure
     }
+    if outcome == .reset {
+        // Status 2 alone would read as a failure of swiftkvm; say what the guest did.
+        printError("the guest reset the machine (reboot, or a panic with panic=-1); it is not restarted: exit status \(outcome.exitStatus)")
+    }
     if outcome.exitStatus != 0 {
         throw ExitCode(outcome.exitStatus)
     }

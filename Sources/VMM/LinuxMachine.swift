@@ -57,7 +57,9 @@ public enum MachineError: Error, CustomStringConvertible {
         case .warmUp(let vcpu, let exit):
             return "vCPU \(vcpu) did not run its warm-up instruction before the boot state: it gave \(exit)"
         case .shutdown(let vcpu, let rip):
-            return "vCPU \(vcpu) shut down\(at(rip)) (KVM_EXIT_SHUTDOWN): a triple fault, the guest's state was beyond repair"
+            // Reported as an error, not a reset: here a triple fault is far more
+            // often a CPU or device bug than a kernel asked to reboot that way.
+            return "vCPU \(vcpu) shut down\(at(rip)) (KVM_EXIT_SHUTDOWN): a triple fault, the guest's state was beyond repair (or a kernel with reboot=t rebooting: use reboot=k, the default, or reboot=a)"
         case .internalError(let vcpu, let rip, let error):
             let data = error.data.map { "0x" + String($0, radix: 16) }.joined(separator: " ")
             return "vCPU \(vcpu) stopped\(at(rip)) with KVM_EXIT_INTERNAL_ERROR, suberror \(error.suberror) (1: an instruction KVM could not emulate), data [\(data)]"

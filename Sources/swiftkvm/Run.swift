@@ -15,8 +15,8 @@ struct Run: ParsableCommand {
             Exit status: 0 when the guest powers off (poweroff, ACPI S5) or Ctrl-A x ends it; \
             2 when the guest resets the machine (reboot, a panic with panic=-1, the i8042 reset \
             line, port 0xcf9), which is not restarted and is reported on standard error; \
-            1 with a message on an error (a triple fault, an instruction the CPU lacks, a \
-            kernel that cannot be loaded).
+            1 with a message on an error (a triple fault, which reboot=t's reboot is too; \
+            an instruction the CPU lacks; a kernel that cannot be loaded).
 
             With no guest given, boots SwiftKVM's built-in guest, which walks from real mode \
             to long mode and prints a checksum of itself. Exits with the status the guest \

@@ -33,33 +33,41 @@ import Testing
     }
 
     /// The release `swiftkvm` running the cloud kernel with an initramfs
-    /// whose /init runs `command` on the serial console.
-    func session(command: String, cpus: Int = 1) throws -> (ConsoleSession, initrd: String) {
+    /// whose /init runs `command` on the serial console. `onTerminal` runs
+    /// it on a pseudo-terminal (util-linux `script`, Debian's bsdutils,
+    /// always installed), as a user at a terminal does, between two lines
+    /// of `stty -g` and a line with swiftkvm's status.
+    func session(command: String, cpus: Int = 1, onTerminal: Bool = false) throws -> (ConsoleSession, initrd: String) {
         try #require(FileManager.default.isExecutableFile(atPath: Self.swiftkvm),
                      "no \(Self.swiftkvm): build it with swift build -c release --product swiftkvm (scripts/test does)")
         let kernel = try CloudKernel.path()
         let initrd = try buildInitramfs(command: command)
+        let arguments = ["run", "--accel", "soft", "--kernel", kernel, "--initrd", initrd, "--memory", "256M", "--cpus", String(cpus)]
         do {
-            let session = try ConsoleSession(Self.swiftkvm, ["run", "--accel", "soft", "--kernel", kernel, "--initrd", initrd,
-                                                             "--memory", "256M", "--cpus", String(cpus)])
-            return (session, initrd)
+            guard onTerminal else { return (try ConsoleSession(Self.swiftkvm, arguments), initrd) }
+            let script = "/usr/bin/script"
+            try #require(FileManager.default.isExecutableFile(atPath: script), "no \(script): apt-get install bsdutils")
+            let run = ([Self.swiftkvm] + arguments).map { "'\($0)'" }.joined(separator: " ")
+            let shellCommand = "echo \"TTY-BEFORE $(stty -g)\"; \(run); echo \"SWIFTKVM-STATUS $?\"; echo \"TTY-AFTER $(stty -g)\""
+            return (try ConsoleSession(script, ["-qec", shellCommand, "/dev/null"]), initrd)
         } catch {
             try? FileManager.default.removeItem(atPath: initrd)
             throw error
         }
     }
 
-    /// The interactive path: a busybox shell reads the serial console, and
-    /// what the test types on `swiftkvm run`'s standard input reaches it
-    /// through the 16550's receive interrupt and Linux's 8250 driver. First
-    /// one line, answered before the next is typed; then a burst of some
-    /// 650 bytes in one write, forty times the FIFO, which goes in as the
-    /// guest drains it: a byte lost or doubled changes the length the shell
-    /// counts and the line it echoes. `poweroff -f` typed last ends the run
-    /// with status 0.
+    /// The interactive path, as a user at a terminal has it: a busybox shell
+    /// reads the serial console, and what the test types on the terminal
+    /// reaches it through swiftkvm's raw-mode console, the 16550's receive
+    /// interrupt and Linux's 8250 driver. First one line, answered before
+    /// the next is typed; then a burst of some 650 bytes in one write, forty
+    /// times the FIFO, which goes in as the guest drains it: a byte lost or
+    /// doubled changes the length the shell counts and the line it echoes.
+    /// `poweroff -f` typed last ends the run with status 0, and the
+    /// terminal's settings are as they were before.
     @Test(.timeLimit(.minutes(20)))
     func aShellOnTheSerialConsoleRunsWhatIsTypedAndPowersOff() throws {
-        let (console, initrd) = try session(command: "sh")
+        let (console, initrd) = try session(command: "sh", onTerminal: true)
         defer {
             console.terminate()
             try? FileManager.default.removeItem(atPath: initrd)
@@ -69,21 +77,29 @@ import Testing
         // FIFO when it starts the port), so the test waits for it.
         try #require(console.waitFor("/ # ", timeout: 600), "no shell prompt; the output ended with:\n\(console.output.suffix(3000))")
         try console.type("echo $((6*7))\n")
-        #expect(console.waitFor("\n42\r\n", timeout: 120), "echo $((6*7)) gave no 42:\n\(console.output.suffix(2000))")
+        #expect(console.waitFor("\n42\r", timeout: 120), "echo $((6*7)) gave no 42:\n\(console.output.suffix(2000))")
 
         let digits = String((0..<300).map { Character(String($0 % 10)) })
         let letters = String(repeating: "abcdefghijklmnopqrstuvwxyz", count: 12)
         try console.type("x=\(digits); echo length ${#x}\necho \(letters)-done\npoweroff -f\n")
         let status = console.waitForExit(timeout: 600)
         let text = console.output
-        #expect(status == 0, "swiftkvm run ended with \(status.map(String.init) ?? "nothing: it still ran"); the output ended with:\n\(text.suffix(3000))")
         let lines = console.allLines.map(\.text)
+        func value(_ prefix: String) -> String? {
+            lines.first { $0.hasPrefix(prefix + " ") }.map { String($0.dropFirst(prefix.count + 1)) }
+        }
+        #expect(status == 0 && value("SWIFTKVM-STATUS") == "0",
+                "swiftkvm run ended with \(value("SWIFTKVM-STATUS") ?? "nothing: it still ran"); the output ended with:\n\(text.suffix(3000))")
         let answered = lines.contains("42"), counted = lines.contains("length 300")
         let echoed = lines.filter { $0 == letters + "-done" }.count
         #expect(answered, "no line 42")
         #expect(counted, "the 300 digits typed in one burst, as the shell counted them:\n\(text.suffix(3000))")
         #expect(echoed == 1, "the letters echoed once, whole:\n\(text.suffix(3000))")
         #expect(text.contains("reboot: Power down"))
+        // In raw mode only the guest echoes what is typed; the terminal's own echo would show it twice.
+        #expect(text.components(separatedBy: "echo $((6*7))").count == 2, "the typed line echoed other than once")
+        let before = value("TTY-BEFORE"), after = value("TTY-AFTER")
+        #expect(before != nil && before == after, "the terminal's settings before, \(before ?? "none"), and after, \(after ?? "none")")
     }
 
     /// The clocks and interrupts of the PC with Linux's own drivers, and a

@@ -115,10 +115,7 @@ enum GuestPhysical {
             let offset = address - range.guestAddress
             guard !range.readOnly, offset + UInt64(count) <= range.size else { return nil }
             // mark_page_dirty: the page joins the dirty log.
-            if let bitmap = range.dirtyBitmap {
-                let page = Int(offset / PAGE_SIZE)
-                bitmap[page / 64] |= 1 << UInt64(page % 64)
-            }
+            if let bitmap = range.dirtyBitmap { PhysicalRange.markDirty(bitmap, page: offset / PAGE_SIZE) }
             return body(range.host + Int(offset))
         }
         return nil

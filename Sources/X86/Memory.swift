@@ -364,8 +364,8 @@ extension X86CPU {
     func markDirty(_ bitmap: UnsafeMutablePointer<UInt64>, _ offset: UInt64, _ size: Int) {
         let first = offset >> 12
         let last = (offset &+ UInt64(size) &- 1) >> 12
-        bitmap[Int(first >> 6)] |= 1 << (first & 63)
-        if last != first { bitmap[Int(last >> 6)] |= 1 << (last & 63) }
+        PhysicalRange.markDirty(bitmap, page: first)
+        if last != first { PhysicalRange.markDirty(bitmap, page: last) }
     }
 
     @inline(__always)

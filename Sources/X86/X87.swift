@@ -6,9 +6,9 @@
 //
 // An x87 instruction takes #NM while CR0.EM or CR0.TS is set; a waiting
 // one also takes #MF for a pending unmasked exception (FSW.ES), which the
-// no-wait control forms (FN...) do not check. FISTTP, which came with
-// SSE3, is in SSE3.swift; the other data instructions (everything of D8-DF
-// not here, FNOP included) are in X87Arithmetic.swift.
+// no-wait control forms (FN...) do not check. The data instructions
+// (everything of D8-DF not here, FNOP and SSE3's FISTTP included) are in
+// X87Arithmetic.swift.
 
 import Synchronization
 
@@ -39,8 +39,6 @@ extension X86CPU {
             case (0xDD, 6): handled = executeStoreEnvironment(&insn, withRegisters: true)
             case (0xDD, 7):  // FNSTSW m16
                 handled = write(insn.segment, insn.offset, UInt64(state.fpu.fsw), size: 2)
-            case (0xDF, 1), (0xDB, 1), (0xDD, 1):  // FISTTP (SSE3.swift)
-                handled = executeFISTTP(&insn)
             default:
                 return executeX87Arithmetic(&insn)
             }

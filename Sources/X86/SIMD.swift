@@ -63,7 +63,7 @@ extension X86CPU {
 
     /// `size` bytes (4, 8 or 16) of the memory operand, zero-extended.
     mutating func readVector(_ insn: Instruction, size: Int, aligned: Bool = false) -> UInt128? {
-        let address = linear(insn.segment, insn.offset)
+        guard let address = checkedLinear(insn.segment, insn.offset, size: size, write: false) else { return nil }
         if size < 16 {
             guard let value = readLinear(address, size: size) else { return nil }
             return UInt128(value)
@@ -75,7 +75,7 @@ extension X86CPU {
     }
 
     mutating func writeVector(_ insn: Instruction, _ value: UInt128, size: Int, aligned: Bool = false) -> Bool {
-        let address = linear(insn.segment, insn.offset)
+        guard let address = checkedLinear(insn.segment, insn.offset, size: size, write: true) else { return false }
         if size < 16 { return writeLinear(address, UInt64(truncatingIfNeeded: value), size: size) }
         if aligned && address & 15 != 0 { return fault(.gp, errorCode: 0) }
         var copy = value

@@ -165,8 +165,8 @@ extension X86CPU {
             if withRegisters {
                 for index in 0..<8 { X87Value(slot: state.fpu.st(index)).store(to: image + size + 10 * index) }
             }
-            let address = linear(insn.segment, insn.offset)
-            guard copyLinear(address, UnsafeMutableRawBufferPointer(start: image, count: total), write: true) else { return false }
+            guard let address = checkedLinear(insn.segment, insn.offset, size: total, write: true),
+                  copyLinear(address, UnsafeMutableRawBufferPointer(start: image, count: total), write: true) else { return false }
             if withRegisters {
                 state.fpu.initializeX87()
             } else {
@@ -182,8 +182,8 @@ extension X86CPU {
         let total = size + (withRegisters ? 80 : 0)
         return withUnsafeTemporaryAllocation(byteCount: 108, alignment: 16) { buffer in
             guard let image = buffer.baseAddress else { return false }
-            let address = linear(insn.segment, insn.offset)
-            guard copyLinear(address, UnsafeMutableRawBufferPointer(start: image, count: total), write: false) else { return false }
+            guard let address = checkedLinear(insn.segment, insn.offset, size: total, write: false),
+                  copyLinear(address, UnsafeMutableRawBufferPointer(start: image, count: total), write: false) else { return false }
             loadEnvironment(from: image, size: size)
             if withRegisters {
                 for index in 0..<8 { state.fpu.setST(index, X87Value(bytes: image + size + 10 * index)) }
@@ -224,7 +224,8 @@ extension X86CPU {
                 state.fpu.mxcsr = mxcsr
             }
         case 7:  // CLFLUSH: the line must be reachable as for a read; there is no cache to flush
-            guard translate(linear(insn.segment, insn.offset), .read) != nil else { return false }
+            guard let address = checkedLinear(insn.segment, insn.offset, size: 1, write: false),
+                  translate(address, .read) != nil else { return false }
         default:
             return undefined()
         }
@@ -238,7 +239,7 @@ extension X86CPU {
     /// move whatever CR4.OSFXSR says (which the SDM leaves to the CPU).
     mutating func executeFXSAVE(_ insn: inout Instruction, restore: Bool) -> Bool {
         if state.cr0 & (ControlBits.cr0EM | ControlBits.cr0TS) != 0 { return fault(.nm) }
-        let address = linear(insn.segment, insn.offset)
+        guard let address = checkedLinear(insn.segment, insn.offset, size: 512, write: !restore) else { return false }
         if address & 15 != 0 { return fault(.gp, errorCode: 0) }
         let layout64 = insn.mode64 && insn.rex & 8 != 0
         let xmmCount = insn.mode64 ? 16 : 8

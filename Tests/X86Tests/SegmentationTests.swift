@@ -103,6 +103,36 @@ struct SegmentDifferentialTests {
     }
 }
 
+/// The segment checks of the wide memory operands (SSE, the x87
+/// environment, FXSAVE), which the host's KVM cannot run at CPL 0: against
+/// the SDM (#GP(0) for an operand that does not fit inside DS's limit).
+/// DS is 0x40: base 0xE000, limit 0xFF.
+@Suite("X86 segment checks of SSE and x87 memory operands")
+struct WideOperandSegmentTests {
+    static let cases: [SegmentCase] = [
+        SegmentCase(name: "MOVUPS xmm0, [0xF8] (16 bytes past the limit)",
+                    code: [0x0F, 0x10, 0x05, 0xF0, 0x00, 0x00, 0x00, 0x0F, 0x10, 0x05, 0xF8, 0x00, 0x00, 0x00],
+                    exit: "io out 0x3d size 4 value 0x0"),
+        SegmentCase(name: "MOVUPS [0xF8], xmm0", code: [0x0F, 0x11, 0x05, 0xF8, 0x00, 0x00, 0x00],
+                    exit: "io out 0x3d size 4 value 0x0"),
+        SegmentCase(name: "FNSTENV [0xF0] (28 bytes)", code: [0xD9, 0x35, 0xF0, 0x00, 0x00, 0x00],
+                    exit: "io out 0x3d size 4 value 0x0"),
+        SegmentCase(name: "FLDENV [0xF0] (28 bytes)", code: [0xD9, 0x25, 0xF0, 0x00, 0x00, 0x00],
+                    exit: "io out 0x3d size 4 value 0x0"),
+        SegmentCase(name: "FXSAVE [0xF0] (512 bytes)", code: [0x0F, 0xAE, 0x05, 0xF0, 0x00, 0x00, 0x00],
+                    exit: "io out 0x3d size 4 value 0x0"),
+        SegmentCase(name: "CLFLUSH [0x100]", code: [0x0F, 0xAE, 0x3D, 0x00, 0x01, 0x00, 0x00],
+                    exit: "io out 0x3d size 4 value 0x0"),
+    ]
+
+    @Test(arguments: cases)
+    func wideOperandPastTheLimitIsGeneralProtection(_ check: SegmentCase) {
+        var g = segmentGuest([0xB8, 0x40, 0x00, 0x00, 0x00, 0x8E, 0xD8] + check.code)
+        g.special.cr4 |= ControlBits.cr4OSFXSR
+        #expect(g.runOnSoftCPU(maxExits: 1).steps.first?.exit == check.exit)
+    }
+}
+
 @Suite("X86 descriptor instructions")
 struct DescriptorInstructionTests {
     @Test func ltrMarksTheTSSBusyAndRefusesABusyOne() {

@@ -22,7 +22,6 @@ let MSR_KVM_WALL_CLOCK_NEW: UInt32 = 0x4B56_4D00
 let MSR_KVM_SYSTEM_TIME_NEW: UInt32 = 0x4B56_4D01
 let MSR_IA32_TSC_ADJUST: UInt32 = 0x3B
 let MSR_IA32_TSC_DEADLINE: UInt32 = 0x6E0
-let MSR_TSC_AUX: UInt32 = 0xC000_0103
 
 let KVM_CPUID_SIGNATURE: UInt32 = 0x4000_0000
 let KVM_CPUID_FEATURES: UInt32 = 0x4000_0001
@@ -115,10 +114,7 @@ enum GuestPhysical {
             let offset = address - range.guestAddress
             guard !range.readOnly, offset + UInt64(count) <= range.size else { return nil }
             // mark_page_dirty: the page joins the dirty log.
-            if let bitmap = range.dirtyBitmap {
-                let page = Int(offset / PAGE_SIZE)
-                bitmap[page / 64] |= 1 << UInt64(page % 64)
-            }
+            if let bitmap = range.dirtyBitmap { PhysicalRange.markDirty(bitmap, page: offset / PAGE_SIZE) }
             return body(range.host + Int(offset))
         }
         return nil

@@ -303,8 +303,7 @@ struct MemorySlotState: Sendable {
     /// Marks the page at `gfn` dirty (mark_page_dirty_in_slot), as the CPU does on guest writes.
     mutating func markDirty(gfn: UInt64) {
         guard let dirtyBitmap, gfn >= baseGFN, gfn < baseGFN + npages else { return }
-        let page = Int(gfn - baseGFN)
-        dirtyBitmap.words[page / 64] |= 1 << UInt64(page % 64)
+        PhysicalRange.markDirty(dirtyBitmap.words, page: gfn - baseGFN)
     }
 }
 

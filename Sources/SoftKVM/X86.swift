@@ -15,20 +15,28 @@ let KVM_MAX_CPUID_ENTRIES: UInt32 = 256
 /// KVM_MAX_XCRS.
 let KVM_MAX_XCRS: UInt32 = 16
 
-let MSR_IA32_TSC: UInt32 = 0x10
-let MSR_IA32_APICBASE: UInt32 = 0x1B
-let MSR_IA32_SYSENTER_CS: UInt32 = 0x174
-let MSR_IA32_SYSENTER_ESP: UInt32 = 0x175
-let MSR_IA32_SYSENTER_EIP: UInt32 = 0x176
-let MSR_IA32_CR_PAT: UInt32 = 0x277
-let MSR_EFER: UInt32 = 0xC000_0080
-let MSR_STAR: UInt32 = 0xC000_0081
-let MSR_LSTAR: UInt32 = 0xC000_0082
-let MSR_CSTAR: UInt32 = 0xC000_0083
-let MSR_SYSCALL_MASK: UInt32 = 0xC000_0084
-let MSR_FS_BASE: UInt32 = 0xC000_0100
-let MSR_GS_BASE: UInt32 = 0xC000_0101
-let MSR_KERNEL_GS_BASE: UInt32 = 0xC000_0102
+// The kernel's names (msr-index.h, processor-flags.h) for the numbers and
+// bits the CPU defines once (X86's MSR and ControlBits), so that a reader
+// of the kernel finds each rule here under the same name.
+let MSR_IA32_TSC = MSR.tsc
+let MSR_IA32_APICBASE = MSR.apicBase
+let MSR_IA32_APICBASE_BSP: UInt64 = 1 << 8
+let X2APIC_ENABLE: UInt64 = 1 << 10
+let MSR_IA32_APICBASE_ENABLE: UInt64 = 1 << 11
+let MSR_IA32_APICBASE_BASE: UInt64 = 0xF_FFFF << 12
+let MSR_IA32_SYSENTER_CS = MSR.sysenterCS
+let MSR_IA32_SYSENTER_ESP = MSR.sysenterESP
+let MSR_IA32_SYSENTER_EIP = MSR.sysenterEIP
+let MSR_IA32_CR_PAT = MSR.pat
+let MSR_EFER = MSR.efer
+let MSR_STAR = MSR.star
+let MSR_LSTAR = MSR.lstar
+let MSR_CSTAR = MSR.cstar
+let MSR_SYSCALL_MASK = MSR.syscallMask
+let MSR_FS_BASE = MSR.fsBase
+let MSR_GS_BASE = MSR.gsBase
+let MSR_KERNEL_GS_BASE = MSR.kernelGSBase
+let MSR_TSC_AUX = MSR.tscAux
 
 /// The MSRs KVM_GET_MSR_INDEX_LIST reports (the kernel's msrs_to_save and
 /// emulated_msrs): those whose state lives only in the MSR. EFER, APIC base
@@ -44,16 +52,16 @@ let msrsToSave: [UInt32] = [
 /// The power-on PAT (Intel SDM 11.12.4).
 let MSR_IA32_CR_PAT_DEFAULT: UInt64 = 0x0007_0406_0007_0406
 
-let EFER_SCE: UInt64 = 1 << 0
-let EFER_LME: UInt64 = 1 << 8
-let EFER_LMA: UInt64 = 1 << 10
-let EFER_NX: UInt64 = 1 << 11
+let EFER_SCE = ControlBits.eferSCE
+let EFER_LME = ControlBits.eferLME
+let EFER_LMA = ControlBits.eferLMA
+let EFER_NX = ControlBits.eferNXE
 
-let X86_CR0_PE: UInt64 = 1 << 0
-let X86_CR0_NW: UInt64 = 1 << 29
-let X86_CR0_CD: UInt64 = 1 << 30
-let X86_CR0_PG: UInt64 = 1 << 31
-let X86_CR4_PAE: UInt64 = 1 << 5
+let X86_CR0_PE = ControlBits.cr0PE
+let X86_CR0_NW = ControlBits.cr0NW
+let X86_CR0_CD = ControlBits.cr0CD
+let X86_CR0_PG = ControlBits.cr0PG
+let X86_CR4_PAE = ControlBits.cr4PAE
 
 let XFEATURE_MASK_FP: UInt64 = 1 << 0
 let XFEATURE_MASK_SSE: UInt64 = 1 << 1

@@ -30,10 +30,11 @@ enum LockedOperand {
 extension X86CPU {
     /// Resolves the `size`-byte operand of a locked instruction at
     /// `segment:offset` with the checks of a write (a locked access is one):
-    /// paging permissions, the A and D bits, the dirty log, read-only slots.
+    /// the segment's type and limit (or the canonical rule), paging
+    /// permissions, the A and D bits, the dirty log, read-only slots.
     /// Nil after storing a fault.
     mutating func lockedOperand(segment: Int, offset: UInt64, size: Int) -> LockedOperand? {
-        let address = linear(segment, offset)
+        guard let address = checkedLinear(segment, offset, size: size, write: true) else { return nil }
         if (address & 0xFFF) + UInt64(size) > 0x1000 { return .serialized(address) }
         guard let physical = translate(address, .write) else { return nil }
         guard let host = hostPointer(physical, size: size, write: true) else { return .serialized(address) }
@@ -106,7 +107,7 @@ extension X86CPU {
             return lockedUpdate(operand, size: size, update)
         }
         let flags = state.flags
-        guard let old = readLinear(linear(insn.segment, address), size: size, .write) else { return nil }
+        guard let old = readForUpdate(insn.segment, address, size: size) else { return nil }
         let new = update(&self, old)
         guard write(insn.segment, address, new, size: size) else {
             state.flags = flags

@@ -191,6 +191,10 @@ extension X86CPU {
             window.available = room
             return true
         }
+        // The fetch reads ahead up to 15 bytes; a page it cannot reach there
+        // faults only if the instruction needs it (`fetchFault`), so the
+        // walk's CR2 is put back meanwhile.
+        let cr2 = state.cr2
         var address = start
         while window.available < room {
             let pageEnd = (address | 0xFFF) &+ 1
@@ -204,7 +208,10 @@ extension X86CPU {
             }
             if address != pageEnd { break }
         }
-        if window.available > 0 { return true }
+        if window.available > 0 {
+            state.cr2 = cr2
+            return true
+        }
         // Not even the first byte: report why.
         if translate(start, .fetch) != nil { pending = .emulationFailure(address: start) }
         return false

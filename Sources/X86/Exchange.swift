@@ -85,7 +85,7 @@ extension X86CPU {
     /// an emulation failure, as in KVM, whose emulator does not do it.
     /// Returns whether the comparison held, or nil after storing a fault.
     mutating func compareExchange16(_ insn: Instruction) -> Bool? {
-        let address = linear(insn.segment, insn.offset)
+        guard let address = checkedLinear(insn.segment, insn.offset, size: 16, write: true) else { return nil }
         guard address & 0xF == 0 else {
             _ = fault(.gp, errorCode: 0)
             return nil

@@ -196,8 +196,7 @@ extension X86CPU {
         if pae {
             physical = (entry & 0x000F_FFFF_FFFF_F000 & ~pageMask) | (address & pageMask)
         } else if shift == 22 {
-            // PSE-36: PDE bits 13-20 are physical address bits 32-39 (those above MAXPHYADDR are reserved).
-            physical = (entry & 0xFFC0_0000) | ((entry >> 13) & 0xFF) << 32 | (address & pageMask)
+            physical = GuestFeatures.largePage32Address(entry, offset: address)
         } else {
             physical = (entry & 0xFFFF_F000) | (address & pageMask)
         }
@@ -364,8 +363,8 @@ extension X86CPU {
     func markDirty(_ bitmap: UnsafeMutablePointer<UInt64>, _ offset: UInt64, _ size: Int) {
         let first = offset >> 12
         let last = (offset &+ UInt64(size) &- 1) >> 12
-        bitmap[Int(first >> 6)] |= 1 << (first & 63)
-        if last != first { bitmap[Int(last >> 6)] |= 1 << (last & 63) }
+        PhysicalRange.markDirty(bitmap, page: first)
+        if last != first { PhysicalRange.markDirty(bitmap, page: last) }
     }
 
     @inline(__always)

@@ -63,7 +63,7 @@ extension X86CPU {
 
     /// `size` bytes (4, 8 or 16) of the memory operand, zero-extended.
     mutating func readVector(_ insn: Instruction, size: Int, aligned: Bool = false) -> UInt128? {
-        let address = linear(insn.segment, insn.offset)
+        guard let address = checkedLinear(insn.segment, insn.offset, size: size, write: false) else { return nil }
         if size < 16 {
             guard let value = readLinear(address, size: size) else { return nil }
             return UInt128(value)
@@ -75,7 +75,7 @@ extension X86CPU {
     }
 
     mutating func writeVector(_ insn: Instruction, _ value: UInt128, size: Int, aligned: Bool = false) -> Bool {
-        let address = linear(insn.segment, insn.offset)
+        guard let address = checkedLinear(insn.segment, insn.offset, size: size, write: true) else { return false }
         if size < 16 { return writeLinear(address, UInt64(truncatingIfNeeded: value), size: size) }
         if aligned && address & 15 != 0 { return fault(.gp, errorCode: 0) }
         var copy = value
@@ -128,6 +128,37 @@ extension X86CPU {
         return readVector(insn, size: size, aligned: aligned)
     }
 
+    /// The xmm/m operand of a form with packed and scalar variants, after
+    /// SSE's own checks (`sseReady`): 16 aligned bytes packed, `scalarSize`
+    /// bytes (any alignment) scalar. Nil after storing the fault.
+    mutating func sseSource(_ insn: Instruction, scalar: Bool, scalarSize: Int) -> UInt128? {
+        guard sseReady() else { return nil }
+        return xmmOperand(insn, size: scalar ? scalarSize : 16, aligned: !scalar)
+    }
+
+    /// Writes an XMM result once the instruction's SIMD exceptions allow it:
+    /// an unmasked one faults and leaves the destination as it was.
+    mutating func commitXMM(_ insn: Instruction, _ result: UInt128, _ exceptions: SIMDExceptions) -> Bool {
+        guard commitSIMDExceptions(exceptions) else { return false }
+        state.fpu.setXMM(insn.reg, result)
+        return true
+    }
+
+    /// `count` lanes of `fromWidth` bits of `source`, each converted into a
+    /// lane of `toWidth` bits of a zeroed result, which is written once no
+    /// lane's exception faults.
+    mutating func convertLanes(_ insn: Instruction, _ source: UInt128, count: Int, from fromWidth: Int, to toWidth: Int,
+                               _ convert: (UInt64, inout FloatEnvironment) -> UInt64) -> Bool {
+        var env = FloatEnvironment(mxcsr: state.fpu.mxcsr)
+        var exceptions = SIMDExceptions()
+        var result: UInt128 = 0
+        for index in 0..<count {
+            result = replacing(result, index, width: toWidth, with: convert(element(source, index, width: fromWidth), &env))
+            exceptions.record(&env)
+        }
+        return commitXMM(insn, result, exceptions)
+    }
+
     /// The mm/m64 operand.
     @inline(__always)
     mutating func mmxOperand(_ insn: Instruction) -> UInt64? {
@@ -169,27 +200,21 @@ extension X86CPU {
 
     /// ADD MUL SUB MIN DIV MAX SQRT CMP, in PS (none), PD (66), SS (F3) and SD (F2) forms.
     mutating func executeSSEArithmetic(_ insn: inout Instruction, _ op: Int, _ prefix: Int) -> Bool {
-        guard sseReady() else { return false }
         let double = prefix == 0x66 || prefix == 0xF2
         let scalar = prefix == 0xF3 || prefix == 0xF2
         let width = double ? 64 : 32
-        guard let source = xmmOperand(insn, size: scalar ? width / 8 : 16, aligned: !scalar) else { return false }
-        let destination = state.fpu.xmm(insn.reg)
+        guard let source = sseSource(insn, scalar: scalar, scalarSize: width / 8) else { return false }
         var exceptions = SIMDExceptions()
-        let lanes = scalar ? 1 : 128 / width
-        let result = SIMDFloat.apply(op, destination, source, lanes: lanes, width: width, predicate: Int(insn.immediate & 7),
-                                     mxcsr: state.fpu.mxcsr, &exceptions)
-        guard commitSIMDExceptions(exceptions) else { return false }
-        state.fpu.setXMM(insn.reg, result)
-        return true
+        let result = SIMDFloat.apply(op, state.fpu.xmm(insn.reg), source, lanes: scalar ? 1 : 128 / width, width: width,
+                                     predicate: Int(insn.immediate & 7), mxcsr: state.fpu.mxcsr, &exceptions)
+        return commitXMM(insn, result, exceptions)
     }
 
     /// RSQRTPS/SS (52) and RCPPS/SS (53): no 66 or F2 forms; no flags.
     mutating func executeSSEApproximation(_ insn: inout Instruction, _ op: Int, _ prefix: Int) -> Bool {
         guard prefix == 0 || prefix == 0xF3 else { return undefined() }
-        guard sseReady() else { return false }
         let scalar = prefix == 0xF3
-        guard let source = xmmOperand(insn, size: scalar ? 4 : 16, aligned: !scalar) else { return false }
+        guard let source = sseSource(insn, scalar: scalar, scalarSize: 4) else { return false }
         var result = state.fpu.xmm(insn.reg)
         for index in 0..<(scalar ? 1 : 4) {
             let value = element(source, index, width: 32)
@@ -204,9 +229,8 @@ extension X86CPU {
     /// comparison (111 unordered, 000 greater, 001 less, 100 equal), OF SF AF clear.
     mutating func executeCompareScalarToFlags(_ insn: inout Instruction, _ op: Int, _ prefix: Int) -> Bool {
         guard prefix == 0 || prefix == 0x66 else { return undefined() }
-        guard sseReady() else { return false }
         let double = prefix == 0x66
-        guard let source = xmmOperand(insn, size: double ? 8 : 4, aligned: false) else { return false }
+        guard let source = sseSource(insn, scalar: true, scalarSize: double ? 8 : 4) else { return false }
         let width = double ? 64 : 32
         let a = element(state.fpu.xmm(insn.reg), 0, width: width), b = element(source, 0, width: width)
         var env = FloatEnvironment(mxcsr: state.fpu.mxcsr)
@@ -294,25 +318,13 @@ extension X86CPU {
             guard commitSIMDExceptions(exceptions) else { return false }
             state.write(insn.reg, integer, size: bits / 8, legacyHighBytes: false)
         case (0x5A, 0):  // CVTPS2PD xmm, xmm/m64
-            guard let source = xmmOperand(insn, size: 8, aligned: false) else { return false }
-            var result: UInt128 = 0
-            for index in 0..<2 {
-                let value = SoftFloat<Binary32>.convert(element(source, index, width: 32), to: Binary64.self, &env)
-                exceptions.record(&env)
-                result = replacing(result, index, width: 64, with: value)
-            }
-            guard commitSIMDExceptions(exceptions) else { return false }
-            state.fpu.setXMM(insn.reg, result)
+            guard let source = xmmOperand(insn, size: 8, aligned: false),
+                  convertLanes(insn, source, count: 2, from: 32, to: 64, { SoftFloat<Binary32>.convert($0, to: Binary64.self, &$1) })
+            else { return false }
         case (0x5A, 0x66):  // CVTPD2PS xmm, xmm/m128: the high half zeroed
-            guard let source = xmmOperand(insn, size: 16, aligned: true) else { return false }
-            var result: UInt128 = 0
-            for index in 0..<2 {
-                let value = SoftFloat<Binary64>.convert(element(source, index, width: 64), to: Binary32.self, &env)
-                exceptions.record(&env)
-                result = replacing(result, index, width: 32, with: value)
-            }
-            guard commitSIMDExceptions(exceptions) else { return false }
-            state.fpu.setXMM(insn.reg, result)
+            guard let source = xmmOperand(insn, size: 16, aligned: true),
+                  convertLanes(insn, source, count: 2, from: 64, to: 32, { SoftFloat<Binary64>.convert($0, to: Binary32.self, &$1) })
+            else { return false }
         case (0x5A, 0xF3):  // CVTSS2SD
             guard let source = xmmOperand(insn, size: 4, aligned: false) else { return false }
             let value = SoftFloat<Binary32>.convert(element(source, 0, width: 32), to: Binary64.self, &env)
@@ -326,43 +338,31 @@ extension X86CPU {
             guard commitSIMDExceptions(exceptions) else { return false }
             state.fpu.setXMM(insn.reg, replacing(state.fpu.xmm(insn.reg), 0, width: 32, with: value))
         case (0x5B, 0):  // CVTDQ2PS
-            guard let source = xmmOperand(insn, size: 16, aligned: true) else { return false }
-            var result: UInt128 = 0
-            for index in 0..<4 {
-                let integer = Int64(Int32(truncatingIfNeeded: element(source, index, width: 32)))
-                result = replacing(result, index, width: 32, with: SoftFloat<Binary32>.fromInteger(integer, &env))
-                exceptions.record(&env)
-            }
-            guard commitSIMDExceptions(exceptions) else { return false }
-            state.fpu.setXMM(insn.reg, result)
+            guard let source = xmmOperand(insn, size: 16, aligned: true),
+                  convertLanes(insn, source, count: 4, from: 32, to: 32, {
+                      SoftFloat<Binary32>.fromInteger(Int64(Int32(truncatingIfNeeded: $0)), &$1)
+                  })
+            else { return false }
         case (0x5B, 0x66), (0x5B, 0xF3):  // CVTPS2DQ, CVTTPS2DQ
-            guard let source = xmmOperand(insn, size: 16, aligned: true) else { return false }
-            var result: UInt128 = 0
-            for index in 0..<4 {
-                let value = SoftFloat<Binary32>.toInteger(element(source, index, width: 32), bits: 32, truncate: prefix == 0xF3, &env)
-                result = replacing(result, index, width: 32, with: value)
-                exceptions.record(&env)
-            }
-            guard commitSIMDExceptions(exceptions) else { return false }
-            state.fpu.setXMM(insn.reg, result)
+            let truncate = prefix == 0xF3
+            guard let source = xmmOperand(insn, size: 16, aligned: true),
+                  convertLanes(insn, source, count: 4, from: 32, to: 32, {
+                      SoftFloat<Binary32>.toInteger($0, bits: 32, truncate: truncate, &$1)
+                  })
+            else { return false }
         case (0xE6, 0x66), (0xE6, 0xF2):  // CVTTPD2DQ, CVTPD2DQ: the high half zeroed
-            guard let source = xmmOperand(insn, size: 16, aligned: true) else { return false }
-            var result: UInt128 = 0
-            for index in 0..<2 {
-                let value = SoftFloat<Binary64>.toInteger(element(source, index, width: 64), bits: 32, truncate: prefix == 0x66, &env)
-                result = replacing(result, index, width: 32, with: value)
-                exceptions.record(&env)
-            }
-            guard commitSIMDExceptions(exceptions) else { return false }
-            state.fpu.setXMM(insn.reg, result)
-        case (0xE6, 0xF3):  // CVTDQ2PD xmm, xmm/m64: exact
-            guard let source = xmmOperand(insn, size: 8, aligned: false) else { return false }
-            var result: UInt128 = 0
-            for index in 0..<2 {
-                let integer = Int64(Int32(truncatingIfNeeded: element(source, index, width: 32)))
-                result = replacing(result, index, width: 64, with: SoftFloat<Binary64>.fromInteger(integer, &env))
-            }
-            state.fpu.setXMM(insn.reg, result)
+            let truncate = prefix == 0x66
+            guard let source = xmmOperand(insn, size: 16, aligned: true),
+                  convertLanes(insn, source, count: 2, from: 64, to: 32, {
+                      SoftFloat<Binary64>.toInteger($0, bits: 32, truncate: truncate, &$1)
+                  })
+            else { return false }
+        case (0xE6, 0xF3):  // CVTDQ2PD xmm, xmm/m64: exact, so no exception
+            guard let source = xmmOperand(insn, size: 8, aligned: false),
+                  convertLanes(insn, source, count: 2, from: 32, to: 64, {
+                      SoftFloat<Binary64>.fromInteger(Int64(Int32(truncatingIfNeeded: $0)), &$1)
+                  })
+            else { return false }
         default:
             return undefined()
         }

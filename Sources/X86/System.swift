@@ -334,8 +334,10 @@ extension X86CPU {
         let (operation, bit, offset) = bitTestOperand(insn)
         let value: UInt64
         if insn.isMemory {
-            // BTS BTR BTC read with the write's checks (see readOperandForUpdate).
-            guard let v = readLinear(linear(insn.segment, offset), size: size, operation == 0 ? .read : .write) else { return false }
+            // BTS BTR BTC read with the write's checks (see readOperandForUpdate);
+            // the offset reached by the bit index is checked against the segment as any other.
+            guard let v = operation == 0 ? read(insn.segment, offset, size: size)
+                : readForUpdate(insn.segment, offset, size: size) else { return false }
             value = v
         } else {
             value = state.read(insn.rm, size: size, legacyHighBytes: false)

@@ -6,9 +6,9 @@
 //
 // An x87 instruction takes #NM while CR0.EM or CR0.TS is set; a waiting
 // one also takes #MF for a pending unmasked exception (FSW.ES), which the
-// no-wait control forms (FN...) do not check. FISTTP, which came with
-// SSE3, is in SSE3.swift; the other data instructions (everything of D8-DF
-// not here, FNOP included) are in X87Arithmetic.swift.
+// no-wait control forms (FN...) do not check. The data instructions
+// (everything of D8-DF not here, FNOP and SSE3's FISTTP included) are in
+// X87Arithmetic.swift.
 
 import Synchronization
 
@@ -39,8 +39,6 @@ extension X86CPU {
             case (0xDD, 6): handled = executeStoreEnvironment(&insn, withRegisters: true)
             case (0xDD, 7):  // FNSTSW m16
                 handled = write(insn.segment, insn.offset, UInt64(state.fpu.fsw), size: 2)
-            case (0xDF, 1), (0xDB, 1), (0xDD, 1):  // FISTTP (SSE3.swift)
-                handled = executeFISTTP(&insn)
             default:
                 return executeX87Arithmetic(&insn)
             }
@@ -167,8 +165,8 @@ extension X86CPU {
             if withRegisters {
                 for index in 0..<8 { X87Value(slot: state.fpu.st(index)).store(to: image + size + 10 * index) }
             }
-            let address = linear(insn.segment, insn.offset)
-            guard copyLinear(address, UnsafeMutableRawBufferPointer(start: image, count: total), write: true) else { return false }
+            guard let address = checkedLinear(insn.segment, insn.offset, size: total, write: true),
+                  copyLinear(address, UnsafeMutableRawBufferPointer(start: image, count: total), write: true) else { return false }
             if withRegisters {
                 state.fpu.initializeX87()
             } else {
@@ -184,8 +182,8 @@ extension X86CPU {
         let total = size + (withRegisters ? 80 : 0)
         return withUnsafeTemporaryAllocation(byteCount: 108, alignment: 16) { buffer in
             guard let image = buffer.baseAddress else { return false }
-            let address = linear(insn.segment, insn.offset)
-            guard copyLinear(address, UnsafeMutableRawBufferPointer(start: image, count: total), write: false) else { return false }
+            guard let address = checkedLinear(insn.segment, insn.offset, size: total, write: false),
+                  copyLinear(address, UnsafeMutableRawBufferPointer(start: image, count: total), write: false) else { return false }
             loadEnvironment(from: image, size: size)
             if withRegisters {
                 for index in 0..<8 { state.fpu.setST(index, X87Value(bytes: image + size + 10 * index)) }
@@ -226,7 +224,8 @@ extension X86CPU {
                 state.fpu.mxcsr = mxcsr
             }
         case 7:  // CLFLUSH: the line must be reachable as for a read; there is no cache to flush
-            guard translate(linear(insn.segment, insn.offset), .read) != nil else { return false }
+            guard let address = checkedLinear(insn.segment, insn.offset, size: 1, write: false),
+                  translate(address, .read) != nil else { return false }
         default:
             return undefined()
         }
@@ -240,7 +239,7 @@ extension X86CPU {
     /// move whatever CR4.OSFXSR says (which the SDM leaves to the CPU).
     mutating func executeFXSAVE(_ insn: inout Instruction, restore: Bool) -> Bool {
         if state.cr0 & (ControlBits.cr0EM | ControlBits.cr0TS) != 0 { return fault(.nm) }
-        let address = linear(insn.segment, insn.offset)
+        guard let address = checkedLinear(insn.segment, insn.offset, size: 512, write: !restore) else { return false }
         if address & 15 != 0 { return fault(.gp, errorCode: 0) }
         let layout64 = insn.mode64 && insn.rex & 8 != 0
         let xmmCount = insn.mode64 ? 16 : 8

@@ -127,7 +127,7 @@ struct ControlFlowTests {
 
     @Test func instructionLimitStopsTheLoop() {
         let m = Machine(code: [0xEB, 0xFE])  // jmp $
-        #expect(m.cpu.run(maxInstructions: 1000) == .instructionLimit)
+        #expect(m.run(maxInstructions: 1000) == .instructionLimit)
         #expect(m.cpu.state.rip == 0x1000)
     }
 }

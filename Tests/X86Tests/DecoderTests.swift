@@ -103,12 +103,28 @@ struct DecoderTests {
         #expect(m[.rax] == 0x1122_3344)
     }
 
+    /// The fetch reads ahead into the next page; without the decoded cache
+    /// its failed walk there used to leave CR2 set with no #PF taken.
+    @Test func readAheadIntoANotPresentPageLeavesCR2() {
+        let m = Machine(.long64, code: [])
+        m.cpu.decodedCacheEnabled = false
+        m.store64(Machine.pageTable + 2 * 8, 0)
+        m.cpu.state.cr2 = 0x1234
+        m.cpu.state.rip = 0x1FFC
+        m.write([0x90, 0x90, 0x90, 0xB8], at: 0x1FFC)  // three NOPs; mov eax, imm32 across into page 0x2000
+        #expect(m.cpu.run(maxInstructions: 3) == .instructionLimit)
+        #expect(m.cpu.state.cr2 == 0x1234)
+        #expect(m.cpu.run(maxInstructions: 1) == .exception(vector: 14, errorCode: 0x10))
+        #expect(m.cpu.state.cr2 == 0x2000)
+    }
+
     @Test func fetchFromANotPresentSecondPageFaultsOnlyWhenNeeded() {
         let m = Machine(.long64, code: [])
         m.store64(Machine.pageTable + 2 * 8, 0)  // page 0x2000 not present
         m.cpu.state.rip = 0x1FFE
         m.write([0x90, 0xB8], at: 0x1FFE)  // nop (fits); mov eax, imm32 (needs the next page)
-        #expect(m.cpu.run(maxInstructions: 1) == .instructionLimit)
+        #expect(m.run(maxInstructions: 1) == .instructionLimit)
+        #expect(m.cpu.state.cr2 == 0, "the NOP's fetch did not need the next page")
         #expect(m.run() == .exception(vector: 14, errorCode: 0x10))
         #expect(m.cpu.state.cr2 == 0x2000)
         #expect(m.cpu.state.rip == 0x1FFF)

@@ -190,7 +190,7 @@ struct DifferentialTests {
                 Issue.record("host exit \(hostExit) at checkpoint \(index) (\(point.label))")
                 return
             }
-            let softExit = machine.cpu.run(maxInstructions: 100_000)
+            let softExit = machine.run(maxInstructions: 100_000)
             guard case .io(let softIO) = softExit, softIO.port == 0xF0 else {
                 Issue.record("soft exit \(softExit) at checkpoint \(index) (\(point.label))")
                 return

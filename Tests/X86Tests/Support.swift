@@ -73,14 +73,20 @@ final class Machine {
     /// `compareWithUncachedRun`): each guest program of these tests checks the
     /// cache against the reference path.
     @discardableResult
-    func run() -> X86Exit {
-        guard cpu.decodedCacheEnabled else { return cpu.run(maxInstructions: 10_000) }
+    func run(sourceLocation: SourceLocation = #_sourceLocation) -> X86Exit {
+        run(maxInstructions: 10_000, sourceLocation: sourceLocation)
+    }
+
+    /// `cpu.run(maxInstructions:)`, checked against a run without the decoded cache as `run()` is.
+    @discardableResult
+    func run(maxInstructions: Int, sourceLocation: SourceLocation = #_sourceLocation) -> X86Exit {
+        guard cpu.decodedCacheEnabled else { return cpu.run(maxInstructions: maxInstructions) }
         let reference = UncachedRun(cpu)
         // The reference runs first: the copy shares the cache's storage until
         // one of them runs, and the first to run takes a new one.
-        reference.run(maxInstructions: 10_000)
-        let exit = cpu.run(maxInstructions: 10_000)
-        reference.expectSameOutcome(as: cpu, exit: exit)
+        reference.run(maxInstructions: maxInstructions)
+        let exit = cpu.run(maxInstructions: maxInstructions)
+        reference.expectSameOutcome(as: cpu, exit: exit, sourceLocation: sourceLocation)
         return exit
     }
 

@@ -158,12 +158,35 @@ extension SystemGuest {
         return (steps, try region.read(at: 0, count: SystemGuest.memorySize))
     }
 
-    /// Runs on the software CPU with the same rules; `inspect` sees the CPU at the end.
-    func runOnSoftCPU(maxExits: Int = 16, inspect: (inout X86CPU) -> Void = { _ in }) -> (steps: [SystemStep], memory: [UInt8]) {
+    /// Runs on the software CPU with the same rules; `inspect` sees the CPU
+    /// at the end. The run is made again without the decoded cache, as
+    /// `Machine.run()` does, and must give the same exits, registers and memory.
+    func runOnSoftCPU(maxExits: Int = 16, sourceLocation: SourceLocation = #_sourceLocation,
+                      inspect: (inout X86CPU) -> Void = { _ in }) -> (steps: [SystemStep], memory: [UInt8]) {
+        let reference = runOnSoftCPU(maxExits: maxExits, decodedCache: false, inspect: { _ in })
+        let cached = runOnSoftCPU(maxExits: maxExits, decodedCache: true, inspect: inspect)
+        #expect(cached.steps.map(\.exit) == reference.steps.map(\.exit), "exits with the decoded cache and without",
+                sourceLocation: sourceLocation)
+        for (index, (got, want)) in zip(cached.steps, reference.steps).enumerated() {
+            #expect(got.registers == want.registers, "registers after exit \(index) with the decoded cache and without",
+                    sourceLocation: sourceLocation)
+            #expect(got.special == want.special,
+                    "special registers after exit \(index) without the decoded cache and with: \(Self.differences(want.special, got.special))",
+                    sourceLocation: sourceLocation)
+        }
+        if let first = zip(cached.memory, reference.memory).enumerated().first(where: { $0.element.0 != $0.element.1 })?.offset {
+            Issue.record("memory differs first at \(hex(first)) with the decoded cache and without", sourceLocation: sourceLocation)
+        }
+        return cached
+    }
+
+    private func runOnSoftCPU(maxExits: Int, decodedCache: Bool,
+                              inspect: (inout X86CPU) -> Void) -> (steps: [SystemStep], memory: [UInt8]) {
         let buffer = UnsafeMutableRawPointer.allocate(byteCount: SystemGuest.memorySize, alignment: 4096)
         defer { buffer.deallocate() }
         memory.withUnsafeBytes { buffer.copyMemory(from: $0.baseAddress!, byteCount: SystemGuest.memorySize) }
         var cpu = X86CPU(memory: PhysicalMemory(base: buffer, size: SystemGuest.memorySize))
+        cpu.decodedCacheEnabled = decodedCache
         cpu.deliversExceptions = true
         cpu.cpuid = cpuid.map {
             CPUIDLeaf(function: $0.function, index: $0.index, significantIndex: $0.flags & 1 != 0,

@@ -53,6 +53,14 @@ static inline uint64_t cx86_load(const void *address, int size) {
     }
 }
 
+// Sets `bits` in the 64-bit word at `address` in one atomic OR: a dirty log's
+// word is shared by every vCPU thread marking pages in it (and by the
+// KVM_GET_DIRTY_LOG that takes it), and a load-or-store would lose a bit
+// another thread set in between.
+static inline void cx86_fetch_or_u64(uint64_t *address, uint64_t bits) {
+    __atomic_fetch_or(address, bits, __ATOMIC_SEQ_CST);
+}
+
 // The 16-byte form (CMPXCHG16B): `address` must be 16-byte aligned. Defined
 // in the .c file, where x86-64 uses `lock cmpxchg16b` directly (no -mcx16 or
 // libatomic needed).

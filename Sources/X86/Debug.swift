@@ -467,15 +467,16 @@ extension X86CPU {
     /// walk it changes nothing: no accessed or dirty bits, no TLB fill, no
     /// fault. It is KVM's walk for KVM_TRANSLATE: with the system's rights
     /// (no permission is checked), no canonical check, and the reserved
-    /// bits the CPU's own walk derives from the guest's CPUID (MAXPHYADDR
-    /// from leaf 0x80000008, 36 without it; NX only with EFER.NXE). 1 GiB
-    /// pages and PSE-36 are allowed as the owner says (KVM: where both the
-    /// guest's CPUID and KVM's support have them).
+    /// bits KVM derives from the guest's CPUID (MAXPHYADDR from leaf
+    /// 0x80000008, 36 without it; NX only with EFER.NXE). 1 GiB pages and
+    /// PSE-36 are allowed as the owner says (KVM: where both the guest's
+    /// CPUID and KVM's support have them).
     public func translateForDebugger(_ address: UInt64, gigabytePages: Bool, pse36: Bool) -> UInt64? {
         let cr0 = state.cr0, cr4 = state.cr4
         guard cr0 & ControlBits.cr0PG != 0 else { return address }
-        // Bits MAXPHYADDR...51 and, without NXE, bit 63.
-        var highReserved = guestFeatures.reservedLong
+        let maxPhysical = guestMaxPhysicalAddressBits
+        // Bits maxPhysical...51 and, without NXE, bit 63.
+        var highReserved = (maxPhysical < 52 ? ((1 << 52) - 1) & ~((1 << maxPhysical) - 1) : 0) as UInt64
         if state.efer & ControlBits.eferNXE == 0 { highReserved |= 1 << 63 }
         let frameMask: UInt64 = 0x000F_FFFF_FFFF_F000
         if state.efer & ControlBits.eferLMA != 0 {
@@ -503,7 +504,7 @@ extension X86CPU {
         }
         if cr4 & ControlBits.cr4PAE != 0 {
             // The PDPTEs are checked when CR3 is loaded, not here.
-            highReserved |= guestFeatures.reservedPAE
+            highReserved |= 0x7FF0_0000_0000_0000
             guard let pdpte = loadPhysical((state.cr3 & 0xFFFF_FFE0) + ((address >> 30) & 3) * 8, size: 8),
                   pdpte & 1 != 0,
                   let pde = loadPhysical((pdpte & frameMask) + ((address >> 21) & 0x1FF) * 8, size: 8),
@@ -519,9 +520,15 @@ extension X86CPU {
         guard let pde = loadPhysical((state.cr3 & 0xFFFF_F000) + ((address >> 22) & 0x3FF) * 4, size: 4),
               pde & 1 != 0 else { return nil }
         if pde & 0x80 != 0 && cr4 & Self.cr4PSE != 0 {
-            let reserved = GuestFeatures.reservedLargePDE32(physicalAddressBits: guestFeatures.physicalAddressBits, pse36: pse36)
-            guard pde & reserved == 0 else { return nil }
-            return GuestFeatures.largePage32Address(pde, offset: address)
+            // A 4 MiB page, as KVM's own walker takes it (paging_tmpl.h:
+            // pse36_gfn_delta, rsvd_bits(17, 21)): with PSE-36, bits 13-16
+            // are physical bits 32-35 (within MAXPHYADDR) and 17-21 reserved;
+            // without it, 13-21 are. The CPU's walk (GuestFeatures) follows
+            // the SDM up to MAXPHYADDR 40, as the hardware does under EPT:
+            // KVM's answer and the guest's access differ there, and so do ours.
+            let high = (pde >> 13) & 0xF
+            guard pde & (pse36 ? 0x3E_0000 : 0x3F_E000) == 0, high << 32 < (1 << maxPhysical) else { return nil }
+            return (pde & 0xFFC0_0000) | high << 32 | (address & 0x3F_FFFF)
         }
         guard let pte = loadPhysical((pde & 0xFFFF_F000) + ((address >> 12) & 0x3FF) * 4, size: 4),
               pte & 1 != 0 else { return nil }
@@ -529,6 +536,13 @@ extension X86CPU {
     }
 
     static let cr4PSE: UInt64 = 1 << 4
+
+    /// MAXPHYADDR as KVM reads it from the guest's CPUID (cpuid_query_maxphyaddr).
+    var guestMaxPhysicalAddressBits: UInt64 {
+        guard let top = findCPUID(0x8000_0000, 0), top.eax >= 0x8000_0008,
+              let leaf = findCPUID(0x8000_0008, 0) else { return 36 }
+        return UInt64(leaf.eax & 0xFF)
+    }
 
     /// `size` bytes of guest-physical memory, little-endian, or nil outside RAM.
     func loadPhysical(_ address: UInt64, size: Int) -> UInt64? {

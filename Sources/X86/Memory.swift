@@ -196,7 +196,8 @@ extension X86CPU {
         if pae {
             physical = (entry & 0x000F_FFFF_FFFF_F000 & ~pageMask) | (address & pageMask)
         } else if shift == 22 {
-            physical = GuestFeatures.largePage32Address(entry, offset: address)
+            // PSE-36: PDE bits 13-20 are physical address bits 32-39 (those above MAXPHYADDR are reserved).
+            physical = (entry & 0xFFC0_0000) | ((entry >> 13) & 0xFF) << 32 | (address & pageMask)
         } else {
             physical = (entry & 0xFFFF_F000) | (address & pageMask)
         }

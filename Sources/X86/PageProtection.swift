@@ -54,27 +54,13 @@ struct GuestFeatures {
         let above: UInt64 = ~((1 << bits) - 1)
         reservedLong = above & ((1 << 52) - 1)
         reservedPAE = above & ((1 << 63) - 1)
-        reservedLargePDE32 = Self.reservedLargePDE32(physicalAddressBits: bits, pse36: pse36)
-    }
-
-    // The 4 MiB page of 32-bit paging, in one place for the CPU's walk and
-    // KVM_TRANSLATE's (SDM 4.3, table 4-4). KVM's own MMU takes PSE-36 as 36
-    // bits whatever MAXPHYADDR is; the CPU and the SDM take it up to 40.
-
-    /// The reserved bits of a 4 MiB page's PDE: 13-21 without PSE-36; with
-    /// it, PDE bits 13...(M-20) hold address bits 32...(M-1) (M the
-    /// MAXPHYADDR, at most 40) and the rest up to 21 are reserved.
-    static func reservedLargePDE32(physicalAddressBits: UInt64, pse36: Bool) -> UInt64 {
-        guard pse36 else { return 0x3F_E000 }
-        let addressBits = min(max(physicalAddressBits, 32), 40) - 32
-        return 0x3F_E000 & ~(((1 << addressBits) - 1) << 13)
-    }
-
-    /// The physical address of `offset` in the 4 MiB page of `pde`, whose
-    /// reserved bits were refused: PDE bits 13-20 are address bits 32-39.
-    @inline(always)
-    static func largePage32Address(_ pde: UInt64, offset: UInt64) -> UInt64 {
-        (pde & 0xFFC0_0000) | ((pde >> 13) & 0xFF) << 32 | (offset & 0x3F_FFFF)
+        if pse36 {
+            // PDE bits 13...(M-20) hold address bits 32...(M-1), M at most 40; the rest up to 21 are reserved.
+            let addressBits = min(bits, 40) - 32
+            reservedLargePDE32 = 0x3F_E000 & ~(((1 << addressBits) - 1) << 13)
+        } else {
+            reservedLargePDE32 = 0x3F_E000
+        }
     }
 
     /// The CR4 bits that exist only when the CPUID shows their feature (all

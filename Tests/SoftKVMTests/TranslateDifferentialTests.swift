@@ -160,20 +160,6 @@ struct LegacyPagingTranslateTests {
         #expect(lines[14] == "0x100001234 -> 0x9234 valid true writeable true usermode false")
     }
 
-    /// A 4 MiB page with PSE-36 under SoftKVM's own CPUID (MAXPHYADDR 40):
-    /// PDE bits 13-20 are address bits 32-39, as the CPU's walk takes them;
-    /// bit 21 stays reserved.
-    @Test func pse36PageReachesFortyAddressBits() throws {
-        for (high, want) in [(UInt32(0xFF), "0x401234 -> 0xff00401234"), (0x1FF, "0x401234 -> 0xffffffffffffffff")] {
-            let lines = try translations(.soft) { guest in
-                try guest.vcpu.setCPUID(try guest.hypervisor.supportedCPUID())
-                try guest.memory.store(UInt32(0x0040_0083) | high << 13, at: 0x5000 + 4)  // PDE[1]: a 4 MiB page
-                try setPaging(guest, cr0: 0x8000_0011, cr3: 0x5000, cr4: 0x10)
-            }.lines
-            #expect(lines[4].hasPrefix(want + " "), "PDE bits 13-21 \(hex(high)): \(lines[4])")
-        }
-    }
-
     /// PAE paging: four PDPTEs from CR3, a 4 KiB and a 2 MiB page.
     @Test func paePagingWalks() throws {
         let lines = try translations(.soft) { guest in

@@ -240,36 +240,6 @@ struct LegacyReservedBitTests {
         #expect(g.runOnSoftCPU(maxExits: 1).steps.first?.exit == "io out 0x3e size 4 value 0x9")
     }
 
-    /// With PSE-36 and a 40-bit MAXPHYADDR (SoftKVM's CPUID), PDE bits 13-20
-    /// are address bits 32-39, the CPU's access and KVM_TRANSLATE's walk
-    /// alike (which took PSE-36 as 36 bits, refusing bits 17-20).
-    @Test func pse36FortyBitAddressIsTheSameForAnAccessAndTranslate() {
-        let cpuid = Self.pse36 + [CPUIDEntry(function: 0x8000_0000, eax: 0x8000_0008), CPUIDEntry(function: 0x8000_0008, eax: 40)]
-        var g = Self.guest(pae: false, address: 0x403000)
-        g.cpuid = cpuid
-        g.store32(0x87 | 0xFF << 13, at: 0x2004)
-        #expect(g.runOnSoftCPU(maxExits: 1).steps.first?.exit == "mmio read 0xff00003000 size 4")
-        // Each value of bits 13-21 with 36 and 40 bits, through the CPU's walk and the debugger's.
-        for (bits, leaves) in [(36, Self.pse36), (40, cpuid)] {
-            for high: UInt32 in 0..<0x200 {
-                let buffer = UnsafeMutableRawPointer.allocate(byteCount: 0x4000, alignment: 0x1000)
-                defer { buffer.deallocate() }
-                buffer.initializeMemory(as: UInt8.self, repeating: 0, count: 0x4000)
-                buffer.storeBytes(of: (0x87 | 0x40_0000 | high << 13).littleEndian, toByteOffset: 0x2004, as: UInt32.self)
-                var cpu = X86CPU(memory: PhysicalMemory(base: buffer, size: 0x4000))
-                cpu.cpuid = leaves.map { CPUIDLeaf(function: $0.function, index: $0.index, eax: $0.eax, ebx: $0.ebx, ecx: $0.ecx, edx: $0.edx) }
-                cpu.state.cr3 = 0x2000
-                cpu.state.cr4 = ControlBits.cr4PSE
-                cpu.state.cr0 = 0x8000_0011
-                let walked = cpu.translate(0x40_1234, .read)
-                let translated = cpu.translateForDebugger(0x40_1234, gigabytePages: false, pse36: true)
-                let valid = high < 1 << (bits - 32)
-                #expect(walked == translated, "PDE bits 13-21 \(hex(UInt64(high))), \(bits) bits")
-                #expect(translated == (valid ? UInt64(high) << 32 | 0x40_1234 : nil), "PDE bits 13-21 \(hex(UInt64(high))), \(bits) bits")
-            }
-        }
-    }
-
     /// 1 GiB pages work where the guest's CPUID has Page1GB.
     @Test func gigabytePageWithPage1GBInTheCPUIDMaps() {
         // mov rax, [0x800000E000]

@@ -37,13 +37,14 @@ let MSR_FS_BASE = MSR.fsBase
 let MSR_GS_BASE = MSR.gsBase
 let MSR_KERNEL_GS_BASE = MSR.kernelGSBase
 let MSR_TSC_AUX = MSR.tscAux
+let MSR_IA32_ARCH_CAPABILITIES = MSR.archCapabilities
 
 /// The MSRs KVM_GET_MSR_INDEX_LIST reports (the kernel's msrs_to_save and
 /// emulated_msrs): those whose state lives only in the MSR. EFER, APIC base
 /// and the FS/GS bases are readable as MSRs too, but travel in kvm_sregs.
 let msrsToSave: [UInt32] = [
     MSR_IA32_TSC, MSR_IA32_SYSENTER_CS, MSR_IA32_SYSENTER_ESP, MSR_IA32_SYSENTER_EIP, MSR_IA32_CR_PAT,
-    MSR_STAR, MSR_LSTAR, MSR_CSTAR, MSR_SYSCALL_MASK, MSR_KERNEL_GS_BASE,
+    MSR_STAR, MSR_LSTAR, MSR_CSTAR, MSR_SYSCALL_MASK, MSR_KERNEL_GS_BASE, MSR_IA32_ARCH_CAPABILITIES,
     // The TSC's, the APIC timer's and kvmclock's (LAPICVCPU.swift, KVMClock.swift).
     MSR_TSC_AUX, MSR_IA32_TSC_ADJUST, MSR_IA32_TSC_DEADLINE,
     MSR_KVM_WALL_CLOCK, MSR_KVM_SYSTEM_TIME, MSR_KVM_WALL_CLOCK_NEW, MSR_KVM_SYSTEM_TIME_NEW,
@@ -93,7 +94,11 @@ let supportedCPUID: [kvm_cpuid_entry2] = {
     let leaf1ECX: UInt32 = (1 << 0) | (1 << 9) | (1 << 13) | (1 << 23) | (1 << 24) | (1 << 31)
     // SMEP SMAP (the page walk applies them; STAC/CLAC).
     let leaf7EBX: UInt32 = (1 << 7) | (1 << 20)
-    let structured = CPUIDEntry(function: 7, index: 0, flags: UInt32(KVM_CPUID_FLAG_SIGNIFCANT_INDEX), ebx: leaf7EBX)
+    // ARCH_CAPABILITIES, which reports the side channels this CPU does not
+    // have (KVM emulates the MSR for every guest, and so lists the bit).
+    let leaf7EDX: UInt32 = ArchCapabilities.cpuidBit
+    let structured = CPUIDEntry(function: 7, index: 0, flags: UInt32(KVM_CPUID_FLAG_SIGNIFCANT_INDEX), ebx: leaf7EBX,
+                                edx: leaf7EDX)
     // KVM's paravirtual leaves: kvmclock (both MSR sets, stable TSC), no port 0x80 delays needed.
     let kvmFeatures: UInt32 = (1 << KVM_FEATURE_CLOCKSOURCE) | (1 << KVM_FEATURE_NOP_IO_DELAY)
         | (1 << KVM_FEATURE_CLOCKSOURCE2) | (1 << KVM_FEATURE_CLOCKSOURCE_STABLE_BIT)
@@ -661,7 +666,7 @@ struct VCPUArch: @unchecked Sendable {
     /// the FS/GS bases that travel in kvm_sregs too.
     func getMSR(_ index: UInt32) -> UInt64? {
         guard Self.accessibleMSRs.contains(index) else { return nil }
-        return cpu.readMSR(index)
+        return cpu.readMSR(index, host: true)
     }
 
     mutating func setMSR(_ index: UInt32, _ data: UInt64) -> Bool {

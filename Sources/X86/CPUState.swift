@@ -318,7 +318,39 @@ public struct ModelSpecificRegisters: Hashable, Sendable {
     public var cstar: UInt64 = 0
     public var syscallMask: UInt64 = 0
     public var kernelGSBase: UInt64 = 0
+    /// IA32_ARCH_CAPABILITIES: the owner may set it (KVM_SET_MSRS), the guest only reads it.
+    public var archCapabilities: UInt64 = ArchCapabilities.softCPU
     public init() {}
+}
+
+/// IA32_ARCH_CAPABILITIES bits (Intel SDM vol. 4, table 2-2; msr-index.h's ARCH_CAP_*).
+public enum ArchCapabilities {
+    /// CPUID.(EAX=7,ECX=0):EDX[29]: the MSR exists.
+    public static let cpuidBit: UInt32 = 1 << 29
+    public static let rdclNo: UInt64 = 1 << 0
+    public static let skipVMEntryL1DFlush: UInt64 = 1 << 3
+    public static let ssbNo: UInt64 = 1 << 4
+    public static let mdsNo: UInt64 = 1 << 5
+    public static let pschangeMCNo: UInt64 = 1 << 6
+    public static let taaNo: UInt64 = 1 << 8
+    public static let sbdrSSDPNo: UInt64 = 1 << 13
+    public static let fbsdpNo: UInt64 = 1 << 14
+    public static let psdpNo: UInt64 = 1 << 15
+    public static let bhiNo: UInt64 = 1 << 20
+    public static let pbrsbNo: UInt64 = 1 << 24
+    public static let gdsNo: UInt64 = 1 << 26
+    public static let rfdsNo: UInt64 = 1 << 27
+
+    /// What this CPU reports: it executes nothing speculatively, keeps no
+    /// data in fill or store buffers a later access could sample, and so
+    /// has none of the side channels these bits deny (Meltdown, L1TF, SSB,
+    /// MDS, TAA, MMIO stale data, RSB underflow, GDS, RFDS, BHI), and no
+    /// page-size-change machine check. A guest that reads them needs no
+    /// page-table isolation or buffer clearing, as on hardware that
+    /// reports them (KVM's kvm_get_arch_capabilities sets the same for
+    /// hosts without the bugs). No IBRS_ALL: there is no SPEC_CTRL MSR.
+    public static let softCPU: UInt64 = rdclNo | skipVMEntryL1DFlush | ssbNo | mdsNo | pschangeMCNo | taaNo
+        | sbdrSSDPNo | fbsdpNo | psdpNo | bhiNo | pbrsbNo | gdsNo | rfdsNo
 }
 
 /// MSR numbers the CPU knows.
@@ -329,6 +361,7 @@ public enum MSR {
     public static let sysenterESP: UInt32 = 0x175
     public static let sysenterEIP: UInt32 = 0x176
     public static let pat: UInt32 = 0x277
+    public static let archCapabilities: UInt32 = 0x10A
     public static let efer: UInt32 = 0xC000_0080
     public static let star: UInt32 = 0xC000_0081
     public static let lstar: UInt32 = 0xC000_0082

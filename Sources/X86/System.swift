@@ -168,10 +168,16 @@ extension X86CPU {
 
     // MARK: MSRs
 
-    /// The value of MSR `index`, or nil for an MSR the CPU does not have.
-    public func readMSR(_ index: UInt32) -> UInt64? {
+    /// The value of MSR `index`, or nil for an MSR the CPU does not have
+    /// (for the guest: does not show in its CPUID). `host` reads (the
+    /// owner saving state) see every MSR the CPU has.
+    public func readMSR(_ index: UInt32, host: Bool = false) -> UInt64? {
         let m = state.msrs
         switch index {
+        case MSR.archCapabilities:
+            // KVM: the guest reads it only where its CPUID shows it.
+            guard host || findCPUID(7, 0).map({ $0.edx & ArchCapabilities.cpuidBit != 0 }) == true else { return nil }
+            return m.archCapabilities
         case MSR.efer: return state.efer
         case MSR.fsBase: return state.fs.base
         case MSR.gsBase: return state.gs.base
@@ -235,6 +241,10 @@ extension X86CPU {
             state.msrs.pat = value
         case MSR.star: state.msrs.star = value
         case MSR.syscallMask: state.msrs.syscallMask = value & 0xFFFF_FFFF
+        case MSR.archCapabilities:
+            // Read-only for the guest; the owner may report fewer capabilities, never more (KVM).
+            guard host, value & ~ArchCapabilities.softCPU == 0 else { return false }
+            state.msrs.archCapabilities = value
         default: return false
         }
         return true

@@ -560,8 +560,11 @@ extension X86CPU {
             // What sets TF, arms the debug unit (MOV DR, a stop for the owner)
             // or begins an interrupt shadow is a barrier, which ends its block:
             // the step loop takes the instructions that follow one at a time.
+            // So is what lets a waiting event be taken (IRET, POPF, STI):
+            // the step loop looks at the boundary after it.
             if (first + (done &- 1)).pointee.handler == .barrier
-                && (state.flags.bits & RFLAGS.tf != 0 || debugUnit.armed || interruptShadowKind != 0) {
+                && (state.flags.bits & RFLAGS.tf != 0 || debugUnit.armed || interruptShadowKind != 0
+                    || platform.waitingEvents != 0) {
                 return .limit
             }
         }
@@ -618,7 +621,8 @@ extension X86CPU {
              0xF5, 0xF6, 0xF7, 0xF8...0xFA, 0xFC, 0xFD,
              0x10D, 0x110...0x11F, 0x128...0x12F, 0x131, 0x138...0x13F, 0x140...0x17F,
              0x190...0x19F, 0x1A0, 0x1A3...0x1A5, 0x1A8, 0x1AB...0x1AF, 0x1B0, 0x1B1, 0x1B3, 0x1B6...0x1BF,
-             0x1C0...0x1FF:
+             0x1C0...0x1FF,
+             0x200...0x20B, 0x21C...0x21E, 0x30F:  // SSSE3 (those `executeSSSE3` knows)
             return .next
         case 0x70...0x7F, 0x180...0x18F, 0xE0...0xE3:
             return .next

@@ -117,6 +117,9 @@ struct CachedBlock {
     /// The block that ran after this one last time: when it is checked in
     /// the current epoch and starts at RIP, the loop takes it without a lookup.
     var successor: UnsafeMutablePointer<CachedBlock>? = nil
+    /// The successor before it: a block that ends at a conditional branch
+    /// goes on to either of two.
+    var alternate: UnsafeMutablePointer<CachedBlock>? = nil
 }
 
 /// An aligned word of a page holding code: its offset in the page, which
@@ -505,10 +508,16 @@ extension X86CPU {
             if let next = previous?.pointee.successor, next.pointee.rip == state.rip,
                next.pointee.checkedEpoch == codeEpoch {
                 block = next
+            } else if let next = previous?.pointee.alternate, next.pointee.rip == state.rip,
+                      next.pointee.checkedEpoch == codeEpoch {
+                block = next
             } else {
                 // RF lasts one instruction and TF traps after each: both take the uncached path.
                 guard state.flags.bits & (RFLAGS.rf | RFLAGS.tf) == 0, let found = lookupBlock() else { return .uncached }
-                previous?.pointee.successor = found
+                if let previous {
+                    previous.pointee.alternate = previous.pointee.successor
+                    previous.pointee.successor = found
+                }
                 block = found
             }
             previous = block

@@ -866,7 +866,7 @@ extension X86CPU {
         if insn.hasModRM && insn.mod != 3 { insn.offset = effectiveAddress(&insn) }
         switch insn.handler {
         case .barrier:
-            invalidateContext()
+            if X86CPU.isSerializing(insn) { invalidateContext() }
             return execute(&insn)
         case .alu: guard executeALU(&insn) else { return false }
         case .group1: guard executeGroup1(&insn) else { return false }

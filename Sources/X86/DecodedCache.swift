@@ -34,8 +34,9 @@ import Glibc
 //   the next instruction fetched. That page stays marked meanwhile.
 // - at every serializing event this CPU goes through: each `run` (each
 //   KVM_RUN slice), each barrier instruction (CPUID, IRET, MOV to CR, WRMSR,
-//   INVLPG... and any opcode not listed as plain), each exception or
-//   interrupt. Writes this CPU cannot see are caught there:
+//   INVLPG... and any opcode not listed as plain, but STI, SWAPGS and
+//   RDTSCP: `isSerializing`), each exception or interrupt. Writes this CPU
+//   cannot see are caught there:
 //   - other vCPUs' stores: the SDM's rule for cross-modifying code is that
 //     the executing processor serializes after the modification and before
 //     running the new code (Linux's text_poke does it with IPIs);
@@ -258,6 +259,21 @@ extension X86CPU {
         codePage.tag = ~0
         accessKey = HostTLBEntry.invalidKey
         codeEpoch &+= 1
+    }
+
+    /// Whether a barrier instruction is a serializing event, before which
+    /// the context is invalidated. STI (a barrier for its interrupt shadow),
+    /// SWAPGS and RDTSCP (barriers as unlisted system instructions) change
+    /// neither CS, the CPL, EFLAGS.AC, the mode nor paging, and the SDM does
+    /// not make them serializing: in the Linux boot they came with every
+    /// interrupt and system call, and each new epoch has every block checked
+    /// again.
+    static func isSerializing(_ insn: Instruction) -> Bool {
+        switch insn.opcode {
+        case 0xFB: return false
+        case 0x101: return !(insn.mod == 3 && insn.reg & 7 == 7 && insn.rm & 7 < 2)
+        default: return true
+        }
     }
 
     /// The cached block for the instruction at RIP, decoding it on a miss;

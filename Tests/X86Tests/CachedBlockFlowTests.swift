@@ -64,4 +64,23 @@ struct CachedBlockFlowTests {
         #expect(m[.rbx] & 0xFFFF == 5)
         #expect(m.cpu.state.fpu.xmm(1) != 0)
     }
+
+    @Test func swapgsInsideALoopOfCachedBlocksUsesTheSwappedBase() {
+        // mov ecx, 3; l: swapgs; mov rax, gs:[0x2000]; add rdx, rax; swapgs; mov rax, gs:[0x2000]; add rbx, rax;
+        // dec ecx; jnz l; hlt. GS.base 0, KERNEL_GS_BASE 0x100: [0x2000] = 1, [0x2100] = 16.
+        let m = Machine(.long64, code: [0xB9, 0x03, 0x00, 0x00, 0x00,
+                                        0x0F, 0x01, 0xF8,
+                                        0x65, 0x48, 0x8B, 0x04, 0x25, 0x00, 0x20, 0x00, 0x00,
+                                        0x48, 0x01, 0xC2,
+                                        0x0F, 0x01, 0xF8,
+                                        0x65, 0x48, 0x8B, 0x04, 0x25, 0x00, 0x20, 0x00, 0x00,
+                                        0x48, 0x01, 0xC3,
+                                        0xFF, 0xC9, 0x75, 0xDE, hlt])
+        m.cpu.state.msrs.kernelGSBase = 0x100
+        m.store64(0x2000, 1)
+        m.store64(0x2100, 16)
+        #expect(m.run() == .halt)
+        #expect(m[.rdx] == 48)
+        #expect(m[.rbx] == 3)
+    }
 }

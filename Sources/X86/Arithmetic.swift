@@ -160,7 +160,7 @@ extension X86CPU {
             state.write(0, low, size: size, legacyHighBytes: false)
             state.write(2, high, size: size, legacyHighBytes: false)
         }
-        state.flags.set(arithmetic: resultFlags(low, size: size) | (overflow ? RFLAGS.cf | RFLAGS.of : 0))
+        state.flags.record(result: low, size: size, carry: overflow, overflow: overflow)
     }
 
     /// DIV/IDIV: #DE on a zero divisor or a quotient that does not fit.
@@ -220,7 +220,7 @@ extension X86CPU {
         let low = UInt64(truncatingIfNeeded: product) & sizeMask(size)
         let overflow = Int128(Int64(bitPattern: signExtend(low, size: size))) != product
         writeRegister(insn, low, size: size)
-        state.flags.set(arithmetic: resultFlags(low, size: size) | (overflow ? RFLAGS.cf | RFLAGS.of : 0))
+        state.flags.record(result: low, size: size, carry: overflow, overflow: overflow)
         return true
     }
 
@@ -244,7 +244,9 @@ extension X86CPU {
         let bits = size * 8
         let mask = sizeMask(size)
         let sign = signBit(size)
-        let old = state.flags.materialized
+        // Rotates keep SF ZF AF PF: they take the old flags. Shifts set all
+        // of them, and record them lazily.
+        let old = insn.reg & 7 < 4 ? state.flags.materialized : 0
         var cf = old & RFLAGS.cf != 0
         var result: UInt64
         var flags: UInt64
@@ -282,18 +284,19 @@ extension X86CPU {
         case 4, 6:  // SHL/SAL
             result = count < 64 ? (value << UInt64(count)) & mask : 0
             cf = count <= bits ? (value >> UInt64(bits - count)) & 1 != 0 : false
-            let of = (result & sign != 0) != cf
-            flags = resultFlags(result, size: size) | (cf ? RFLAGS.cf : 0) | (of ? RFLAGS.of : 0)
+            state.flags.record(result: result, size: size, carry: cf, overflow: (result & sign != 0) != cf)
+            return writeOperand(insn, result, size: size)
         case 5:  // SHR
             result = count < bits ? value >> UInt64(count) : 0
             cf = count <= bits ? (value >> UInt64(count - 1)) & 1 != 0 : false
-            let of = value & sign != 0
-            flags = resultFlags(result, size: size) | (cf ? RFLAGS.cf : 0) | (of ? RFLAGS.of : 0)
+            state.flags.record(result: result, size: size, carry: cf, overflow: value & sign != 0)
+            return writeOperand(insn, result, size: size)
         default:  // SAR
             let signed = Int64(bitPattern: signExtend(value, size: size))
             result = UInt64(bitPattern: signed >> Int64(min(count, 63))) & mask
             cf = (signed >> Int64(min(count - 1, 63))) & 1 != 0
-            flags = resultFlags(result, size: size) | (cf ? RFLAGS.cf : 0)
+            state.flags.record(result: result, size: size, carry: cf, overflow: false)
+            return writeOperand(insn, result, size: size)
         }
         state.flags.set(arithmetic: flags)
         return writeOperand(insn, result, size: size)

@@ -298,8 +298,10 @@ public struct X86CPU {
             // way, which ends the shadow after it (or keeps it over an exit
             // that leaves the instruction pending); blocks start outside one.
             // An event the owner holds waits for the instruction boundary at
-            // which it can be taken: blocks run only while there is none.
-            if decodedCacheEnabled && interruptShadowKind == 0 && platform.waitingEvents == 0 {
+            // which it can be taken: blocks run only while none can be (what
+            // lets one be taken, IRET, POPF, STI, ends its block, and the
+            // block loop comes back here after it).
+            if decodedCacheEnabled && interruptShadowKind == 0 && (platform.waitingEvents == 0 || !waitingEventCanBeTaken) {
                 switch runCachedBlocks(&executed, limit: maxInstructions) {
                 case .limit:
                     continue

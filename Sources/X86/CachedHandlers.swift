@@ -62,6 +62,21 @@ enum InstructionHandler: UInt8 {
     case storeImmediate32, storeImmediate64
     /// 0F B6, 0F B7 at operand size 4 or 8 (both zero-extend to 64 bits).
     case movzxByte, movzxWord
+    // CachedArithmeticHandlers.swift.
+    /// 69 6B 0F AF of any size (`execute`), and their 32- and 64-bit forms.
+    case imul, imul32, imul64
+    case adc32RR, sbb32RR, adc64RR, sbb64RR, adc32RI, sbb32RI, adc64RI, sbb64RI
+    /// C1 D1 D3 on a register.
+    case shl32R, shr32R, sar32R, rol32R, ror32R, shl64R, shr64R, sar64R, rol64R, ror64R
+    /// F7 /4 /5 on a register or in memory.
+    case mul32, mul64, imulAccumulator32, imulAccumulator64
+    /// F7 /0 /1, /2, /3 on a register or in memory.
+    case group3Test32, group3Test64, not32, not64, neg32, neg64
+    /// 0F 40-4F, 0F BE, 0F BF, 63 (64-bit mode) at operand size 4 or 8.
+    case cmov32, cmov64, movsxByte, movsxWord, movsxd
+    /// Byte forms: 84 on registers, 04 0C ... 3C, 80 and F6 /0 /1, 00 02 ... 38 3A,
+    /// 88 C6 to memory and 8A from memory.
+    case test8RR, aluAccumulator8, group1Byte, aluByte, moveByte
 }
 
 /// An operand size settled when the handler is chosen.
@@ -88,7 +103,8 @@ extension X86CPU {
             let size = op == 0xEB || op < 0x80 ? 1 : (insn.mode64 ? 4 : min(insn.operandSize, 4))
             insn.displacement = branchTarget(insn.nextRIP &+ signExtend(insn.immediate, size: size), insn)
         case .add32RI, .or32RI, .and32RI, .sub32RI, .xor32RI, .cmp32RI,
-             .add64RI, .or64RI, .and64RI, .sub64RI, .xor64RI, .cmp64RI:
+             .add64RI, .or64RI, .and64RI, .sub64RI, .xor64RI, .cmp64RI,
+             .adc32RI, .sbb32RI, .adc64RI, .sbb64RI:
             insn.displacement = signExtend(insn.immediate, size: insn.opcode == 0x81 ? 4 : 1)
         default:
             break
@@ -106,6 +122,8 @@ extension X86CPU {
         case 0x00...0x3F where op & 7 < 4 && op & 1 == 1:
             if register { return .aluRR }
             return op & 2 == 0 ? .aluMR : .aluRM
+        case 0x00...0x3F where op & 7 < 4: return .aluByte
+        case 0x00...0x3F where op & 7 == 4: return .aluAccumulator8
         case 0x00...0x3F where op & 7 == 5: return .aluAccumulator
         case 0x00...0x3F where op & 7 < 6: return .alu
         case 0x81, 0x83: return register ? .group1R : .group1M
@@ -123,15 +141,20 @@ extension X86CPU {
         case 0x48...0x4F: return .decR
         case 0x68, 0x6A, 0x8F: return .pushPop
         case 0x63 where insn.mode64: return .move
+        case 0x88 where !register, 0x8A where !register: return .moveByte
+        case 0xC6 where !register && insn.reg & 7 == 0: return .moveByte
         case 0x88, 0x8A, 0x8C, 0xA0...0xA3, 0xB0...0xB7, 0xC6, 0xC7, 0x1B6, 0x1B7, 0x1BE, 0x1BF, 0x140...0x14F:
             return .move
         case 0x8D where insn.isMemory: return .lea
+        case 0x84 where register: return .test8RR
         case 0x84, 0x85, 0xA8, 0xA9: return .test
         case 0x90 where insn.rex & 1 == 0: return .nop
         case 0x118...0x11F: return .nop
-        case 0x80: return .group1
+        case 0x80: return .group1Byte
         case 0xC0, 0xC1, 0xD0...0xD3: return .shift
+        case 0xF6 where insn.reg & 7 < 2: return .group1Byte
         case 0xF6, 0xF7: return .group3
+        case 0x69, 0x6B, 0x1AF: return .imul
         case 0xFE where insn.reg & 7 < 2: return .incDec
         case 0xFF:
             switch insn.reg & 7 {
@@ -158,6 +181,8 @@ extension X86CPU {
             switch insn.opcode >> 3 {
             case 0: return wide ? .add64RR : .add32RR
             case 1: return wide ? .or64RR : .or32RR
+            case 2: return wide ? .adc64RR : .adc32RR
+            case 3: return wide ? .sbb64RR : .sbb32RR
             case 4: return wide ? .and64RR : .and32RR
             case 5: return wide ? .sub64RR : .sub32RR
             case 6: return wide ? .xor64RR : .xor32RR
@@ -168,6 +193,8 @@ extension X86CPU {
             switch insn.reg & 7 {
             case 0: return wide ? .add64RI : .add32RI
             case 1: return wide ? .or64RI : .or32RI
+            case 2: return wide ? .adc64RI : .adc32RI
+            case 3: return wide ? .sbb64RI : .sbb32RI
             case 4: return wide ? .and64RI : .and32RI
             case 5: return wide ? .sub64RI : .sub32RI
             case 6: return wide ? .xor64RI : .xor32RI
@@ -190,6 +217,32 @@ extension X86CPU {
             case 0xC7 where insn.isMemory && insn.reg & 7 == 0: return wide ? .storeImmediate64 : .storeImmediate32
             case 0x1B6: return .movzxByte
             case 0x1B7: return .movzxWord
+            case 0x1BE: return .movsxByte
+            case 0x1BF: return .movsxWord
+            case 0x63: return .movsxd
+            case 0x140...0x14F: return wide ? .cmov64 : .cmov32
+            default: return handler
+            }
+        case .imul: return wide ? .imul64 : .imul32
+        case .shift:
+            // C1 D1 D3 (not the byte forms) on a register; RCL RCR stay with the family.
+            guard insn.mod == 3 && insn.opcode & 1 == 1 else { return handler }
+            switch insn.reg & 7 {
+            case 0: return wide ? .rol64R : .rol32R
+            case 1: return wide ? .ror64R : .ror32R
+            case 4, 6: return wide ? .shl64R : .shl32R
+            case 5: return wide ? .shr64R : .shr32R
+            case 7: return wide ? .sar64R : .sar32R
+            default: return handler
+            }
+        case .group3:
+            guard insn.opcode == 0xF7 else { return handler }
+            switch insn.reg & 7 {
+            case 0, 1: return wide ? .group3Test64 : .group3Test32
+            case 2: return wide ? .not64 : .not32
+            case 3: return wide ? .neg64 : .neg32
+            case 4: return wide ? .mul64 : .mul32
+            case 5: return wide ? .imulAccumulator64 : .imulAccumulator32
             default: return handler
             }
         case .push, .pop, .call, .ret:
@@ -309,8 +362,50 @@ extension X86CPU {
         case .movzxWord: return runMOVZXWord(&insn)
         case .jz: return runJz(&insn)
         case .jnz: return runJnz(&insn)
-        case .execute, .barrier, .alu, .group1, .test, .move, .lea, .nop, .incDecRegister, .pushPop, .incDec,
-             .controlFlow, .shift, .group3, .setcc, .leave:
+        case .nop: return .next
+        case .setcc: return runSetcc(&insn)
+        case .imul32: return runIMul32(&insn)
+        case .imul64: return runIMul64(&insn)
+        case .adc32RR: return runADC32RR(&insn)
+        case .sbb32RR: return runSBB32RR(&insn)
+        case .adc64RR: return runADC64RR(&insn)
+        case .sbb64RR: return runSBB64RR(&insn)
+        case .adc32RI: return runADC32RI(&insn)
+        case .sbb32RI: return runSBB32RI(&insn)
+        case .adc64RI: return runADC64RI(&insn)
+        case .sbb64RI: return runSBB64RI(&insn)
+        case .shl32R: return runSHL32R(&insn)
+        case .shr32R: return runSHR32R(&insn)
+        case .sar32R: return runSAR32R(&insn)
+        case .rol32R: return runROL32R(&insn)
+        case .ror32R: return runROR32R(&insn)
+        case .shl64R: return runSHL64R(&insn)
+        case .shr64R: return runSHR64R(&insn)
+        case .sar64R: return runSAR64R(&insn)
+        case .rol64R: return runROL64R(&insn)
+        case .ror64R: return runROR64R(&insn)
+        case .mul32: return runMul32(&insn)
+        case .mul64: return runMul64(&insn)
+        case .imulAccumulator32: return runIMulAccumulator32(&insn)
+        case .imulAccumulator64: return runIMulAccumulator64(&insn)
+        case .group3Test32: return runGroup3Test32(&insn)
+        case .group3Test64: return runGroup3Test64(&insn)
+        case .not32: return runNot32(&insn)
+        case .not64: return runNot64(&insn)
+        case .neg32: return runNeg32(&insn)
+        case .neg64: return runNeg64(&insn)
+        case .cmov32: return runCMov32(&insn)
+        case .cmov64: return runCMov64(&insn)
+        case .movsxByte: return runMOVSXByte(&insn)
+        case .movsxWord: return runMOVSXWord(&insn)
+        case .movsxd: return runMOVSXD(&insn)
+        case .test8RR: return runTest8RR(&insn)
+        case .aluAccumulator8: return runALUAccumulator8(&insn)
+        case .group1Byte: return runGroup1Byte(&insn)
+        case .aluByte: return runALUByte(&insn)
+        case .moveByte: return runMoveByte(&insn)
+        case .execute, .barrier, .alu, .group1, .test, .move, .lea, .incDecRegister, .pushPop, .incDec,
+             .controlFlow, .shift, .group3, .leave, .imul:
             return dispatchFamily(&insn, rip: rip)
         }
     }
@@ -771,7 +866,7 @@ extension X86CPU {
         if insn.hasModRM && insn.mod != 3 { insn.offset = effectiveAddress(&insn) }
         switch insn.handler {
         case .barrier:
-            invalidateContext()
+            if X86CPU.isSerializing(insn) { invalidateContext() }
             return execute(&insn)
         case .alu: guard executeALU(&insn) else { return false }
         case .group1: guard executeGroup1(&insn) else { return false }

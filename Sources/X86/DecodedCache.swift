@@ -34,8 +34,9 @@ import Glibc
 //   the next instruction fetched. That page stays marked meanwhile.
 // - at every serializing event this CPU goes through: each `run` (each
 //   KVM_RUN slice), each barrier instruction (CPUID, IRET, MOV to CR, WRMSR,
-//   INVLPG... and any opcode not listed as plain), each exception or
-//   interrupt. Writes this CPU cannot see are caught there:
+//   INVLPG... and any opcode not listed as plain, but STI, SWAPGS and
+//   RDTSCP: `isSerializing`), each exception or interrupt. Writes this CPU
+//   cannot see are caught there:
 //   - other vCPUs' stores: the SDM's rule for cross-modifying code is that
 //     the executing processor serializes after the modification and before
 //     running the new code (Linux's text_poke does it with IPIs);
@@ -117,6 +118,9 @@ struct CachedBlock {
     /// The block that ran after this one last time: when it is checked in
     /// the current epoch and starts at RIP, the loop takes it without a lookup.
     var successor: UnsafeMutablePointer<CachedBlock>? = nil
+    /// The successor before it: a block that ends at a conditional branch
+    /// goes on to either of two.
+    var alternate: UnsafeMutablePointer<CachedBlock>? = nil
 }
 
 /// An aligned word of a page holding code: its offset in the page, which
@@ -255,6 +259,21 @@ extension X86CPU {
         codePage.tag = ~0
         accessKey = HostTLBEntry.invalidKey
         codeEpoch &+= 1
+    }
+
+    /// Whether a barrier instruction is a serializing event, before which
+    /// the context is invalidated. STI (a barrier for its interrupt shadow),
+    /// SWAPGS and RDTSCP (barriers as unlisted system instructions) change
+    /// neither CS, the CPL, EFLAGS.AC, the mode nor paging, and the SDM does
+    /// not make them serializing: in the Linux boot they came with every
+    /// interrupt and system call, and each new epoch has every block checked
+    /// again.
+    static func isSerializing(_ insn: Instruction) -> Bool {
+        switch insn.opcode {
+        case 0xFB: return false
+        case 0x101: return !(insn.mod == 3 && insn.reg & 7 == 7 && insn.rm & 7 < 2)
+        default: return true
+        }
     }
 
     /// The cached block for the instruction at RIP, decoding it on a miss;
@@ -505,10 +524,16 @@ extension X86CPU {
             if let next = previous?.pointee.successor, next.pointee.rip == state.rip,
                next.pointee.checkedEpoch == codeEpoch {
                 block = next
+            } else if let next = previous?.pointee.alternate, next.pointee.rip == state.rip,
+                      next.pointee.checkedEpoch == codeEpoch {
+                block = next
             } else {
                 // RF lasts one instruction and TF traps after each: both take the uncached path.
                 guard state.flags.bits & (RFLAGS.rf | RFLAGS.tf) == 0, let found = lookupBlock() else { return .uncached }
-                previous?.pointee.successor = found
+                if let previous {
+                    previous.pointee.alternate = previous.pointee.successor
+                    previous.pointee.successor = found
+                }
                 block = found
             }
             previous = block
@@ -560,8 +585,11 @@ extension X86CPU {
             // What sets TF, arms the debug unit (MOV DR, a stop for the owner)
             // or begins an interrupt shadow is a barrier, which ends its block:
             // the step loop takes the instructions that follow one at a time.
+            // So is what lets a waiting event be taken (IRET, POPF, STI):
+            // the step loop looks at the boundary after it.
             if (first + (done &- 1)).pointee.handler == .barrier
-                && (state.flags.bits & RFLAGS.tf != 0 || debugUnit.armed || interruptShadowKind != 0) {
+                && (state.flags.bits & RFLAGS.tf != 0 || debugUnit.armed || interruptShadowKind != 0
+                    || platform.waitingEvents != 0) {
                 return .limit
             }
         }
@@ -618,7 +646,8 @@ extension X86CPU {
              0xF5, 0xF6, 0xF7, 0xF8...0xFA, 0xFC, 0xFD,
              0x10D, 0x110...0x11F, 0x128...0x12F, 0x131, 0x138...0x13F, 0x140...0x17F,
              0x190...0x19F, 0x1A0, 0x1A3...0x1A5, 0x1A8, 0x1AB...0x1AF, 0x1B0, 0x1B1, 0x1B3, 0x1B6...0x1BF,
-             0x1C0...0x1FF:
+             0x1C0...0x1FF,
+             0x200...0x20B, 0x21C...0x21E, 0x30F:  // SSSE3 (those `executeSSSE3` knows)
             return .next
         case 0x70...0x7F, 0x180...0x18F, 0xE0...0xE3:
             return .next

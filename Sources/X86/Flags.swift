@@ -13,6 +13,10 @@ enum FlagOp {
     /// INC/DEC: as add/sub of 1 but CF is kept (in `carryIn`).
     case inc
     case dec
+    /// Shifts and multiplies: SF ZF PF follow `result`, CF is `carryIn`, OF
+    /// is bit 0 of `src`, AF is 0 (the SDM leaves AF, and SF ZF PF of a
+    /// multiply, undefined: these are the values this CPU has always given).
+    case result
 }
 
 struct LazyFlags {
@@ -46,7 +50,13 @@ struct LazyFlags {
         self.carryIn = carryIn
     }
 
-    /// Sets the arithmetic flags to explicit values (shifts, multiplies, POPF).
+    /// Records a shift's or multiply's flags (`FlagOp.result`).
+    @inline(always)
+    mutating func record(result: UInt64, size: Int, carry: Bool, overflow: Bool) {
+        record(.result, size: size, dst: 0, src: overflow ? 1 : 0, result: result, carryIn: carry)
+    }
+
+    /// Sets the arithmetic flags to explicit values (rotates, POPF).
     @inline(__always)
     mutating func set(arithmetic: UInt64) {
         bits = (materialized & ~RFLAGS.arithmetic) | (arithmetic & RFLAGS.arithmetic)
@@ -72,7 +82,7 @@ struct LazyFlags {
             let d = dst & mask, s = src & mask
             return d < s || (carryIn && d == s)
         case .logic: return false
-        case .inc, .dec: return carryIn
+        case .inc, .dec, .result: return carryIn
         }
     }
 
@@ -97,6 +107,8 @@ struct LazyFlags {
             if (dst ^ src ^ result) & 0x10 != 0 { f |= RFLAGS.af }
         case .logic:
             break
+        case .result:
+            if src & 1 != 0 { f |= RFLAGS.of }
         }
         return f
     }
@@ -117,6 +129,7 @@ struct LazyFlags {
         case .add, .inc: return (dst ^ result) & (src ^ result) & sign != 0
         case .sub, .dec: return (dst ^ src) & (dst ^ result) & sign != 0
         case .logic: return false
+        case .result: return src & 1 != 0
         }
     }
 

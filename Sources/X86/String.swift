@@ -1,7 +1,8 @@
 // MOVS STOS LODS CMPS SCAS with REP/REPE/REPNE. A REP instruction runs at
 // most `chunk` iterations per step and then restarts (RIP stays), so that a
 // long copy cannot hold the loop, and stops after an MMIO write so that the
-// host sees each one.
+// host sees each one. Forward REP MOVS and STOS move the elements of a page
+// at once when they can (StringBulk.swift), within the same budget.
 
 extension X86CPU {
     static var stringChunk: Int { 4096 }
@@ -17,8 +18,23 @@ extension X86CPU {
         let repeated = insn.rep != 0
         let compares = op == 0xA6 || op == 0xA7 || op == 0xAE || op == 0xAF
         var iterations = 0
+        // Forward REP MOVS and STOS go page by page where the host TLB lets
+        // them (StringBulk.swift); everything else element by element.
+        let bulk = repeated && (op & 0xFE == 0xA4 || op & 0xFE == 0xAA) && step == UInt64(size)
+            && debugUnit.dataBreakpoints == 0 && !debugUnit.stepping && accessKey != HostTLBEntry.invalidKey
         while true {
             if repeated && state.read(1, size: addressSize, legacyHighBytes: false) == 0 { break }
+            if bulk {
+                let done = bulkString(op, size: size, addressSize: addressSize, source: source,
+                                      budget: Self.stringChunk - iterations)
+                if done > 0 {
+                    iterations += done
+                    if state.read(1, size: addressSize, legacyHighBytes: false) == 0 { break }
+                    // Restart later, as after `stringChunk` elements below.
+                    if iterations >= Self.stringChunk { return true }
+                    continue
+                }
+            }
             let si = state.reg(6) & addressMask, di = state.reg(7) & addressMask
             switch op {
             case 0xA4, 0xA5:

@@ -22,11 +22,14 @@ extension X86CPU {
         // them (StringBulk.swift); everything else element by element.
         let bulk = repeated && (op & 0xFE == 0xA4 || op & 0xFE == 0xAA) && step == UInt64(size)
             && debugUnit.dataBreakpoints == 0 && !debugUnit.stepping && accessKey != HostTLBEntry.invalidKey
+        // The linear pages of the element last done one by one (1: none).
+        var primed: (source: UInt64, destination: UInt64) = (1, 1)
         while true {
             if repeated && state.read(1, size: addressSize, legacyHighBytes: false) == 0 { break }
+            let si = state.reg(6) & addressMask, di = state.reg(7) & addressMask
             if bulk {
                 let done = bulkString(op, size: size, addressSize: addressSize, source: source,
-                                      budget: Self.stringChunk - iterations)
+                                      budget: Self.stringChunk - iterations, primed: primed)
                 if done > 0 {
                     iterations += done
                     if state.read(1, size: addressSize, legacyHighBytes: false) == 0 { break }
@@ -34,8 +37,8 @@ extension X86CPU {
                     if iterations >= Self.stringChunk { return true }
                     continue
                 }
+                primed = (bulkBase(source, si).map { $0 & ~0xFFF } ?? 1, bulkBase(es, di).map { $0 & ~0xFFF } ?? 1)
             }
-            let si = state.reg(6) & addressMask, di = state.reg(7) & addressMask
             switch op {
             case 0xA4, 0xA5:
                 guard let value = read(source, si, size: size), write(es, di, value, size: size) else { return false }

@@ -14,7 +14,8 @@ extension X86CPU {
     /// STOS (AA/AB) going forward with RCX != 0; returns how many, after
     /// updating RCX, RSI and RDI, or 0 when the next element must take the
     /// element-by-element path.
-    mutating func bulkString(_ op: Int, size: Int, addressSize: Int, source: Int, budget: Int) -> Int {
+    mutating func bulkString(_ op: Int, size: Int, addressSize: Int, source: Int, budget: Int,
+                             primed: (source: UInt64, destination: UInt64)) -> Int {
         let addressMask = sizeMask(addressSize)
         let elementSize = UInt64(truncatingIfNeeded: size)
         var count = min(state.read(1, size: addressSize, legacyHighBytes: false), UInt64(truncatingIfNeeded: budget))
@@ -39,9 +40,13 @@ extension X86CPU {
         if count == 0 { return 0 }
         guard bulkSegmentAllows(es, di, bytes: count &* elementSize, write: true),
               !moves || bulkSegmentAllows(source, si, bytes: count &* elementSize, write: false),
-              let destination = bulkHost(destinationLinear, write: true) else { return 0 }
+              let destination = bulkHost(destinationLinear, write: true)
+                ?? (destinationLinear & ~0xFFF == primed.destination && (!moves || sourceLinear & ~0xFFF == primed.source)
+                    ? bulkTranslate(destinationLinear, bytes: count &* elementSize, .write) : nil) else { return 0 }
         if moves {
-            guard let from = bulkHost(sourceLinear, write: false) else { return 0 }
+            guard let from = bulkHost(sourceLinear, write: false)
+                ?? (sourceLinear & ~0xFFF == primed.source ? bulkTranslate(sourceLinear, bytes: count &* elementSize, .read) : nil)
+            else { return 0 }
             // Elements go one by one forward: a destination that starts inside
             // the source ahead of it sees the elements just stored (a repeated
             // pattern), so each chunk stops at that distance.
@@ -91,6 +96,23 @@ extension X86CPU {
         let s = state[segmentIndex: segment]
         if s.limit == 0xFFFF_FFFF && s.attributes & 0x9E == 0x92 && offset &+ bytes <= 0x1_0000_0000 { return true }
         return segmentAllows(s, offset, size: Int(truncatingIfNeeded: bytes), write: write)
+    }
+
+    /// The host address of `bytes` of RAM at a linear address, through the
+    /// TLB or the walk, when the element just done the element-by-element
+    /// way was in the same page (the host TLB slots of a source and a
+    /// destination 1 MiB apart are the same: each evicts the other): that
+    /// element's walk set the A and D bits and raised any fault, so this one
+    /// repeats it without effect. Pages holding code are declined (their
+    /// stores are noted one by one); a dirty log is marked by `hostPointer`.
+    mutating func bulkTranslate(_ linear: UInt64, bytes: UInt64, _ access: Access) -> UnsafeMutableRawPointer? {
+        let (savedPending, savedCR2) = (pending, state.cr2)
+        guard let physical = translate(linear, access) else {
+            (pending, state.cr2) = (savedPending, savedCR2)
+            return nil
+        }
+        if access == .write && (isCodePage(physical) || isCodePage(physical &+ bytes &- 1)) { return nil }
+        return hostPointer(physical, size: Int(truncatingIfNeeded: bytes), write: access == .write)
     }
 
     /// The host address of a linear address whose page the host TLB holds

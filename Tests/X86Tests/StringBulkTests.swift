@@ -248,4 +248,26 @@ struct StringBulkTests {
         #expect(bytes(m, 0, 0x11) == [UInt8](repeating: 0x55, count: 0x10) + [0])
         #expect(m.load8(0x1_0000) == 0)
     }
+
+    @Test(arguments: [1, 8])
+    func repMovsBetweenPagesThatShareHostTLBSlotsCopiesAndFaultsAtTheElement(size: Int) {
+        // Linear 0x120000-0x123FFF (256 pages above the source: the same TLB
+        // slots) maps frames 0x40000-0x43FFF; its third page is absent.
+        let m = Machine(.long64, code: Self.repeated(0xA4, size: size) + [hlt])
+        for page in 0..<4 {
+            m.store64(Machine.pageTable + UInt64(0x120 + page) * 8, page == 2 ? 0 : UInt64(0x40 + page) << 12 | 3)
+        }
+        m.write(Self.pattern(0x4000, seed: 3), at: 0x20000)
+        m[.rsi] = 0x20010
+        m[.rdi] = 0x120010
+        m[.rcx] = UInt64(0x3000 / size)
+        #expect(m.run() == .exception(vector: 14, errorCode: 2))
+        let done = 0x2000 - 0x10
+        #expect(m.cpu.state.cr2 == 0x122000)
+        #expect(m[.rdi] == 0x122000)
+        #expect(m[.rsi] == 0x20010 + UInt64(done))
+        #expect(m[.rcx] == UInt64((0x3000 - done) / size))
+        #expect(bytes(m, 0x40010, done) == Array(Self.pattern(0x4000, seed: 3)[0x10..<(0x10 + done)]))
+        #expect(m.load8(0x42000) == 0)
+    }
 }

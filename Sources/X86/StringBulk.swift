@@ -1,11 +1,16 @@
 // The bulk path of REP MOVS and REP STOS: the elements that lie, whole, in
 // the current source and destination pages move in one host operation when
-// both pages are in the host TLB with the access's permission. The host TLB
-// holds no page that needs anything per store (MMIO, read-only or
-// dirty-logged ranges, pages with decoded code: see `fillHostTLB`), so
-// whatever the bulk path declines goes one element the architectural way
-// (`executeString`), which raises faults at their element, exits for MMIO,
-// notes stores into code and fills the host TLB for the next chunk.
+// both pages are in the host TLB with the access's permission, or, right
+// after an element of the same pages went the element way, when the walk
+// finds them in RAM (`bulkTranslate`). The host TLB holds no page that
+// needs anything per store (MMIO, read-only or dirty-logged ranges, pages
+// with decoded code: see `fillHostTLB`); `bulkTranslate` declines MMIO,
+// read-only and code pages and marks the dirty log. Whatever the bulk path
+// declines goes one element the architectural way (`executeString`), which
+// raises faults at their element, exits for MMIO, notes stores into code
+// and fills the TLBs for the next chunk. Backward (DF=1) strings, data
+// breakpoints, single-stepping and runs without the decoded cache (the
+// reference the tests compare with) take the element path throughout.
 
 import Glibc
 

@@ -92,11 +92,16 @@ let supportedCPUID: [kvm_cpuid_entry2] = {
     // POPCNT. Not MOVBE. TSC-deadline timer mode; running on a hypervisor
     // (which makes guests look at 0x40000000).
     let leaf1ECX: UInt32 = (1 << 0) | (1 << 9) | (1 << 13) | (1 << 23) | (1 << 24) | (1 << 31)
-    // SMEP SMAP (the page walk applies them; STAC/CLAC).
-    let leaf7EBX: UInt32 = (1 << 7) | (1 << 20)
-    // ARCH_CAPABILITIES, which reports the side channels this CPU does not
-    // have (KVM emulates the MSR for every guest, and so lists the bit).
-    let leaf7EDX: UInt32 = ArchCapabilities.cpuidBit
+    // SMEP SMAP (the page walk applies them; STAC/CLAC). ERMS: REP MOVSB
+    // and STOSB move whole pages at a time (StringBulk.swift), so Linux's
+    // memcpy, memset and clear_page, which take them where ERMS is shown,
+    // cost one instruction per page instead of a loop.
+    let leaf7EBX: UInt32 = (1 << 7) | (1 << 9) | (1 << 20)
+    // FSRM (short REP MOVSB is as fast: Linux's memcpy then is REP MOVSB
+    // at any size); ARCH_CAPABILITIES, which reports the side channels
+    // this CPU does not have (KVM emulates the MSR for every guest, and so
+    // lists the bit).
+    let leaf7EDX: UInt32 = (1 << 4) | ArchCapabilities.cpuidBit
     let structured = CPUIDEntry(function: 7, index: 0, flags: UInt32(KVM_CPUID_FLAG_SIGNIFCANT_INDEX), ebx: leaf7EBX,
                                 edx: leaf7EDX)
     // KVM's paravirtual leaves: kvmclock (both MSR sets, stable TSC), no port 0x80 delays needed.

@@ -36,6 +36,11 @@ struct SupportedCPUIDTests {
         Feature(name: "LAHF (lahf)", function: 0x8000_0001, register: \.ecx, bit: 0, instruction: [0x9F]),
         Feature(name: "ABM (lzcnt ax, bx)", function: 0x8000_0001, register: \.ecx, bit: 5, instruction: [0xF3, 0x0F, 0xBD, 0xC3]),
         Feature(name: "SMAP (stac; clac)", function: 7, register: \.ebx, bit: 20, instruction: [0x0F, 0x01, 0xCB, 0x0F, 0x01, 0xCA]),
+        // mov cx, 16; mov si, 0x2000; mov di, 0x2100; rep movsb; rep stosb
+        Feature(name: "ERMS (rep movsb; rep stosb)", function: 7, register: \.ebx, bit: 9,
+                instruction: [0xB9, 0x10, 0x00, 0xBE, 0x00, 0x20, 0xBF, 0x00, 0x21, 0xF3, 0xA4, 0xB9, 0x10, 0x00, 0xF3, 0xAA]),
+        Feature(name: "FSRM (rep movsb)", function: 7, register: \.edx, bit: 4,
+                instruction: [0xB9, 0x03, 0x00, 0xBE, 0x00, 0x20, 0xBF, 0x00, 0x21, 0xF3, 0xA4]),
     ]
 
     static let undefinedOpcodePort: UInt16 = 0x66

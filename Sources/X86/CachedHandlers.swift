@@ -77,11 +77,6 @@ enum InstructionHandler: UInt8 {
     /// Byte forms: 84 on registers, 04 0C ... 3C, 80 and F6 /0 /1, 00 02 ... 38 3A,
     /// 88 C6 to memory and 8A from memory.
     case test8RR, aluAccumulator8, group1Byte, aluByte, moveByte
-    // FusedHandlers.swift: a flag-setting instruction and the Jcc after it.
-    // Last, so that `isFused` is one compare.
-    case cmpJcc32RR, cmpJcc64RR, cmpJcc32RI, cmpJcc64RI, testJcc32RR, testJcc64RR
-    case aluJcc32RR, aluJcc64RR, aluJcc32RI, aluJcc64RI, incDecJcc32R, incDecJcc64R
-    case cmpJcc32RM, cmpJcc64RM, cmpJcc32MR, cmpJcc64MR, cmpJcc32MI, cmpJcc64MI
 }
 
 /// An operand size settled when the handler is chosen.
@@ -409,24 +404,6 @@ extension X86CPU {
         case .group1Byte: return runGroup1Byte(&insn)
         case .aluByte: return runALUByte(&insn)
         case .moveByte: return runMoveByte(&insn)
-        case .cmpJcc32RR: return runCmpJcc32RR(&insn)
-        case .cmpJcc64RR: return runCmpJcc64RR(&insn)
-        case .cmpJcc32RI: return runCmpJcc32RI(&insn)
-        case .cmpJcc64RI: return runCmpJcc64RI(&insn)
-        case .testJcc32RR: return runTestJcc32RR(&insn)
-        case .testJcc64RR: return runTestJcc64RR(&insn)
-        case .aluJcc32RR: return runALUJcc32RR(&insn)
-        case .aluJcc64RR: return runALUJcc64RR(&insn)
-        case .aluJcc32RI: return runALUJcc32RI(&insn)
-        case .aluJcc64RI: return runALUJcc64RI(&insn)
-        case .incDecJcc32R: return runIncDecJcc32R(&insn)
-        case .incDecJcc64R: return runIncDecJcc64R(&insn)
-        case .cmpJcc32RM: return runCmpJcc32RM(&insn)
-        case .cmpJcc64RM: return runCmpJcc64RM(&insn)
-        case .cmpJcc32MR: return runCmpJcc32MR(&insn)
-        case .cmpJcc64MR: return runCmpJcc64MR(&insn)
-        case .cmpJcc32MI: return runCmpJcc32MI(&insn)
-        case .cmpJcc64MI: return runCmpJcc64MI(&insn)
         case .execute, .barrier, .alu, .group1, .test, .move, .lea, .incDecRegister, .pushPop, .incDec,
              .controlFlow, .shift, .group3, .leave, .imul:
             return dispatchFamily(&insn, rip: rip)

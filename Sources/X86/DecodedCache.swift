@@ -67,11 +67,6 @@ enum HandlerResult: UInt8 {
     case fault
     /// A fault or exit from `execute`'s handlers, which leave RIP as the exit needs it.
     case stop
-    /// A fused pair (FusedHandlers.swift) completed, its branch not taken:
-    /// execution goes on at `nextRIP`, the Jcc's.
-    case fusedNext
-    /// A fused pair completed and branched: state.rip is the target.
-    case fusedBranched
 }
 
 /// Why `runCachedBlocks` returned.
@@ -492,7 +487,6 @@ extension X86CPU {
             nextRIP = target
         }
         guard count > 0 else { return false }
-        X86CPU.fusePairs(pool, count: count)
         for k in 0..<wordCount {
             words[k].bytes = host.loadUnaligned(fromByteOffset: words[k].offset, as: UInt64.self) & words[k].mask
         }
@@ -544,18 +538,7 @@ extension X86CPU {
             }
             previous = block
             let first = decoded.pool + Int(block.pointee.first)
-            var length = Int(block.pointee.count)
-            if length > limit &- count {
-                // The limit falls inside the block: a fused pair must not
-                // straddle it (it counts two instructions).
-                length = limit &- count
-                if (first + (length &- 1)).pointee.handler.isFused {
-                    length &-= 1
-                    // Only the pair's first instruction is left to run: the
-                    // uncached way runs it alone.
-                    if length == 0 { return .uncached }
-                }
-            }
+            let length = Int(block.pointee.count) < limit &- count ? Int(block.pointee.count) : limit &- count
             // RIP of the instruction about to run: straight-line handlers do
             // not write state.rip, which is brought up to date when the block
             // stops.
@@ -577,15 +560,6 @@ extension X86CPU {
                 } else if result == .branched {
                     rip = state.rip
                     straight = rip == insn.pointee.traceNext
-                } else if result == .fusedBranched {
-                    // The Jcc of the pair counts too; its fall-through is the trace.
-                    done &+= 1
-                    rip = state.rip
-                    straight = rip == insn.pointee.nextRIP
-                } else if result == .fusedNext {
-                    done &+= 1
-                    rip = insn.pointee.nextRIP
-                    straight = true
                 } else {
                     if result == .fault { state.rip = rip }
                     count &+= done &- 1
@@ -603,7 +577,7 @@ extension X86CPU {
                     }
                     straight = false
                 }
-                if !straight || done >= length { break }
+                if !straight || done == length { break }
             }
             state.rip = rip
             count &+= done

@@ -107,12 +107,6 @@ struct Instruction {
     /// How the instruction runs: the decoded-instruction cache keeps it
     /// with the rest, and a translator can take it over (see DecodedCache.swift).
     var handler: InstructionHandler = .execute
-    /// The condition (0-15) of the Jcc fused into a flag-setting handler
-    /// (FusedHandlers.swift).
-    var fusedCondition: Int {
-        @inline(always) get { Int(fusedConditionBits) }
-        @inline(always) set { fusedConditionBits = UInt8(truncatingIfNeeded: newValue) }
-    }
 
     // The words above, then the bytes, so that nothing is padded.
     private var opcodeBits: UInt16 = 0
@@ -133,7 +127,6 @@ struct Instruction {
     private var regBits: UInt8 = 0
     private var rmBits: UInt8 = 0
     private var segmentBits = UInt8(SegmentRegisterName.ds.rawValue)
-    private var fusedConditionBits: UInt8 = 0
 
     /// Byte registers 4-7 are AH CH DH BH unless a REX prefix is present.
     var legacyHighBytes: Bool { rex == 0 }

@@ -210,7 +210,7 @@ public struct X86CPU {
     /// What the CPUID lets paging and CR4 do (PageProtection.swift).
     var guestFeatures = GuestFeatures()
     /// A direct-mapped TLB of 4 KiB linear pages (see Memory.swift).
-    var tlb = InlineArray<1024, TLBEntry>(repeating: TLBEntry())
+    var tlb = InlineArray<256, TLBEntry>(repeating: TLBEntry())
     var tlbGeneration: UInt64 = ~0
     var tlbFullGeneration: UInt64 = ~0
     /// Set while the CPU reads or writes system tables (GDT, LDT, IDT,

@@ -77,7 +77,7 @@ extension X86CPU {
         let user = !implicitSupervisor && state.privilegeLevel() == 3
         if state.pagingGeneration != tlbGeneration { syncTLB() }
         let page = address >> 12
-        let slot = Int(page & 0x3FF)
+        let slot = Int(page & 0xFF)
         let cached = withUnsafeMutablePointer(to: &tlb) {
             UnsafeMutableRawPointer($0).assumingMemoryBound(to: TLBEntry.self)[slot]
         }
@@ -210,7 +210,7 @@ extension X86CPU {
         let page = address >> 12
         let fill = TLBEntry(tag: page, frame: physical & ~0xFFF, flags: flags)
         withUnsafeMutablePointer(to: &tlb) {
-            UnsafeMutableRawPointer($0).assumingMemoryBound(to: TLBEntry.self)[Int(page & 0x3FF)] = fill
+            UnsafeMutableRawPointer($0).assumingMemoryBound(to: TLBEntry.self)[Int(page & 0xFF)] = fill
         }
         return physical
     }
@@ -281,7 +281,7 @@ extension X86CPU {
         let all = state.fullFlushGeneration != tlbFullGeneration
         withUnsafeMutablePointer(to: &tlb) {
             let entries = UnsafeMutableRawPointer($0).assumingMemoryBound(to: TLBEntry.self)
-            for i in 0..<1024 where all || entries[i].flags & TLBEntry.global == 0 { entries[i].tag = ~0 }
+            for i in 0..<256 where all || entries[i].flags & TLBEntry.global == 0 { entries[i].tag = ~0 }
         }
         tlbGeneration = state.pagingGeneration
         tlbFullGeneration = state.fullFlushGeneration
@@ -291,7 +291,7 @@ extension X86CPU {
     mutating func flushTLB() {
         withUnsafeMutablePointer(to: &tlb) {
             let entries = UnsafeMutableRawPointer($0).assumingMemoryBound(to: TLBEntry.self)
-            for i in 0..<1024 { entries[i].tag = ~0 }
+            for i in 0..<256 { entries[i].tag = ~0 }
         }
         tlbGeneration = state.pagingGeneration
         tlbFullGeneration = state.fullFlushGeneration
@@ -304,7 +304,7 @@ extension X86CPU {
         decoded.hostTLB[Int(truncatingIfNeeded: page) & (HostTLBEntry.count - 1)] = HostTLBEntry()
         withUnsafeMutablePointer(to: &tlb) {
             let entries = UnsafeMutableRawPointer($0).assumingMemoryBound(to: TLBEntry.self)
-            if entries[Int(page & 0x3FF)].tag == page { entries[Int(page & 0x3FF)].tag = ~0 }
+            if entries[Int(page & 0xFF)].tag == page { entries[Int(page & 0xFF)].tag = ~0 }
         }
     }
 

@@ -318,9 +318,15 @@ public struct X86CPU {
                 }
             }
             // Decoded each time: a fetch that faults or leaves RAM, an
-            // instruction across a page boundary, RF set. It may change the
-            // mode or paging, so the code page is translated anew after it.
-            invalidateContext()
+            // instruction across a page boundary, RF set, an interrupt
+            // shadow (the instruction after STI). The fetch state is valid
+            // here (whatever changes it begins a new epoch or ends the run),
+            // and the instruction begins one where the block loop's would:
+            // a serializing barrier, before it runs (`runFamily`); what the
+            // block loop runs without one (a listed instruction, STI,
+            // SWAPGS, RDTSCP) does not. In the boot most of these steps were
+            // the instruction after an STI, and a new epoch after each had
+            // every block that ran next checked again.
             var insn = Instruction()
             // RF suppresses instruction breakpoints for one instruction: it
             // is cleared when the instruction that saw it set completes (not
@@ -329,7 +335,11 @@ public struct X86CPU {
             // The shadow covers this instruction only; STI or an SS load here sets it anew.
             let shadow = interruptShadowKind
             interruptShadow = false
-            guard decode(&insn), execute(&insn) else {
+            let decoded = decode(&insn)
+            if decoded && X86CPU.blockFlow(insn) == .barrier && X86CPU.isSerializing(insn) { invalidateContext() }
+            guard decoded, execute(&insn) else {
+                // Delivery changes CS and the CPL.
+                invalidateContext()
                 guard deliversExceptions, case .exception(let vector, let errorCode) = pending,
                       deliverException(vector, errorCode: errorCode) else {
                     if Self.leavesInstructionPending(pending) { interruptShadowKind = shadow }

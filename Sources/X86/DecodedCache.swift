@@ -136,7 +136,7 @@ struct CodeWord {
 /// reaches it through `DecodedCache`'s pointers.
 final class DecodedCacheStorage {
     /// Direct-mapped block slots (a power of two).
-    static let blockSlots = 16384
+    static let blockSlots = 32768
     static let wordsPerBlock = 8
     static let maxBlockInstructions = 32
     /// Instructions of all blocks; when full, the whole cache is dropped.
@@ -154,7 +154,7 @@ final class DecodedCacheStorage {
     let jumps: UnsafeMutablePointer<JumpEntry>
     static let jumpSlots = 4096
 
-    init(poolCapacity: Int = 131_072) {
+    init(poolCapacity: Int = 262_144) {
         self.poolCapacity = poolCapacity
         // Zeroed memory is the empty state of blocks, words, jump entries and
         // the filter, and the kernel gives it page by page as it is touched:

@@ -99,6 +99,39 @@ struct DecodedCacheTests {
         #expect(a[.rcx] & 0xFF == 7)
     }
 
+    /// The instruction after STI runs the uncached way (in STI's interrupt
+    /// shadow); a listed one begins no code epoch there, as in a block, and
+    /// a serializing one (CPUID) still does. A run begins one and ends one.
+    @Test(arguments: [([UInt8]([0xB0, 0x07]), UInt64(2)), ([UInt8]([0x0F, 0xA2]), UInt64(3))] as [([UInt8], UInt64)])
+    func instructionAfterSTIBeginsAnEpochOnlyWhenSerializing(next: [UInt8], epochs: UInt64) {
+        let m = Machine(code: [0xFB] + next + [hlt])  // sti; mov al, 7 or cpuid
+        let before = m.cpu.codeEpoch
+        #expect(m.cpu.run(maxInstructions: 2) == .instructionLimit)
+        #expect(m.cpu.state.rip == 0x1001 + UInt64(next.count))
+        #expect(m.cpu.codeEpoch &- before == epochs)
+    }
+
+    /// A store made by the uncached instruction in STI's shadow into code
+    /// decoded in the same epoch is seen by the code after it.
+    @Test func storeIntoCachedCodeAfterSTIIsRun() {
+        let m = Machine(code: [
+            0xB3, 0x01,              // 1000: mov bl, 1
+            0xFB,                    // 1002: sti
+            0x88, 0x1E, 0x09, 0x10,  // 1003: mov [0x1009], bl (in the shadow: uncached)
+            0x90,                    // 1007: nop
+            0xB1, 0x00,              // 1008: mov cl, imm8 (0x1009)
+            0x88, 0xCF,              // 100a: mov bh, cl
+            0x80, 0xFB, 0x02,        // 100c: cmp bl, 2
+            0x74, 0x04,              // 100f: je 1015
+            0xFE, 0xC3,              // 1011: inc bl
+            0xEB, 0xED,              // 1013: jmp 1002
+            hlt,                     // 1015
+        ])
+        #expect(m.run() == .halt)
+        #expect(m[.rcx] & 0xFF == 2)
+        #expect(m[.rbx] == 0x0202)
+    }
+
     @Test func codeWrittenByTheOwnerBetweenRunsIsRun() {
         let m = Machine(code: [0xB1, 0x01, hlt])  // mov cl, 1; hlt
         #expect(m.run() == .halt)

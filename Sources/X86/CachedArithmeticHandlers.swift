@@ -110,13 +110,7 @@ extension X86CPU {
     /// 0F AF, 69, 6B: IMUL Gv, Ev(, imm), as `executeIMulTwoOperand`.
     @inline(always)
     mutating func imul<W: OperandWidth>(_: W.Type, _ insn: inout Instruction) -> HandlerResult {
-        let a: UInt64
-        if insn.mod == 3 {
-            a = readGPR(insn.rm, W.size)
-        } else {
-            guard let value = cachedRead(insn.segment, effectiveAddress(&insn), size: W.size) else { return .fault }
-            a = value
-        }
+        guard let a = cachedSource(W.self, &insn) else { return .fault }
         let b: UInt64
         switch insn.opcode {
         case 0x69: b = signExtend(insn.immediate, size: 4)
@@ -141,13 +135,7 @@ extension X86CPU {
     /// F7 /4 /5: rDX:rAX = rAX * Ev, as `multiply`.
     @inline(always)
     mutating func multiplyAccumulator<W: OperandWidth>(_ signed: Bool, _: W.Type, _ insn: inout Instruction) -> HandlerResult {
-        let value: UInt64
-        if insn.mod == 3 {
-            value = readGPR(insn.rm, W.size)
-        } else {
-            guard let loaded = cachedRead(insn.segment, effectiveAddress(&insn), size: W.size) else { return .fault }
-            value = loaded
-        }
+        guard let value = cachedSource(W.self, &insn) else { return .fault }
         let a = readGPR(0, W.size)
         let low: UInt64, high: UInt64, overflow: Bool
         if signed {
@@ -181,13 +169,7 @@ extension X86CPU {
     mutating func group3<W: OperandWidth>(_ operation: Int, _: W.Type, _ insn: inout Instruction) -> HandlerResult {
         let mask = sizeMask(W.size)
         if operation == 0 {
-            let value: UInt64
-            if insn.mod == 3 {
-                value = readGPR(insn.rm, W.size)
-            } else {
-                guard let loaded = cachedRead(insn.segment, effectiveAddress(&insn), size: W.size) else { return .fault }
-                value = loaded
-            }
+            guard let value = cachedSource(W.self, &insn) else { return .fault }
             let imm = signExtend(insn.immediate, size: 4)
             state.flags.record(.logic, size: W.size, dst: value, src: imm, result: value & imm & mask)
             return .next
@@ -233,13 +215,7 @@ extension X86CPU {
     /// destination is written (zero-extended) either way.
     @inline(always)
     mutating func cmov<W: OperandWidth>(_: W.Type, _ insn: inout Instruction) -> HandlerResult {
-        let value: UInt64
-        if insn.mod == 3 {
-            value = readGPR(insn.rm, W.size)
-        } else {
-            guard let loaded = cachedRead(insn.segment, effectiveAddress(&insn), size: W.size) else { return .fault }
-            value = loaded
-        }
+        guard let value = cachedSource(W.self, &insn) else { return .fault }
         if state.flags.condition(insn.opcode & 0xF) {
             writeGPR(insn.reg, value, W.size)
         } else if W.size == 4 {
@@ -251,13 +227,7 @@ extension X86CPU {
     /// 63 in 64-bit mode at operand size 4 or 8: MOVSXD (a plain 32-bit move at size 4).
     @inline(never)
     mutating func runMOVSXD(_ insn: inout Instruction) -> HandlerResult {
-        let value: UInt64
-        if insn.mod == 3 {
-            value = state.reg(insn.rm) & 0xFFFF_FFFF
-        } else {
-            guard let loaded = cachedRead(insn.segment, effectiveAddress(&insn), size: 4) else { return .fault }
-            value = loaded
-        }
+        guard let value = cachedNarrowSource(4, &insn) else { return .fault }
         writeGPR(insn.reg, insn.operandSize == 8 ? signExtend(value, size: 4) : value, insn.operandSize)
         return .next
     }
@@ -268,13 +238,7 @@ extension X86CPU {
     /// 0F BE, 0F BF at operand size 4 or 8.
     @inline(always)
     mutating func movsx(_ sourceSize: Int, _ insn: inout Instruction) -> HandlerResult {
-        let value: UInt64
-        if insn.mod == 3 {
-            value = state.read(insn.rm, size: sourceSize, legacyHighBytes: insn.legacyHighBytes)
-        } else {
-            guard let loaded = cachedRead(insn.segment, effectiveAddress(&insn), size: sourceSize) else { return .fault }
-            value = loaded
-        }
+        guard let value = cachedNarrowSource(sourceSize, &insn) else { return .fault }
         writeGPR(insn.reg, signExtend(value, size: sourceSize), insn.operandSize)
         return .next
     }

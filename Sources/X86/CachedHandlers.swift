@@ -534,15 +534,24 @@ extension X86CPU {
     /// MOVZX from a byte (AH-BH without REX) or word register or memory.
     @inline(always)
     mutating func movzx(_ sourceSize: Int, _ insn: inout Instruction) -> HandlerResult {
-        let value: UInt64
-        if insn.mod == 3 {
-            value = state.read(insn.rm, size: sourceSize, legacyHighBytes: insn.legacyHighBytes)
-        } else {
-            guard let loaded = cachedRead(insn.segment, effectiveAddress(&insn), size: sourceSize) else { return .fault }
-            value = loaded
-        }
+        guard let value = cachedNarrowSource(sourceSize, &insn) else { return .fault }
         writeGPR(insn.reg, value, insn.operandSize)
         return .next
+    }
+
+    /// The r/m source operand at the form's operand size: the register, or
+    /// memory through the cached access (nil: its fault is pending).
+    @inline(always)
+    mutating func cachedSource<W: OperandWidth>(_: W.Type, _ insn: inout Instruction) -> UInt64? {
+        insn.mod == 3 ? readGPR(insn.rm, W.size) : cachedRead(insn.segment, effectiveAddress(&insn), size: W.size)
+    }
+
+    /// The r/m source operand of a widening move (MOVZX, MOVSX, MOVSXD),
+    /// `size` bytes: a byte register is AH-BH without REX.
+    @inline(always)
+    mutating func cachedNarrowSource(_ size: Int, _ insn: inout Instruction) -> UInt64? {
+        insn.mod == 3 ? state.read(insn.rm, size: size, legacyHighBytes: insn.legacyHighBytes)
+                      : cachedRead(insn.segment, effectiveAddress(&insn), size: size)
     }
 
     @inline(always)
